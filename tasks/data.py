@@ -109,7 +109,7 @@ def parse_wordnet_line(line: str, file_pos: str, *, all_lemmas: bool = False) ->
     fields = head.split()
     n_words = int(fields[3], 16)
     words = fields[4 : 4 + 2 * n_words : 2]
-    definition = gloss.split('; "', 1)[0].strip()
+    definition = gloss.split('; "', 1)[0].strip().rstrip(";").rstrip()
     if not definition or definition.startswith('"') or not words:
         return []
     pos_name = _POS_NAMES[fields[2]]
