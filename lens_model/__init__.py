@@ -1,0 +1,34 @@
+"""LensLLM's numerical core: fine-tuning scaling laws, phase detection, selectors, metrics.
+
+Pure numpy/scipy: no orchestration, tracking, storage or file I/O.
+
+>>> from lens_model import RectifiedLaw
+>>> law = RectifiedLaw().fit(sizes, losses)          # one curve or a batch (rows = models)
+>>> law.predict([1_638_400]), law.predict_interval([1_638_400])
+"""
+
+from lens_model.laws import LAWS, FitWarning, RectifiedLaw, ScalingLaw, VanillaLaw
+from lens_model.metrics import pearson_correlation, probe_cost, relative_accuracy, rmse_log
+from lens_model.phase import detect_power_phase, extrapolate_power_phase, fit_power_phase
+from lens_model.replay import replay
+from lens_model.selectors import SELECTORS, Selection, Selector, TableProbes
+
+__all__ = [
+    "LAWS",
+    "SELECTORS",
+    "FitWarning",
+    "RectifiedLaw",
+    "ScalingLaw",
+    "Selection",
+    "Selector",
+    "TableProbes",
+    "VanillaLaw",
+    "detect_power_phase",
+    "extrapolate_power_phase",
+    "fit_power_phase",
+    "pearson_correlation",
+    "probe_cost",
+    "relative_accuracy",
+    "replay",
+    "rmse_log",
+]

@@ -1,0 +1,88 @@
+"""Replay benchmark flow: every selector on published loss tables (design.md section 5)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger
+
+from lens_model.selectors import SELECTORS
+from tasks.replay import (
+    SELECTION_COLUMNS,
+    fit_errors_task,
+    plot_curves,
+    plot_metrics,
+    run_replay_task,
+    write_report,
+)
+from tasks.tables import load_loss_table_task
+from tasks.tracking import default_tracking_uri, log_benchmark_run
+
+DEFAULT_METHODS = [
+    "ZeroShot",
+    "SubTuning",
+    "ModelSize",
+    "VanillaFit",
+    "RectifiedFit",
+    "AtS",
+    "Lens",
+]
+
+
+@flow(name="replay-benchmark")
+def benchmark_flow(
+    tables: list[str],
+    out_dir: str = "out/benchmark",
+    methods: list[str] | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "lensllm-replay",
+    plots: bool = True,
+) -> dict:
+    """Run ``methods`` on each loss table; write selection.csv, fit_error.csv, report.md, plots.
+
+    Returns the output folder, the MLflow run id per dataset and the wall time.
+    """
+    logger = get_run_logger()
+    methods = list(methods or DEFAULT_METHODS)
+    for name in methods:
+        SELECTORS.get(name)  # unknown names fail here, with suggestions, before any work
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tracking_uri = tracking_uri or default_tracking_uri()
+    started = time.perf_counter()
+    selection, fit_error, runs = [], [], {}
+    for path in tables:
+        table = load_loss_table_task(path)
+        rows = run_replay_task(table, methods)
+        errs = fit_errors_task(table)
+        selection += rows
+        fit_error += errs
+        logger.info("%s: %d models, %d rows", table["name"], len(table["models"]), len(rows))
+        frame = pd.DataFrame(rows)
+        if plots:
+            plot_metrics(out, frame, table["name"])
+            plot_curves(out, table, budget=int(frame.max_data_num.min()))
+    sel = pd.DataFrame(selection)
+    sel[SELECTION_COLUMNS].to_csv(out / "selection.csv", index=False, float_format="%.4f")
+    sel.to_csv(out / "selection_detail.csv", index=False, float_format="%.4f")
+    fe = pd.DataFrame(fit_error)
+    fe[["dataset", "model", "law", "rmse_log"]].to_csv(out / "fit_error.csv", index=False)
+    write_report(out, sel, fe)
+    elapsed = time.perf_counter() - started
+    for dataset, part in sel.groupby("dataset", sort=False):
+        metrics = [
+            (f"{r.method}_{r.metric}", float(r.value), int(r.ratio)) for r in part.itertuples()
+        ]
+        runs[dataset] = log_benchmark_run(
+            tracking_uri=tracking_uri,
+            experiment=experiment,
+            run_name=f"replay-{dataset}",
+            params={"methods": ",".join(methods), "dataset": dataset},
+            tags={"lensllm.kind": "replay-benchmark"},
+            metrics=metrics,
+            artifacts_dir=str(out),
+        )
+    logger.info("replay benchmark done in %.2f s; outputs in %s", elapsed, out)
+    return {"out_dir": str(out), "runs": runs, "seconds": elapsed}

@@ -1,0 +1,313 @@
+"""Fine-tuning scaling laws: test loss L as a function of fine-tuning data size D.
+
+* ``VanillaLaw``:   L(D) = B / D^beta + E
+* ``RectifiedLaw``: L(D) = B / (D_l + D^beta) + E            (Lin et al., ICML 2024)
+* ``LensLaw``:      L(D) = B / (F(Theta, t) + D^beta) + E    (Zeng et al., ICML 2025)
+
+All laws are fitted in log space (x = ln D, y = ln L) by batched Levenberg-Marquardt from a
+deterministic grid of starts plus seeded random ones. ``fit`` accepts one curve (1-D losses) or
+many curves at once (2-D losses, one row per model); NaN losses are ignored. Fitted attributes
+end with ``_``. A fit that does not converge emits a ``FitWarning`` and is flagged in
+``converged_``; its parameters are the best found, never a substitute value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+from lens_model.fitting import best_of_starts, levenberg_marquardt, logit, numeric_jacobian, sigmoid
+from lens_model.registry import Registry
+
+LAWS: Registry[type[ScalingLaw]] = Registry("law")
+
+BETA_MAX = 2.0  # data-size exponents of fine-tuning curves lie well below this
+ZERO_SIZE = 1e-10  # where a zero-shot point sits on the log axis (the published convention)
+
+
+class FitWarning(UserWarning):
+    """A law fit did not converge; the result is flagged in ``converged_``."""
+
+
+@dataclass(frozen=True)
+class _Curves:
+    x: np.ndarray  # (N, m) ln D
+    y: np.ndarray  # (N, m) ln L, 0 where masked
+    w: np.ndarray  # (N, m) 1 for a used point, 0 for a masked one
+    floor: np.ndarray  # (N,) smallest observed loss of each curve
+
+
+class ScalingLaw:
+    """Base class: a parametric law fitted in log space.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the random extra starts (the grid of starts is deterministic).
+    n_random_starts : int
+        Random starts added to the deterministic grid.
+    max_iter : int
+        Levenberg-Marquardt iteration cap.
+    noise_floor : float
+        Smallest residual standard deviation (log space) assumed when computing intervals, so
+        that a curve with as many points as parameters does not get a zero-width interval.
+    """
+
+    name: str = ""
+    param_names: tuple[str, ...] = ()
+    uses_zero_shot: bool = False
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        n_random_starts: int = 8,
+        max_iter: int = 500,
+        noise_floor: float = 0.005,
+    ) -> None:
+        self.seed = seed
+        self.n_random_starts = n_random_starts
+        self.max_iter = max_iter
+        self.noise_floor = noise_floor
+
+    # -- subclass hooks ---------------------------------------------------------------------
+    def _log_loss(self, u: np.ndarray, x: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _grid_starts(self, c: _Curves) -> np.ndarray:
+        """Deterministic starts, shape (N, S, p)."""
+        raise NotImplementedError
+
+    def _natural(self, u: np.ndarray, floor: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    # -- public API -------------------------------------------------------------------------
+    def fit(self, sizes: np.ndarray, losses: np.ndarray) -> ScalingLaw:
+        """Fit the law to one curve or to a batch of curves.
+
+        Parameters
+        ----------
+        sizes : array_like, shape (m,) or (N, m)
+            Fine-tuning data sizes (0 = zero-shot, used only by laws with a finite L(0)).
+        losses : array_like, shape (m,) or (N, m)
+            Positive test losses; NaN marks a missing point.
+
+        Returns
+        -------
+        self
+        """
+        curves, self._single = self._prepare(sizes, losses)
+        n, p = curves.x.shape[0], len(self.param_names)
+        starts = self._all_starts(curves)
+        s = starts.shape[1]
+        rep = np.repeat  # flatten (curve, start) into one batch
+        x, y, w, floor = (rep(a, s, axis=0) for a in (curves.x, curves.y, curves.w, curves.floor))
+        result = levenberg_marquardt(
+            lambda u, rows=slice(None): self._residuals(u, x[rows], y[rows], w[rows], floor[rows]),
+            starts.reshape(n * s, p),
+            max_iter=self.max_iter,
+        )
+        best = best_of_starts(result.cost, n, s)
+        self.theta_ = result.theta[best]
+        self._curves = curves
+        self.n_points_ = curves.w.sum(axis=1).astype(int)
+        self.converged_ = result.converged[best] & np.isfinite(result.cost[best])
+        self.n_iter_ = result.n_iter
+        resid = self._residuals(self.theta_, curves.x, curves.y, curves.w, curves.floor)
+        self.rmse_log_ = np.sqrt(np.sum(resid**2, axis=1) / np.maximum(self.n_points_, 1))
+        self.params_ = self._natural(self.theta_, curves.floor)
+        if not self.converged_.all():
+            bad = int((~self.converged_).sum())
+            warnings.warn(
+                f"{self.name} law: {bad} of {n} fits did not converge within {self.max_iter} "
+                "iterations; their results are flagged in converged_",
+                FitWarning,
+                stacklevel=2,
+            )
+        if self._single:
+            self.params_ = {k: float(v[0]) for k, v in self.params_.items()}
+        return self
+
+    def predict(self, sizes: np.ndarray) -> np.ndarray:
+        """Predicted loss at ``sizes`` (shape (q,) -> (q,) for one curve, (N, q) for a batch)."""
+        self._check_fitted()
+        x = self._log_sizes(np.atleast_1d(np.asarray(sizes, dtype=float)))
+        x = np.broadcast_to(x, (self.theta_.shape[0], x.shape[-1]))
+        with np.errstate(divide="ignore", over="ignore"):
+            out = np.exp(self._log_loss(self.theta_, x, self._curves.floor))
+        return out[0] if self._single else out
+
+    def predict_interval(
+        self, sizes: np.ndarray, level: float = 0.9
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Central ``level`` interval of the prediction (delta method in log space).
+
+        The parameter covariance is ``s^2 (J^T J)^-1`` at the optimum, with ``s^2`` the residual
+        variance (at least ``noise_floor^2``); the interval is symmetric in ln L.
+        """
+        self._check_fitted()
+        c = self._curves
+        x_q = self._log_sizes(np.atleast_1d(np.asarray(sizes, dtype=float)))
+        x_q = np.broadcast_to(x_q, (self.theta_.shape[0], x_q.shape[-1]))
+        r0 = self._residuals(self.theta_, c.x, c.y, c.w, c.floor)
+        jac = numeric_jacobian(
+            lambda u: self._residuals(u, c.x, c.y, c.w, c.floor), self.theta_, r0
+        )
+        p = self.theta_.shape[1]
+        dof = np.maximum(self.n_points_ - p, 1)
+        s2 = np.maximum(np.sum(r0**2, axis=1) / dof, self.noise_floor**2)
+        jtj = np.einsum("kmi,kmj->kij", jac, jac) + 1e-10 * np.eye(p)
+        cov = s2[:, None, None] * np.linalg.pinv(jtj)
+        pred = self._log_loss(self.theta_, x_q, c.floor)
+        grad = numeric_jacobian(lambda u: self._log_loss(u, x_q, c.floor), self.theta_, pred)
+        var = np.einsum("kqi,kij,kqj->kq", grad, cov, grad)
+        half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
+        lo, hi = np.exp(pred - half), np.exp(pred + half)
+        return (lo[0], hi[0]) if self._single else (lo, hi)
+
+    # -- internals --------------------------------------------------------------------------
+    def _log_sizes(self, sizes: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(np.where(sizes > 0, sizes, ZERO_SIZE))
+
+    def _prepare(self, sizes: np.ndarray, losses: np.ndarray) -> tuple[_Curves, bool]:
+        losses = np.asarray(losses, dtype=float)
+        single = losses.ndim == 1
+        losses = np.atleast_2d(losses)
+        sizes = np.broadcast_to(np.asarray(sizes, dtype=float), losses.shape)
+        if np.any(sizes < 0):
+            raise ValueError("data sizes must be >= 0")
+        if np.any(losses[np.isfinite(losses)] <= 0):
+            raise ValueError("losses must be positive (they are fitted in log space)")
+        used = np.isfinite(losses) & (self.uses_zero_shot | (sizes > 0))
+        p = len(self.param_names)
+        if np.any(used.sum(axis=1) < p - 1):
+            raise ValueError(
+                f"the {self.name} law needs at least {p - 1} usable points per curve "
+                f"(got {used.sum(axis=1).min()})"
+            )
+        x = self._log_sizes(sizes)
+        y = np.where(used, np.log(np.where(used, losses, 1.0)), 0.0)
+        floor = np.nanmin(np.where(used, losses, np.nan), axis=1)
+        return _Curves(x=x, y=y, w=used.astype(float), floor=floor), single
+
+    def _residuals(self, u, x, y, w, floor) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            r = self._log_loss(u, x, floor) - y
+        return np.where(w > 0, r, 0.0)
+
+    def _all_starts(self, c: _Curves) -> np.ndarray:
+        grid = self._grid_starts(c)
+        if self.n_random_starts <= 0:
+            return grid
+        rng = np.random.default_rng(self.seed)
+        pick = rng.integers(0, grid.shape[1], size=self.n_random_starts)
+        jitter = rng.normal(0.0, 1.0, size=(grid.shape[0], self.n_random_starts, grid.shape[2]))
+        return np.concatenate([grid, grid[:, pick, :] + jitter], axis=1)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "theta_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit() first")
+
+
+@LAWS.register("vanilla")
+class VanillaLaw(ScalingLaw):
+    """Power law ``L(D) = B / D^beta + E`` (zero-shot points are ignored: L(0) is infinite)."""
+
+    name = "vanilla"
+    param_names = ("B", "beta", "E")
+
+    # u = (logit(E / floor), ln B, logit(beta / BETA_MAX))
+    def _log_loss(self, u, x, floor):
+        e = np.maximum(floor[:, None] * sigmoid(u[:, 0:1]), 1e-300)
+        beta = BETA_MAX * sigmoid(u[:, 2:3])
+        return np.logaddexp(u[:, 1:2] - beta * x, np.log(e))
+
+    def _grid_starts(self, c):
+        starts = []
+        first = np.argmax(c.w, axis=1)
+        idx = np.arange(len(first))
+        x0, y0 = c.x[idx, first], c.y[idx, first]
+        for e_frac in (0.01, 0.5, 0.9):
+            for beta in (0.1, 0.3, 0.7):
+                e = e_frac * c.floor
+                ln_b = np.log(np.maximum(np.exp(y0) - e, 1e-6)) + beta * x0
+                u = np.stack(
+                    [
+                        np.full_like(y0, logit(e_frac)),
+                        ln_b,
+                        np.full_like(y0, logit(beta / BETA_MAX)),
+                    ],
+                    axis=1,
+                )
+                starts.append(u)
+        return np.stack(starts, axis=1)
+
+    def _natural(self, u, floor):
+        return {
+            "B": np.exp(u[:, 1]),
+            "beta": BETA_MAX * sigmoid(u[:, 2]),
+            "E": floor * sigmoid(u[:, 0]),
+        }
+
+
+@LAWS.register("rectified")
+class RectifiedLaw(ScalingLaw):
+    """Rectified law ``L(D) = B / (D_l + D^beta) + E`` with ``L(0) = B / D_l + E``.
+
+    Fitted as ``ln L = ln((A - E) / (1 + exp(beta ln D + c)) + E)``, ``A = L(0)``,
+    ``D_l = exp(-c)``, ``B = (A - E) D_l``. Zero-shot points (D = 0) are used.
+    """
+
+    name = "rectified"
+    param_names = ("B", "D_l", "beta", "E")
+    uses_zero_shot = True
+
+    # u = (logit(E / floor), ln(A - E), logit(beta / BETA_MAX), c)
+    def _log_loss(self, u, x, floor):
+        return self._log_loss_with_c(u, x, floor, u[:, 3:4])
+
+    @staticmethod
+    def _log_loss_with_c(u, x, floor, c):
+        e = np.maximum(floor[:, None] * sigmoid(u[:, 0:1]), 1e-300)
+        beta = BETA_MAX * sigmoid(u[:, 2:3])
+        z = np.clip(beta * x + c, -700, 700)
+        return np.logaddexp(u[:, 1:2] - np.logaddexp(0.0, z), np.log(e))
+
+    def _grid_starts(self, c):
+        starts = []
+        first = np.argmax(c.w, axis=1)
+        idx = np.arange(len(first))
+        y0 = c.y[idx, first]
+        finite_x = np.where((c.w > 0) & (c.x > np.log(ZERO_SIZE) + 1), c.x, np.nan)
+        x_lo, x_hi = np.nanmin(finite_x, axis=1), np.nanmax(finite_x, axis=1)
+        for e_frac in (0.1, 0.5, 0.9):
+            for beta in (0.2, 0.5, 1.0):
+                for where in (-0.5, 0.25, 0.75):  # the knee, as a fraction of the probed range
+                    knee = x_lo + where * (x_hi - x_lo)
+                    e = e_frac * c.floor
+                    u = np.stack(
+                        [
+                            np.full_like(y0, logit(e_frac)),
+                            np.log(np.maximum(np.exp(y0) - e, 1e-6)),
+                            np.full_like(y0, logit(beta / BETA_MAX)),
+                            -beta * knee,
+                        ],
+                        axis=1,
+                    )
+                    starts.append(u)
+        return np.stack(starts, axis=1)
+
+    def _natural(self, u, floor):
+        e = floor * sigmoid(u[:, 0])
+        d_l = np.exp(-u[:, 3])
+        return {
+            "B": np.exp(u[:, 1]) * d_l,
+            "D_l": d_l,
+            "beta": BETA_MAX * sigmoid(u[:, 2]),
+            "E": e,
+            "zero_shot_loss": np.exp(u[:, 1]) + e,
+        }

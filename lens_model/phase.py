@@ -1,0 +1,81 @@
+"""Phase detection: where the power phase of a fine-tuning curve starts (Lin et al.'s AtS).
+
+In log-log space a fine-tuning curve is flat at small D (pre-power phase) and a straight line
+at large D (power phase). "Accept then Stop" grows a line fit from the largest sizes downwards
+and stops at the first point that lies too far from it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def detect_power_phase(sizes: np.ndarray, losses: np.ndarray, *, k: int = 3, delta: float = 5.0):
+    """Indices (into the size-sorted input) of the points in the power phase.
+
+    Starting from the ``k`` largest sizes, fit a least-squares line to (ln D, ln L); if the next
+    smaller point's absolute residual exceeds ``delta`` times the population standard deviation
+    of the fitted points' residuals, stop; otherwise accept it and refit. As in the reference
+    implementation, the smallest point is dropped even when no point is ever rejected, and with
+    ``k`` or fewer points all are used.
+
+    Parameters
+    ----------
+    sizes, losses : array_like, shape (m,)
+        Positive sizes (zero-shot excluded) and losses, in increasing order of size.
+    k : int
+        Points in the first fit.
+    delta : float
+        Rejection threshold in residual standard deviations.
+
+    Returns
+    -------
+    ndarray of int
+        Indices of the accepted points (a suffix of the input).
+    """
+    x, y = _log_xy(sizes, losses)
+    m = len(x)
+    if k < 2:
+        raise ValueError(f"k must be >= 2 (a line needs two points), got {k}")
+    if m <= k:
+        return np.arange(m)
+    n_fit = m - 1
+    for n in range(k, m):
+        slope, intercept = np.polyfit(x[-n:], y[-n:], 1)
+        spread = np.std(y[-n:] - (slope * x[-n:] + intercept))
+        residual = abs(y[-n - 1] - (slope * x[-n - 1] + intercept))
+        # A perfect line (spread 0) rejects any point off it, as the reference's division does.
+        if residual > delta * spread:
+            n_fit = n
+            break
+    return np.arange(m - n_fit, m)
+
+
+def fit_power_phase(sizes, losses, *, k: int = 3, delta: float = 5.0):
+    """Fit the power-phase line; returns ``(slope, intercept, indices)`` in (ln D, ln L)."""
+    idx = detect_power_phase(sizes, losses, k=k, delta=delta)
+    x, y = _log_xy(sizes, losses)
+    if len(idx) == 1:
+        return 0.0, float(y[idx[0]]), idx
+    slope, intercept = np.polyfit(x[idx], y[idx], 1)
+    return float(slope), float(intercept), idx
+
+
+def extrapolate_power_phase(sizes, losses, target_size: float, *, k: int = 3, delta: float = 5.0):
+    """AtS prediction of the loss at ``target_size`` (the power-phase line, extrapolated)."""
+    slope, intercept, _ = fit_power_phase(sizes, losses, k=k, delta=delta)
+    return float(np.exp(slope * np.log(target_size) + intercept))
+
+
+def _log_xy(sizes, losses) -> tuple[np.ndarray, np.ndarray]:
+    sizes = np.asarray(sizes, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    if sizes.shape != losses.shape or sizes.ndim != 1:
+        raise ValueError("sizes and losses must be 1-D arrays of the same length")
+    if len(sizes) == 0:
+        raise ValueError("at least one point is needed")
+    if np.any(sizes <= 0) or np.any(~np.isfinite(losses)) or np.any(losses <= 0):
+        raise ValueError("phase detection needs positive sizes and positive, finite losses")
+    if np.any(np.diff(sizes) <= 0):
+        raise ValueError("sizes must be strictly increasing")
+    return np.log(sizes), np.log(losses)
