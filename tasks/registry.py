@@ -151,3 +151,58 @@ def decide_promotion(
                 overlap,
             )
     return decision(True, f"promoted: {compare}", overlap)
+
+
+def version_tags(
+    *,
+    task_key: str,
+    selection_key: str,
+    predicted_loss: float,
+    interval: list[float],
+    selector: str,
+    extra: dict | None = None,
+) -> dict[str, str]:
+    """Tags of a registered version (``lensllm.*`` keys; ``extra`` carries git commit, config
+    hash and data fingerprint). The promotion gate reads them back."""
+    if len(interval) != 2:
+        raise ValueError(f"interval must be [low, high], got {interval!r}")
+    low, high = (float(x) for x in interval)
+    if low > high:
+        raise ValueError(f"interval low {low} is above high {high}; pass [low, high]")
+    if not task_key or not selection_key:
+        raise ValueError("task_key and selection_key must be non-empty strings")
+    tags = {str(k): str(v) for k, v in (extra or {}).items()}
+    tags.update(
+        {
+            "lensllm.task_key": task_key,
+            "lensllm.selection_key": selection_key,
+            "lensllm.predicted_loss": repr(float(predicted_loss)),
+            "lensllm.interval_low": repr(low),
+            "lensllm.interval_high": repr(high),
+            "lensllm.selector": selector,
+        }
+    )
+    return tags
+
+
+def version_description(tags: dict[str, str]) -> str:
+    """A readable description of a registered version from its tags."""
+    pred = float(tags["lensllm.predicted_loss"])
+    low, high = float(tags["lensllm.interval_low"]), float(tags["lensllm.interval_high"])
+    lines = [
+        f"Selected by {tags['lensllm.selector']} for task {tags['lensllm.task_key']!r}.",
+        f"Predicted target loss {pred:.4f} (interval {low:.4f} .. {high:.4f}).",
+        f"Selection key: {tags['lensllm.selection_key']}.",
+    ]
+    provenance = [
+        f"{label} {tags[key]}"
+        for key, label in (
+            ("lensllm.git_commit", "git commit"),
+            ("lensllm.config_hash", "config hash"),
+            ("lensllm.data_fingerprint", "data fingerprint"),
+        )
+        if tags.get(key)
+    ]
+    if provenance:
+        lines.append("Provenance: " + ", ".join(provenance) + ".")
+    return " ".join(lines)

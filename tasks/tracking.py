@@ -28,6 +28,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.entities.run_status import RunStatus
 from mlflow.utils.time import get_current_time_millis
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.registry import Contender, decide_promotion
 
@@ -417,6 +419,28 @@ def _dataset_input(
     return DatasetInput(dataset=dataset, tags=tags)
 
 
+_inputs_lock = threading.Lock()
+
+
+def _log_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """``log_inputs`` that survives concurrent runs logging the same dataset.
+
+    MLflow's SQL store checks whether a dataset exists in the experiment and then inserts it:
+    two runs logging the same subset at once hit a UNIQUE constraint. A lock serialises the
+    threads of this process; one retry (the dataset then exists and is reused) covers other
+    processes.
+    """
+    from mlflow.exceptions import MlflowException
+
+    with _inputs_lock:
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as err:
+            if "UNIQUE constraint" not in str(err) and "duplicate key" not in str(err):
+                raise
+            client.log_inputs(run_id, datasets=inputs)
+
+
 def log_probe(tracking_uri: str, run_id: str, probe: dict) -> None:
     """Log one probe (one candidate at one subset size) to a candidate run.
 
@@ -453,7 +477,7 @@ def log_probe(tracking_uri: str, run_id: str, probe: dict) -> None:
     client = get_client(tracking_uri)
     _log_batch(client, run_id, metrics=metrics)
     if inputs:
-        client.log_inputs(run_id, datasets=inputs)
+        _log_inputs(client, run_id, inputs)
     text_values = {k: v for k, v in probe.items() if isinstance(v, str) and k == "device"}
     if text_values:
         _log_batch(client, run_id, tags=_tags({f"lensllm.{k}": v for k, v in text_values.items()}))
@@ -818,3 +842,50 @@ def rollback(tracking_uri: str, registered_name: str) -> dict:
     client.set_registered_model_alias(registered_name, ALIAS_CHAMPION, previous)
     client.set_model_version_tag(registered_name, current, TAG_ROLLED_BACK, "true")
     return {"champion": previous, "rolled_back_from": current}
+
+
+def start_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    *,
+    tags: dict | None = None,
+    params: dict | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Start a run (nested under ``parent_run_id`` in the parent's experiment when given)."""
+    if parent_run_id:
+        client = get_client(tracking_uri)
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        experiment = client.get_experiment(experiment_id).name
+    client, run_id = _create_run(tracking_uri, experiment, run_name, tags, parent_run_id)
+    _log_batch(client, run_id, params=_params(params))
+    return run_id
+
+
+# --------------------------------------------------------------------------------------------
+# Prefect tasks: thin wrappers (side effects, so never cached)
+# --------------------------------------------------------------------------------------------
+start_selection_run_task = task(name="mlflow-start-selection-run", cache_policy=NO_CACHE)(
+    start_selection_run
+)
+log_candidate_task = task(name="mlflow-log-candidate", cache_policy=NO_CACHE)(log_candidate)
+log_artifact_file_task = task(name="mlflow-log-artifact", cache_policy=NO_CACHE)(log_artifact_file)
+log_table_task = task(name="mlflow-log-table", cache_policy=NO_CACHE)(log_table)
+end_run_task = task(name="mlflow-end-run", cache_policy=NO_CACHE)(end_run)
+find_run_task = task(name="mlflow-find-run", cache_policy=NO_CACHE)(find_run)
+start_run_task = task(name="mlflow-start-run", cache_policy=NO_CACHE)(start_run)
+log_model_task = task(name="mlflow-log-transformers-model", cache_policy=NO_CACHE)(
+    log_transformers_model
+)
+find_model_version_task = task(name="registry-find-version", cache_policy=NO_CACHE)(
+    find_model_version
+)
+register_model_version_task = task(name="registry-register-version", cache_policy=NO_CACHE)(
+    register_model_version
+)
+promote_task = task(name="registry-promotion-gate", cache_policy=NO_CACHE)(promote_if_better)
+model_version_info_task = task(name="registry-version-info", cache_policy=NO_CACHE)(
+    get_model_version_info
+)
+rollback_task = task(name="registry-rollback", cache_policy=NO_CACHE)(rollback)
