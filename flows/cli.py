@@ -73,12 +73,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _select(args: argparse.Namespace) -> int:
+    from flows.config import load_config
+    from flows.select import flow_with_runner
+
+    overrides = list(args.set or [])
+    cfg = load_config(args.config, overrides)  # fail on a bad config before starting Prefect
+    summary = flow_with_runner(cfg)(config_path=args.config, overrides=overrides)
+    print("\nRanking (" + summary["rank_on"] + ", predicted at the target size):")
+    for row in summary["ranking"]:
+        print(
+            f"  {row['rank']}. {row['candidate']:<28} {row['predicted_loss']:.4f} "
+            f"[{row['interval_low']:.4f}, {row['interval_high']:.4f}] {row['note']}"
+        )
+    print(f"Selected: {summary['selected']}")
+    reg = summary.get("registry")
+    if reg:
+        print(
+            f"Registered: {reg.get('name', '')} version {reg.get('version')} "
+            f"aliases {reg.get('aliases')} (promoted: {reg.get('promoted')}; {reg.get('reason')})"
+        )
+    print(f"Curve plot: {summary['plot']}")
+    print(
+        f"MLflow run {summary['run_id']}: open the UI with `lensllm ui` "
+        f"(store {summary['tracking_uri']})"
+    )
+    return 0
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    from tasks.models import prepare
+
+    for info in prepare(args.names or ["smollm2-135m"]):
+        print(info)
+    return 0
+
+
 def _add_pipeline_commands(sub) -> None:
-    try:
-        from flows import pipeline_cli
-    except ImportError:
-        return
-    pipeline_cli.add_commands(sub)
+    sel = sub.add_parser("select", help="run a model selection from a YAML config")
+    sel.add_argument("--config", required=True, help="YAML config (see configs/demo.yaml)")
+    sel.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set probe.epochs=3 (repeatable)",
+    )
+    sel.set_defaults(func=_select)
+
+    models = sub.add_parser("models", help="candidate models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    prep = msub.add_parser("prepare", help="install and convert built-in models (offline cache)")
+    prep.add_argument("names", nargs="*", help="built-in names (default: smollm2-135m)")
+    prep.set_defaults(func=_models_prepare)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,3 +79,33 @@ def _log_xy(sizes, losses) -> tuple[np.ndarray, np.ndarray]:
     if np.any(np.diff(sizes) <= 0):
         raise ValueError("sizes must be strictly increasing")
     return np.log(sizes), np.log(losses)
+
+
+def power_phase_prediction(
+    sizes, losses, target_size: float, *, k: int = 3, delta: float = 5.0, level: float = 0.9,
+    noise_floor: float = 0.005,
+) -> tuple[float, float, float]:
+    """AtS prediction at ``target_size`` with a regression prediction interval.
+
+    The interval is the ordinary least-squares prediction interval of the power-phase line in
+    log space, ``t * s * sqrt(1 + 1/n + (x0 - mean x)^2 / Sxx)``, with ``s`` at least
+    ``noise_floor`` and, for a line through two points (no residual degrees of freedom), ``s``
+    set to ``noise_floor`` with a normal quantile. Returns ``(prediction, lower, upper)``.
+    """
+    from scipy.stats import norm, t
+
+    slope, intercept, idx = fit_power_phase(sizes, losses, k=k, delta=delta)
+    x, y = _log_xy(sizes, losses)
+    x, y = x[idx], y[idx]
+    x0 = np.log(target_size)
+    centre = slope * x0 + intercept
+    n = len(x)
+    if n < 2:
+        return float(np.exp(centre)), float("nan"), float("nan")
+    dof = n - 2
+    resid = y - (slope * x + intercept)
+    s = max(np.sqrt(np.sum(resid**2) / dof), noise_floor) if dof > 0 else noise_floor
+    quantile = t.ppf(0.5 + level / 2, dof) if dof > 0 else norm.ppf(0.5 + level / 2)
+    sxx = np.sum((x - x.mean()) ** 2)
+    half = quantile * s * np.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)
+    return float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half))

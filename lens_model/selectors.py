@@ -16,7 +16,7 @@ import numpy as np
 
 from lens_model.laws import FitWarning, RectifiedLaw, VanillaLaw
 from lens_model.metrics import probe_cost
-from lens_model.phase import fit_power_phase
+from lens_model.phase import power_phase_prediction
 from lens_model.registry import Registry
 
 SELECTORS: Registry[type[Selector]] = Registry("selector")
@@ -228,11 +228,13 @@ class AtS(Selector):
         n = len(source.model_sizes)
         sizes = _ladder(source, budget, zero_shot=False)
         losses = _read(source, range(n), sizes)
-        pred = np.empty(n)
-        for i in range(n):
-            slope, icpt, _ = fit_power_phase(sizes, losses[i], k=self.k, delta=self.delta)
-            pred[i] = np.exp(slope * np.log(target_size) + icpt)
-        return pred, pred, _nan(n), _nan(n), {}
+        out = np.array(
+            [
+                power_phase_prediction(sizes, losses[i], target_size, k=self.k, delta=self.delta)
+                for i in range(n)
+            ]
+        )
+        return out[:, 0], out[:, 0], out[:, 1], out[:, 2], {}
 
 
 @SELECTORS.register("Lens")
@@ -258,7 +260,7 @@ class Lens(Selector):
         cost_fraction: float = 1.0,
         spacing: int = 4,
         keep: float = 0.5,
-        min_size: int = 200,
+        min_size: int | None = None,
         k: int = 3,
         delta: float = 5.0,
         line_weight: float = 1.0,
@@ -282,9 +284,11 @@ class Lens(Selector):
     def _score(self, source, budget, target_size):
         w = np.asarray(source.model_sizes, dtype=float)
         n = len(w)
-        ladder = source.sizes[(source.sizes >= self.min_size) & (source.sizes < target_size)]
+        positive = source.sizes[(source.sizes > 0) & (source.sizes < target_size)]
+        min_size = self.min_size or int(positive.min())
+        ladder = positive[positive >= min_size]
         first = [int(budget)]
-        while first[-1] // self.spacing >= self.min_size:
+        while first[-1] // self.spacing >= min_size:
             first.append(first[-1] // self.spacing)
         first = sorted(first)
         if not np.isin(first, ladder).all():
@@ -325,17 +329,23 @@ class Lens(Selector):
             spent += size * w[survivors].sum()
             active = survivors
             pred[active] = self._predict(points, losses, target_size, active)[active]
-        return pred, pred, _nan(n), _nan(n), dropped
+        lo, hi = _nan(n), _nan(n)
+        for i in range(n):
+            sizes = [d for d in points[i] if d > 0]
+            ys = [losses[(i, d)] for d in sizes]
+            _, lo[i], hi[i] = power_phase_prediction(
+                sizes, ys, target_size, k=self.k, delta=self.delta
+            )
+        return pred, pred, lo, hi, dropped
 
     def _predict(self, points, losses, target_size, models) -> np.ndarray:
         """Predicted target loss of ``models`` (NaN elsewhere)."""
         models = list(models)
         out = np.full(len(points), np.nan)
         for i in models:
-            sizes = np.array([d for d in points[i] if d > 0], dtype=float)
-            ys = np.array([losses[(i, int(d))] for d in sizes])
-            slope, icpt, _ = fit_power_phase(sizes, ys, k=self.k, delta=self.delta)
-            out[i] = np.exp(slope * np.log(target_size) + icpt)
+            sizes = [d for d in points[i] if d > 0]
+            ys = [losses[(i, d)] for d in sizes]
+            out[i] = power_phase_prediction(sizes, ys, target_size, k=self.k, delta=self.delta)[0]
         if self.line_weight >= 1.0:
             return out
         grid = sorted({d for i in models for d in points[i]})

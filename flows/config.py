@@ -1,0 +1,196 @@
+"""Typed selection config: YAML -> validated objects. Unknown keys are errors that name the key.
+
+Precedence: CLI overrides (``--set probe.epochs=2``) > YAML > the defaults below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message names the field and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    source: str = Field("wordnet", description="wordnet | manpages | local file | hub id")
+    path: str | None = None
+    prompt_field: str | None = None
+    target_field: str | None = None
+    template: str | None = None
+    group_field: str | None = None
+    val_size: int = Field(64, ge=1)
+    test_size: int = Field(64, ge=1)
+    max_examples: int | None = Field(None, ge=1)
+    seed: int = 0
+
+
+class CandidateConfig(_Strict):
+    name: str
+    trust_remote_code: bool = False
+
+
+class ProbeConfig(_Strict):
+    method: Literal["lora", "full"] = "lora"
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "v_proj"]
+    learning_rate: float = Field(2e-3, gt=0)
+    epochs: int = Field(2, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    early_stopping_patience: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_seq_len: int = Field(48, ge=8)
+    seed: int = 0
+    device: str = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu") and not v.startswith("cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {v!r}")
+        return v
+
+
+class LadderConfig(_Strict):
+    first_size: int = Field(32, ge=1)
+    budget: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _doubling(self) -> LadderConfig:
+        if self.budget < self.first_size:
+            raise ValueError(
+                f"ladder.budget ({self.budget}) is smaller than ladder.first_size "
+                f"({self.first_size}); raise the budget or lower the first size"
+            )
+        ratio = self.budget // self.first_size
+        if self.budget % self.first_size or ratio & (ratio - 1):
+            raise ValueError(
+                f"ladder.budget ({self.budget}) must be ladder.first_size ({self.first_size}) "
+                "times a power of two (the ladder doubles)"
+            )
+        return self
+
+    def sizes(self) -> list[int]:
+        out = [self.first_size]
+        while out[-1] < self.budget:
+            out.append(out[-1] * 2)
+        return out
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; default .lensllm/mlflow.db")
+    experiment: str = "lensllm-selection"
+
+
+class RegistryConfig(_Strict):
+    enabled: bool = True
+    model_name: str = "lensllm-selected"
+    margin: float = Field(0.0, ge=0.0)
+
+
+class RunnerConfig(_Strict):
+    kind: Literal["thread"] = "thread"
+    max_workers: int = Field(1, ge=1)
+
+
+class SelectionConfig(_Strict):
+    name: str = Field("demo", description="task key: what the registry compares champions on")
+    dataset: DatasetConfig = DatasetConfig()
+    candidates: list[CandidateConfig]
+    probe: ProbeConfig = ProbeConfig()
+    ladder: LadderConfig = LadderConfig()
+    target_size: int = Field(4096, ge=1)
+    selector: str = "Lens"
+    rank_on: Literal["bits_per_byte", "loss_per_token"] = "bits_per_byte"
+    tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
+    runner: RunnerConfig = RunnerConfig()
+    cache_dir: str = ".lensllm"
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": c} if isinstance(c, str) else c for c in v]
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> SelectionConfig:
+        if len(self.candidates) < 2:
+            raise ValueError("candidates: list at least 2 models to select from")
+        names = [c.name for c in self.candidates]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"candidates: duplicate names {dupes}; list each model once")
+        if self.target_size < self.ladder.budget:
+            raise ValueError(
+                f"target_size ({self.target_size}) is smaller than ladder.budget "
+                f"({self.ladder.budget}); the target is the full data size to predict"
+            )
+        return self
+
+    def resolved_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _apply_override(data: dict, dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} must look like key.sub=value")
+    key, raw = dotted.split("=", 1)
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | None, overrides: list[str] | None = None) -> SelectionConfig:
+    """Load and validate a selection config; ``overrides`` are ``key.sub=value`` strings."""
+    data: dict = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {path!r} does not exist")
+        try:
+            data = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path!r} must hold a mapping at the top level")
+    for item in overrides or []:
+        _apply_override(data, item)
+    try:
+        return SelectionConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, path)) from None
+
+
+def _explain(err: ValidationError, path: str | None) -> str:
+    lines = [f"invalid config{f' {path}' if path else ''}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key {where!r}: remove it or check its spelling")
+        elif e["type"] == "missing":
+            lines.append(f"  - missing required key {where!r}")
+        else:
+            lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)

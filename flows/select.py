@@ -1,0 +1,315 @@
+"""Selection flow: subsample -> probe -> fit -> select -> MLflow -> registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.config import SelectionConfig, load_config
+from flows.register import register_flow
+from tasks import tracking
+from tasks.data import prepare_data_task
+from tasks.fit import fit_and_select_task, plot_selection
+from tasks.models import describe_candidate, resolve_candidate_task
+from tasks.probe import probe_task
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _probe_settings(cfg: SelectionConfig, threads: int) -> dict:
+    p = cfg.probe
+    return {
+        "method": p.method,
+        "lora_r": p.lora_r,
+        "lora_alpha": p.lora_alpha,
+        "lora_dropout": p.lora_dropout,
+        "target_modules": list(p.target_modules),
+        "learning_rate": p.learning_rate,
+        "max_steps": p.max_steps,
+        "epochs": p.epochs,
+        "batch_size": p.batch_size,
+        "max_seq_len": p.max_seq_len,
+        "early_stopping_patience": p.early_stopping_patience,
+        "seed": p.seed,
+        "device": p.device,
+        "threads": threads,
+    }
+
+
+def _finetuned_dir(cfg: SelectionConfig, name: str, data_fp: str, settings: dict) -> str:
+    key = hashlib.sha256(
+        json.dumps([name, data_fp, settings, cfg.ladder.budget], sort_keys=True).encode()
+    ).hexdigest()[:12]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return str(Path(cfg.cache_dir, "finetuned", f"{safe}-{key}").resolve())
+
+
+@flow(name="select-model", log_prints=True)
+def select_flow(config_path: str | None = None, overrides: list[str] | None = None) -> dict:
+    """Run one selection from a YAML config (``overrides``: ``key.sub=value`` strings)."""
+    cfg = load_config(config_path, overrides)
+    return run_selection(cfg)
+
+
+def run_selection(cfg: SelectionConfig) -> dict:
+    logger = get_run_logger()
+    cache = Path(cfg.cache_dir).resolve()
+    tracking_uri = cfg.tracking.uri or tracking.default_tracking_uri(str(cache))
+    # Validate what can fail before spending compute: the data ladder and every candidate.
+    data = prepare_data_task(
+        cfg.dataset.source,
+        path=cfg.dataset.path,
+        prompt_field=cfg.dataset.prompt_field,
+        target_field=cfg.dataset.target_field,
+        template=cfg.dataset.template,
+        group_field=cfg.dataset.group_field,
+        val_size=cfg.dataset.val_size,
+        test_size=cfg.dataset.test_size,
+        first_size=cfg.ladder.first_size,
+        budget=cfg.ladder.budget,
+        seed=cfg.dataset.seed,
+        max_examples=cfg.dataset.max_examples,
+    )
+    models = {
+        c.name: resolve_candidate_task(
+            c.name, cache_dir=str(cache / "models"), trust_remote_code=c.trust_remote_code
+        )
+        for c in cfg.candidates
+    }
+    n_params = {name: int(describe_candidate(path)["n_params"]) for name, path in models.items()}
+    logger.info(
+        "data %s (fingerprint %s); candidates: %s",
+        data["source"],
+        data["fingerprint"],
+        ", ".join(f"{n} ({p / 1e6:.1f}M)" for n, p in n_params.items()),
+    )
+
+    threads = max(1, (os.cpu_count() or 1) // cfg.runner.max_workers)
+    settings = _probe_settings(cfg, threads)
+    probes = _run_probes(cfg, data, models, settings, cache)
+    result = fit_and_select_task(
+        probes,
+        n_params,
+        target_size=cfg.target_size,
+        budget=cfg.ladder.budget,
+        selector=cfg.selector,
+        rank_on=cfg.rank_on,
+        seed=cfg.probe.seed,
+    )
+    out_dir = Path(tempfile.mkdtemp(prefix="lensllm-select-"))
+    plot = plot_selection(result, probes, str(out_dir / "curves.png"))
+    summary = _track(cfg, data, probes, result, n_params, tracking_uri, out_dir)
+    summary["plot"] = _keep_plot(plot, cache, summary["run_id"])
+    if cfg.registry.enabled:
+        selected = result["selected"]
+        cand = result["candidates"][selected]
+        largest = max(probes[selected], key=lambda p: p["subset_size"])
+        summary["registry"] = register_flow(
+            largest["save_dir"],
+            registered_name=cfg.registry.model_name,
+            task_key=cfg.name,
+            selection_key=summary["selection_key"],
+            predicted_loss=cand["predicted_loss"],
+            interval=cand["interval"],
+            selector=cfg.selector,
+            tags=summary["tags"],
+            tracking_uri=tracking_uri,
+            experiment=cfg.tracking.experiment,
+            margin=cfg.registry.margin,
+            parent_run_id=summary["run_id"],
+        )
+    tracking.end_run(tracking_uri, summary["run_id"])
+    _prefect_artifacts(result, summary)
+    return summary
+
+
+def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict]]:
+    """Every candidate at every ladder size (0 = zero-shot); finished probes come from cache."""
+    logger = get_run_logger()
+    probe = probe_task.with_options(
+        cache_policy=INPUTS + TASK_SOURCE,
+        persist_result=True,
+        result_storage=cache / "results",  # a Path; a str is read as a block slug
+    )
+    sizes = [0, *data["sizes"]]
+    futures = {}
+    for name, path in models.items():
+        for size in sizes:
+            save_dir = None
+            if size == cfg.ladder.budget:
+                save_dir = _finetuned_dir(cfg, name, data["fingerprint"], settings)
+            task = probe
+            if save_dir and not Path(save_dir).is_dir():
+                task = probe.with_options(refresh_cache=True)  # the weights must exist
+            futures[(name, size)] = task.submit(
+                path,
+                data["train"][:size],
+                data["val"],
+                data["test"],
+                save_dir=save_dir,
+                trust_remote_code=_trust(cfg, name),
+                **settings,
+            )
+    out: dict[str, list[dict]] = {name: [] for name in models}
+    for (name, size), fut in futures.items():
+        res = dict(fut.result())
+        res.update(
+            subset_size=size,
+            candidate=name,
+            subset_fingerprint=data["subset_fingerprints"].get(
+                size, data["subset_fingerprints"].get(str(size))
+            ),
+            test_fingerprint=data["test_fingerprint"],
+            test_size=len(data["test"]),
+            dataset_name=str(data["source"]).replace("/", "_"),
+            dataset_source=data["source"],
+        )
+        logger.info(
+            "probe %-28s size %5d: %.4f bits/byte, %.4f nats/token, %d steps, %.1f s",
+            name,
+            size,
+            res["test_bits_per_byte"],
+            res["test_loss"],
+            res["steps"],
+            res["wall_time_s"],
+        )
+        out[name].append(res)
+    return out
+
+
+def _trust(cfg: SelectionConfig, name: str) -> bool:
+    return next(c.trust_remote_code for c in cfg.candidates if c.name == name)
+
+
+def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path) -> dict:
+    selection_key = hashlib.sha256(
+        f"{cfg.config_hash()}:{data['fingerprint']}".encode()
+    ).hexdigest()[:16]
+    tags = {
+        "lensllm.git_commit": git_commit(),
+        "lensllm.config_hash": cfg.config_hash(),
+        "lensllm.data_fingerprint": data["fingerprint"],
+        "lensllm.selection_key": selection_key,
+        "lensllm.task": cfg.name,
+    }
+    run_id = tracking.start_selection_run(
+        tracking_uri,
+        cfg.tracking.experiment,
+        f"select-{cfg.name}",
+        tags,
+        {
+            "selector": cfg.selector,
+            "rank_on": cfg.rank_on,
+            "target_size": cfg.target_size,
+            "ladder": ",".join(map(str, data["sizes"])),
+            "dataset": data["source"],
+            "candidates": ",".join(probes),
+            "probe_method": cfg.probe.method,
+        },
+        cfg.resolved_yaml(),
+    )
+    for name, runs in probes.items():
+        cand = result["candidates"][name]
+        prediction = {
+            "target_size": cfg.target_size,
+            "predicted_loss": cand["predicted_loss"],
+            "interval_low": cand["interval"][0],
+            "interval_high": cand["interval"][1],
+            "rank": result["ranking"].index(name) + 1,
+            "dropped": cand.get("dropped"),
+            "excluded": cand.get("excluded"),
+            "laws": cand["laws"],
+        }
+        clean = [{k: v for k, v in p.items() if k not in ("history", "save_dir")} for p in runs]
+        tracking.log_candidate(
+            tracking_uri,
+            run_id,
+            name,
+            clean,
+            prediction,
+            {"n_params": n_params[name], "model": name},
+        )
+    ranking = [
+        {
+            "rank": i + 1,
+            "candidate": name,
+            "predicted_loss": round(result["candidates"][name]["predicted_loss"], 5),
+            "interval_low": round(result["candidates"][name]["interval"][0], 5),
+            "interval_high": round(result["candidates"][name]["interval"][1], 5),
+            "note": result["candidates"][name].get("dropped")
+            or result["candidates"][name].get("excluded")
+            or "",
+        }
+        for i, name in enumerate(result["ranking"])
+    ]
+    tracking.log_table(tracking_uri, run_id, ranking, "ranking.json")
+    tracking.log_json(tracking_uri, run_id, result, "fit_params.json")
+    tracking.log_artifact_file(tracking_uri, run_id, str(out_dir / "curves.png"))
+    tracking.log_metrics(tracking_uri, run_id, [("selection_cost", result["cost"], 0)])
+    return {
+        "run_id": run_id,
+        "tracking_uri": tracking_uri,
+        "tags": tags,
+        "selection_key": selection_key,
+        "selected": result["selected"],
+        "ranking": ranking,
+        "cost": result["cost"],
+        "rank_on": cfg.rank_on,
+    }
+
+
+def _keep_plot(plot: str, cache: Path, run_id: str) -> str:
+    dest = cache / "plots" / f"selection-{run_id}.png"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(Path(plot).read_bytes())
+    return str(dest)
+
+
+def _prefect_artifacts(result: dict, summary: dict) -> None:
+    create_table_artifact(
+        summary["ranking"],
+        key="selection-ranking",
+        description=f"Ranking by {result['selector']} ({result['rank_on']})",
+    )
+    reg = summary.get("registry") or {}
+    create_markdown_artifact(
+        "\n".join(
+            [
+                f"# Selected: **{result['selected']}**",
+                f"- selector: {result['selector']}, ranked on {result['rank_on']}",
+                f"- MLflow run: `{summary['run_id']}` in `{summary['tracking_uri']}`"
+                " (open with `lensllm ui`)",
+                f"- registered version: {reg.get('version', '-')} "
+                f"(promoted to champion: {reg.get('promoted', '-')})",
+            ]
+        ),
+        key="selection-summary",
+    )
+
+
+def flow_with_runner(cfg: SelectionConfig):
+    """The select flow with the task runner the config asks for."""
+    return select_flow.with_options(
+        task_runner=ThreadPoolTaskRunner(max_workers=cfg.runner.max_workers)
+    )

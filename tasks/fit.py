@@ -1,0 +1,174 @@
+"""Fit the laws to measured probe curves, select with a registered selector, plot the result."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from prefect import task  # noqa: E402
+
+from lens_model.laws import FitWarning, RectifiedLaw, VanillaLaw  # noqa: E402
+from lens_model.selectors import SELECTORS, TableProbes  # noqa: E402
+
+RANK_KEYS = {"bits_per_byte": "test_bits_per_byte", "loss_per_token": "test_loss"}
+
+
+def curve_matrix(probes: dict[str, list[dict]], key: str) -> tuple[list[int], np.ndarray]:
+    """Sizes (sorted) and an (N, m) matrix of ``key`` per candidate; NaN where not probed.
+
+    A diverged probe (``diverged`` true or a non-finite value) stays NaN: it is excluded from
+    fitting, never replaced by a number.
+    """
+    sizes = sorted({p["subset_size"] for runs in probes.values() for p in runs})
+    table = np.full((len(probes), len(sizes)), np.nan)
+    for row, runs in enumerate(probes.values()):
+        for p in runs:
+            value = p.get(key)
+            if value is not None and not p.get("diverged") and np.isfinite(value) and value > 0:
+                table[row, sizes.index(p["subset_size"])] = value
+    return sizes, table
+
+
+def fit_and_select(
+    probes: dict[str, list[dict]],
+    n_params: dict[str, int],
+    *,
+    target_size: int,
+    budget: int,
+    selector: str,
+    rank_on: str = "bits_per_byte",
+    seed: int = 0,
+) -> dict:
+    """Rank candidates by predicted target loss; returns plain data for logging and registry.
+
+    Parameters
+    ----------
+    probes
+        Candidate name -> probe results (``subset_size`` and the measured losses).
+    n_params
+        Candidate name -> parameter count (ModelSize and the Cost metric use it).
+    rank_on
+        ``bits_per_byte`` (tokenizer-independent, the default) or ``loss_per_token``.
+    """
+    names = list(probes)
+    key = RANK_KEYS[rank_on]
+    sizes, table = curve_matrix(probes, key)
+    usable = np.isfinite(table).all(axis=1)
+    excluded = {
+        n: "a probe diverged or produced no finite loss"
+        for n, ok in zip(names, usable, strict=True)
+        if not ok
+    }
+    keep = [i for i, ok in enumerate(usable) if ok]
+    if len(keep) < 1:
+        raise ValueError("no candidate has a complete, finite curve: nothing to select from")
+    weights = np.array([n_params[names[i]] for i in keep], dtype=float)
+    source = TableProbes(sizes, table[keep], weights, max_size=budget)
+    sel = SELECTORS.get(selector)().select(source, budget=budget, target_size=target_size)
+    laws = _law_predictions(np.array(sizes, dtype=float), table[keep], target_size, seed)
+    candidates = {}
+    for j, i in enumerate(keep):
+        candidates[names[i]] = {
+            "predicted_loss": float(sel.predictions[j]),
+            "interval": [float(sel.lower[j]), float(sel.upper[j])],
+            "score": float(sel.scores[j]),
+            "dropped": sel.dropped.get(j),
+            "laws": {law: {k: v[j] for k, v in vals.items()} for law, vals in laws.items()},
+        }
+    for name, reason in excluded.items():
+        candidates[name] = {
+            "predicted_loss": float("nan"),
+            "interval": [float("nan")] * 2,
+            "score": float("nan"),
+            "dropped": None,
+            "excluded": reason,
+            "laws": {},
+        }
+    ranking = [names[keep[j]] for j in sel.ranking()] + list(excluded)
+    return {
+        "selector": selector,
+        "rank_on": rank_on,
+        "metric_key": key,
+        "target_size": target_size,
+        "sizes": sizes,
+        "selected": names[keep[sel.selected]],
+        "ranking": ranking,
+        "candidates": candidates,
+        "cost": sel.cost(weights, target_size),
+        "probes_read": sorted([names[keep[m]], int(d)] for m, d in sel.probes),
+    }
+
+
+def _law_predictions(sizes, table, target_size, seed) -> dict[str, dict[str, list]]:
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FitWarning)  # reported through the converged flag
+        for law in (RectifiedLaw(seed=seed), VanillaLaw(seed=seed)):
+            use = (sizes > 0) | law.uses_zero_shot
+            if use.sum() < len(law.param_names) - 1:
+                continue
+            law.fit(sizes[use], table[:, use])
+            lo, hi = law.predict_interval([target_size])
+            out[law.name] = {
+                "predicted_loss": law.predict([target_size])[:, 0].tolist(),
+                "interval_low": lo[:, 0].tolist(),
+                "interval_high": hi[:, 0].tolist(),
+                "rmse_log": law.rmse_log_.tolist(),
+                "converged": law.converged_.tolist(),
+                **{k: np.asarray(v).tolist() for k, v in law.params_.items()},
+            }
+    return out
+
+
+def plot_selection(result: dict, probes: dict[str, list[dict]], path: str) -> str:
+    """All candidates on one figure: measured points, fitted rectified law, prediction + interval."""
+    sizes, table = curve_matrix(probes, result["metric_key"])
+    target = result["target_size"]
+    x = np.array(sizes, dtype=float)
+    pos = x > 0
+    grid = np.geomspace(x[pos].min() / 2, target * 1.3, 120)
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    for row, name in enumerate(probes):
+        cand = result["candidates"][name]
+        color = f"C{row % 10}"
+        label = name + (" (selected)" if name == result["selected"] else "")
+        ax.plot(x[pos], table[row, pos], "o", color=color, label=label)
+        if np.isfinite(table[row, 0]) and not pos[0]:
+            ax.plot([grid[0]], [table[row, 0]], "s", color=color, mfc="none")
+        rect = cand["laws"].get("rectified")
+        if rect:
+            law_curve = _rectified_curve(rect, grid)
+            ax.plot(grid, law_curve, "-", color=color, lw=1, alpha=0.7)
+        pred, (lo, hi) = cand["predicted_loss"], cand["interval"]
+        if np.isfinite(pred):
+            err = [[pred - lo], [hi - pred]] if np.isfinite(lo) and np.isfinite(hi) else None
+            ax.errorbar([target], [pred], yerr=err, fmt="*", ms=12, color=color, capsize=4)
+    ax.axvline(target, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    unit = "bits per byte" if result["rank_on"] == "bits_per_byte" else "nats per token"
+    ax.set_xlabel("fine-tuning examples (squares at the left: zero-shot)")
+    ax.set_ylabel(f"test loss ({unit})")
+    ax.set_title(f"{result['selector']}: predicted loss at {target} examples (stars, 90% interval)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _rectified_curve(params: dict, grid: np.ndarray) -> np.ndarray:
+    b, d_l, beta, e = (np.asarray(params[k], dtype=float) for k in ("B", "D_l", "beta", "E"))
+    return b / (d_l + grid**beta) + e
+
+
+@task(name="fit-and-select")
+def fit_and_select_task(probes: dict, n_params: dict, **kwargs) -> dict:
+    return fit_and_select(probes, n_params, **kwargs)
