@@ -198,6 +198,11 @@ def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict
     return out
 
 
+def _subset_fingerprint(data: dict, size: int) -> str | None:
+    prints = data["subset_fingerprints"]  # int keys, or str keys after a JSON round trip
+    return prints.get(size, prints.get(str(size)))
+
+
 def _trust(cfg: SelectionConfig, name: str) -> bool:
     return next(c.trust_remote_code for c in cfg.candidates if c.name == name)
 

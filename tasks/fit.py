@@ -126,7 +126,7 @@ def _law_predictions(sizes, table, target_size, seed) -> dict[str, dict[str, lis
 
 
 def plot_selection(result: dict, probes: dict[str, list[dict]], path: str) -> str:
-    """All candidates on one figure: measured points, fitted rectified law, prediction + interval."""
+    """All candidates on one figure: measured points, rectified fit, prediction + interval."""
     sizes, table = curve_matrix(probes, result["metric_key"])
     target = result["target_size"]
     x = np.array(sizes, dtype=float)
