@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,10 @@ def prepare_model(
             target_modules=list(target_modules),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft calls a transformers method that v5 renamed; the warning is not ours to fix
+            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
+            model = get_peft_model(model, config)
     elif method == "none":
         model.requires_grad_(False)
     model.config.use_cache = False
