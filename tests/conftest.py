@@ -1,0 +1,53 @@
+"""Shared fixtures: a Prefect test harness and a small synthetic loss table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+TARGET_SIZE = 1_638_400
+LADDER = np.array([0] + [200 * 2**i for i in range(14)], dtype=float)  # 0, 200, ..., 1638400
+
+
+def rectified_loss(sizes, b, d_l, beta, e) -> np.ndarray:
+    """L(D) = B / (D_l + D^beta) + E for every (model, size); parameters are (N,) arrays."""
+    d = np.asarray(sizes, dtype=float)[None, :]
+    b, d_l, beta, e = (np.asarray(v, dtype=float)[:, None] for v in (b, d_l, beta, e))
+    return b / (d_l + d**beta) + e
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect API and database for flow tests (cold start ~20 s, once a session)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def synthetic_table() -> dict:
+    """Eight rectified-law curves on the FLAN ladder (0, 200, ..., 1638400), 0.3 % noise.
+
+    Same keys as ``tasks.tables.load_loss_table`` plus ``params`` (the true law parameters).
+    """
+    rng = np.random.default_rng(7)
+    n = 8
+    params = {
+        "b": rng.uniform(30, 300, n),
+        "d_l": rng.uniform(5, 200, n),
+        "beta": rng.uniform(0.3, 0.7, n),
+        "e": rng.uniform(0.6, 1.6, n),
+    }
+    losses = rectified_loss(LADDER, **params) * np.exp(
+        0.003 * rng.standard_normal((n, len(LADDER)))
+    )
+    return {
+        "name": "SYNTH",
+        "models": [f"org/model-{i}" for i in range(n)],
+        "sizes": LADDER.astype(int).tolist(),
+        "losses": losses.tolist(),
+        "model_sizes": rng.uniform(1e8, 7e9, n).round().tolist(),
+        "families": ["a", "b"] * (n // 2),
+        "params": {k: v.tolist() for k, v in params.items()},
+    }

@@ -1,0 +1,255 @@
+"""Selectors (lens_model/selectors.py): every registered selector on a small synthetic table,
+the replay protocol's reading rules and costs, and the adaptive Lens selector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lens_model import SELECTORS, Selection, Selector, TableProbes, fit_power_phase
+from lens_model.metrics import probe_cost, relative_accuracy
+from tests.conftest import TARGET_SIZE
+
+BUDGETS = [3_200, 12_800, 51_200, 204_800]
+FIXED_LADDER = {"ZeroShot", "SubTuning", "ModelSize", "VanillaFit", "RectifiedFit", "AtS"}
+MIXED_SIZES = np.array([1e8] * 4 + [7e9] * 4)  # cheap and expensive candidates: Lens drops some
+
+
+def arrays(table: dict, model_sizes=None):
+    sizes = np.array(table["sizes"], dtype=float)
+    losses = np.array(table["losses"], dtype=float)
+    w = np.array(table["model_sizes"] if model_sizes is None else model_sizes, dtype=float)
+    return sizes, losses, w
+
+
+def source(table: dict, model_sizes=None) -> TableProbes:
+    """A probe source that refuses the target column, as in the replay protocol."""
+    sizes, losses, w = arrays(table, model_sizes)
+    return TableProbes(sizes, losses, w, max_size=TARGET_SIZE - 1)
+
+
+def run(name: str, table: dict, budget: int, model_sizes=None, **kwargs) -> Selection:
+    src = source(table, model_sizes)
+    return SELECTORS.get(name)(**kwargs).select(src, budget=budget, target_size=TARGET_SIZE)
+
+
+def ats_cost(table: dict, budget: int, model_sizes=None) -> float:
+    return run("AtS", table, budget, model_sizes).cost(arrays(table, model_sizes)[2], TARGET_SIZE)
+
+
+# -- every registered selector ---------------------------------------------------------------
+def test_registry_holds_the_published_methods_and_lens():
+    assert FIXED_LADDER | {"Lens"} <= set(SELECTORS.names())
+
+
+@pytest.mark.parametrize("name", SELECTORS.names())
+@pytest.mark.parametrize("budget", [3_200, 51_200])
+def test_every_selector_returns_a_valid_selection(name, budget, synthetic_table):
+    n = len(synthetic_table["models"])
+    w = arrays(synthetic_table)[2]
+    sel = run(name, synthetic_table, budget)
+    assert isinstance(sel, Selection)
+    assert sel.scores.shape == sel.predictions.shape == sel.lower.shape == sel.upper.shape == (n,)
+    assert np.all(np.isfinite(sel.scores))
+    assert 0 <= sel.selected < n and sel.selected not in sel.dropped
+    # the selected model is the best-scored one that was not dropped
+    key = -sel.scores if sel.greater_is_better else sel.scores
+    kept = [i for i in range(n) if i not in sel.dropped]
+    assert key[sel.selected] == key[kept].min()
+    assert sel.ranking().shape == (n,) and sorted(sel.ranking()) == list(range(n))
+    cost = sel.cost(w, TARGET_SIZE)
+    assert 0.0 <= cost <= 1.0
+    assert cost <= ats_cost(synthetic_table, budget) + 1e-12  # nobody outspends AtS
+    assert all(0 <= m < n and 0 <= d < TARGET_SIZE for m, d in sel.probes)
+    has_interval = np.isfinite(sel.lower) & np.isfinite(sel.upper)
+    p = sel.predictions
+    assert np.all(sel.lower[has_interval] <= p[has_interval])
+    assert np.all(p[has_interval] <= sel.upper[has_interval])
+    if name in FIXED_LADDER:
+        assert all(d <= budget for _, d in sel.probes)
+
+
+@pytest.mark.parametrize("name", SELECTORS.names())
+def test_no_selector_reads_the_target_column(name, synthetic_table):
+    """A source capped below the target raises on any read of it; selections still complete."""
+    src = source(synthetic_table)
+    with pytest.raises(ValueError, match="above the largest readable size"):
+        src.loss(0, TARGET_SIZE)
+    sel = SELECTORS.get(name)().select(src, budget=204_800, target_size=TARGET_SIZE)
+    assert max((d for _, d in sel.probes), default=0) < TARGET_SIZE
+    # a table whose target column is garbage gives the same selection: it was never used
+    sizes, losses, w = arrays(synthetic_table)
+    poisoned = losses.copy()
+    poisoned[:, sizes == TARGET_SIZE] = np.nan
+    again = SELECTORS.get(name)().select(
+        TableProbes(sizes, poisoned, w, max_size=TARGET_SIZE),
+        budget=204_800,
+        target_size=TARGET_SIZE,
+    )
+    assert again.selected == sel.selected
+    np.testing.assert_array_equal(again.scores, sel.scores)
+
+
+@pytest.mark.parametrize("name", SELECTORS.names())
+def test_budget_above_target_is_refused(name, synthetic_table):
+    with pytest.raises(ValueError, match="must not exceed target_size"):
+        run(name, synthetic_table, 2 * TARGET_SIZE)
+
+
+def test_registry_did_you_mean():
+    with pytest.raises(KeyError, match="Did you mean"):
+        SELECTORS.get("Lense")
+    with pytest.raises(KeyError, match="Did you mean 'RectifiedFit'"):
+        SELECTORS.get("RectifiedFitt")
+    assert SELECTORS.get("ats") is SELECTORS.get("AtS")  # case-insensitive
+
+
+# -- what each baseline reads and scores (design.md section 5) -------------------------------
+def test_baseline_scores_by_hand(synthetic_table):
+    sizes, losses, w = arrays(synthetic_table)
+    col = {int(s): losses[:, j] for j, s in enumerate(sizes)}
+    n = len(w)
+    zero = run("ZeroShot", synthetic_table, 12_800)
+    np.testing.assert_array_equal(zero.scores, col[0])
+    assert zero.probes == {(m, 0) for m in range(n)}
+    assert zero.cost(w, TARGET_SIZE) == 0.0
+
+    sub = run("SubTuning", synthetic_table, 12_800)
+    np.testing.assert_array_equal(sub.scores, col[12_800])
+    assert sub.probes == {(m, 12_800) for m in range(n)}
+    assert sub.cost(w, TARGET_SIZE) == pytest.approx(12_800 / TARGET_SIZE)
+    assert sub.selected == int(np.argmin(col[12_800]))
+
+    size = run("ModelSize", synthetic_table, 12_800)
+    np.testing.assert_allclose(size.scores, np.log(w))
+    assert size.greater_is_better and size.selected == int(np.argmax(w)) and not size.probes
+
+    ats = run("AtS", synthetic_table, 12_800)
+    ladder = sizes[(sizes > 0) & (sizes <= 12_800)]
+    assert ats.probes == {(m, int(d)) for m in range(n) for d in ladder}
+    assert ats.cost(w, TARGET_SIZE) == pytest.approx(ladder.sum() / TARGET_SIZE)  # ~ 2B / P
+    for m in range(n):
+        slope, icpt, _ = fit_power_phase(ladder, col_row(losses, sizes, m, ladder))
+        assert ats.scores[m] == pytest.approx(np.exp(icpt + slope * np.log(TARGET_SIZE)))
+
+    rect = run("RectifiedFit", synthetic_table, 12_800)
+    assert (0, 0) in rect.probes and rect.cost(w, TARGET_SIZE) == ats.cost(w, TARGET_SIZE)
+    vanilla = run("VanillaFit", synthetic_table, 12_800)
+    assert all(d > 0 for _, d in vanilla.probes)
+
+
+def col_row(losses, sizes, m, ladder):
+    return np.array([losses[m, int(np.flatnonzero(sizes == d)[0])] for d in ladder])
+
+
+def test_rectified_fit_predicts_the_target_on_rectified_curves(synthetic_table):
+    sizes, losses, _ = arrays(synthetic_table)
+    truth = losses[:, -1]
+    sel = run("RectifiedFit", synthetic_table, 204_800)
+    assert np.abs(sel.predictions / truth - 1).max() < 0.05
+    assert relative_accuracy(sel.selected, truth) == 1.0
+
+
+def test_ties_go_to_the_first_model(synthetic_table):
+    sizes, losses, w = arrays(synthetic_table)
+    losses = losses.copy()
+    losses[[2, 5], 0] = losses[:, 0].min() - 0.1  # models 2 and 5 tie for the best zero-shot
+    src = TableProbes(sizes, losses, w, max_size=TARGET_SIZE - 1)
+    assert (
+        SELECTORS.get("ZeroShot")().select(src, budget=200, target_size=TARGET_SIZE).selected == 2
+    )
+
+
+def test_dropped_candidates_are_never_selected():
+    """The base class excludes dropped candidates even when their score is the best."""
+
+    class DropsTheBest(Selector):
+        def _score(self, source, budget, target_size):
+            scores = np.array([3.0, 1.0, 2.0])
+            nan = np.full(3, np.nan)
+            return scores, scores, nan, nan, {1: "dropped after size 200"}
+
+    src = TableProbes([0, 200, 400], np.ones((3, 3)), [1, 1, 1], max_size=400)
+    sel = DropsTheBest().select(src, budget=400, target_size=400)
+    assert sel.selected == 2 and sel.ranking()[0] == 1
+
+
+# -- Lens ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("cost_fraction", [1.0, 0.7])
+def test_lens_spends_no_more_than_ats_and_never_picks_a_dropped_model(
+    budget, cost_fraction, synthetic_table
+):
+    w = MIXED_SIZES
+    lens = run("Lens", synthetic_table, budget, w, cost_fraction=cost_fraction)
+    ats = ats_cost(synthetic_table, budget, w)
+    assert lens.cost(w, TARGET_SIZE) <= cost_fraction * ats * (1 + 1e-12)
+    assert lens.dropped, "this table should make Lens stop probing some candidates"
+    assert lens.selected not in lens.dropped
+    for model, reason in lens.dropped.items():
+        assert isinstance(reason, str) and reason.startswith("dropped after size")
+        # a dropped model saw no more data than the selected one
+        assert max(d for m, d in lens.probes if m == model) <= max(
+            d for m, d in lens.probes if m == lens.selected
+        )
+    assert np.all(np.isfinite(lens.predictions))
+
+
+def test_lens_rounds_by_hand(synthetic_table):
+    """Equal model sizes, budget 12800, spacing 4: round 0 probes 200, 800, 3200, 12800 for all
+    (17000 of AtS's 25400 per model); round 1 can afford 51200 for one survivor only."""
+    sizes, losses, _ = arrays(synthetic_table)
+    n = len(losses)
+    w = np.ones(n)
+    first = np.array([200, 800, 3200, 12_800], dtype=float)
+    predicted = []
+    for m in range(n):
+        slope, icpt, _ = fit_power_phase(first, col_row(losses, sizes, m, first))
+        predicted.append(np.exp(icpt + slope * np.log(TARGET_SIZE)))
+    best = int(np.argmin(predicted))
+    lens = run("Lens", synthetic_table, 12_800, w)
+    expected = {(m, int(d)) for m in range(n) for d in first} | {(best, 51_200)}
+    assert lens.probes == expected
+    assert lens.cost(w, TARGET_SIZE) == pytest.approx((n * 17_000 + 51_200) / (n * TARGET_SIZE))
+    assert lens.selected == best
+    assert set(lens.dropped) == set(range(n)) - {best}
+    for m in lens.dropped:
+        assert lens.scores[m] == pytest.approx(predicted[m])
+        assert "dropped after size 12800" in lens.dropped[m]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cost_fraction": 0.0}, "cost_fraction must be in"),
+        ({"cost_fraction": 1.5}, "cost_fraction must be in"),
+        ({"spacing": 3}, "spacing must be a power of two"),
+        ({"spacing": 1}, "spacing must be a power of two"),
+        ({"keep": 1.0}, "keep must be in"),
+    ],
+)
+def test_lens_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SELECTORS.get("Lens")(**kwargs)
+
+
+def test_lens_refuses_a_first_round_above_the_cap(synthetic_table):
+    with pytest.raises(ValueError, match="costs more than the cap"):
+        run("Lens", synthetic_table, 12_800, cost_fraction=0.5)
+
+
+def test_lens_refuses_a_budget_off_the_ladder(synthetic_table):
+    with pytest.raises(ValueError, match="not all on the ladder"):
+        run("Lens", synthetic_table, 12_000)
+
+
+def test_table_probes_records_reads_and_rejects_unknown_sizes(synthetic_table):
+    src = source(synthetic_table)
+    assert src.probes == set()
+    src.loss(3, 400)
+    src.loss(3, 400)
+    assert src.probes == {(3, 400)}
+    assert probe_cost(src.probes, src.model_sizes, TARGET_SIZE) > 0
+    with pytest.raises(KeyError, match="not in the ladder"):
+        src.loss(0, 300)
+    assert TARGET_SIZE not in src.sizes
