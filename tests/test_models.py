@@ -220,3 +220,11 @@ def test_real_smollm2_conversion(tmp_path: Path) -> None:
     scratch_loss = evaluate_loss(model, tokenizer, ENGLISH)["loss"]
     assert scratch_loss > real["loss"] + 2
     assert math.isfinite(scratch_loss)
+
+
+def test_prepare_builds_once_and_reports(tmp_path: Path) -> None:
+    first = models.prepare(["tiny-llama"], cache_dir=tmp_path, install=False)
+    second = models.prepare(["tiny-llama"], cache_dir=tmp_path, install=False)
+    assert [r["cached"] for r in first + second] == [False, True]
+    assert first[0]["build_time_s"] == second[0]["build_time_s"] >= 0
+    assert first[0]["n_params"] == second[0]["n_params"] > 0
