@@ -348,7 +348,7 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def _save_model(model: torch.nn.Module, tokenizer: Any, save_dir: str, method: str) -> str:
+def save_finetuned_model(model: torch.nn.Module, tokenizer: Any, save_dir: str, method: str) -> str:
     """Save a plain transformers folder (LoRA merged into the weights) atomically."""
     target = Path(save_dir)
     if target.exists() and any(target.iterdir()):
@@ -598,7 +598,9 @@ def run_probe(
     test_metrics = evaluate_loss(model, tokenizer, test, **eval_kw)
     eval_time = time.perf_counter() - t_eval
     saved = (
-        _save_model(model, tokenizer, save_dir, method if train else "none") if save_dir else None
+        save_finetuned_model(model, tokenizer, save_dir, method if train else "none")
+        if save_dir
+        else None
     )
 
     result = {

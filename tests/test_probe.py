@@ -12,13 +12,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tasks.models import resolve_candidate
 from tasks.probe import (
-    _save_model,
     collate,
     encode_examples,
     evaluate_loss,
     prepare_model,
     probe_task,
     run_probe,
+    save_finetuned_model,
     train_batches,
     train_step,
 )
@@ -145,7 +145,7 @@ def test_saved_lora_model_reloads_to_same_logits(tiny: str, tmp_path: Path) -> N
             base = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
     assert not torch.allclose(in_memory, base, atol=1e-3)  # the adapter changed the model
 
-    folder = Path(_save_model(model, tokenizer, str(tmp_path / "merged"), "lora"))
+    folder = Path(save_finetuned_model(model, tokenizer, str(tmp_path / "merged"), "lora"))
     assert not (folder / "adapter_config.json").exists()  # a plain model, no local-base link
     reloaded = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
     with torch.no_grad():
