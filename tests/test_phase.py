@@ -68,6 +68,19 @@ def test_hand_worked_no_rejection_still_drops_the_smallest_point():
     assert (slope, icpt) == pytest.approx(line_fit(x[1:], y[1:]), abs=1e-12)
 
 
+def test_hand_worked_spread_is_the_population_std():
+    # point 2 is 5.9 population stds off the line through 3..5: rejected. With the sample std
+    # (ddof = 1, sqrt(3/2) larger for 3 points) it would be 4.8 stds and accepted.
+    sizes, losses = curve(
+        [200, 400, 800, 1600, 3200, 6400], [0.3, 0.08, 0.025, -0.004, 0.006, -0.003]
+    )
+    x, y = np.log(sizes), np.log(losses)
+    accept, ratio = rule(x, y, slice(3, 6), 2)
+    assert not accept and ratio == pytest.approx(5.88, abs=0.01)
+    assert ratio * np.sqrt(2 / 3) < 5.0
+    np.testing.assert_array_equal(detect_power_phase(sizes, losses), [3, 4, 5])
+
+
 @pytest.mark.parametrize("m", [1, 2, 3])
 def test_k_or_fewer_points_are_all_used(m):
     # wildly non-linear points: with k = 3 or fewer points nothing is tested, all are used
