@@ -9,6 +9,14 @@ import sys
 
 def _benchmark(args: argparse.Namespace) -> int:
     from flows.benchmark import benchmark_flow
+    from lens_model.selectors import SELECTORS
+    from tasks.tables import load_loss_table
+
+    # Bad names and bad tables fail here, with one clear line, before Prefect starts.
+    for name in args.methods or []:
+        SELECTORS.get(name)
+    for path in args.table:
+        load_loss_table(path)
 
     result = benchmark_flow(
         tables=args.table,

@@ -134,7 +134,8 @@ class ScalingLaw:
     def predict(self, sizes: np.ndarray) -> np.ndarray:
         """Predicted loss at ``sizes`` (shape (q,) -> (q,) for one curve, (N, q) for a batch)."""
         self._check_fitted()
-        x = self._log_sizes(np.atleast_1d(np.asarray(sizes, dtype=float)))
+        sizes = _check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float)))
+        x = self._log_sizes(sizes)
         x = np.broadcast_to(x, (self.theta_.shape[0], x.shape[-1]))
         with np.errstate(divide="ignore", over="ignore"):
             out = np.exp(self._log_loss(self.theta_, x, self._curves.floor))
@@ -150,7 +151,7 @@ class ScalingLaw:
         """
         self._check_fitted()
         c = self._curves
-        x_q = self._log_sizes(np.atleast_1d(np.asarray(sizes, dtype=float)))
+        x_q = self._log_sizes(_check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float))))
         x_q = np.broadcast_to(x_q, (self.theta_.shape[0], x_q.shape[-1]))
         r0 = self._residuals(self.theta_, c.x, c.y, c.w, c.floor)
         jac = numeric_jacobian(
@@ -178,8 +179,7 @@ class ScalingLaw:
         single = losses.ndim == 1
         losses = np.atleast_2d(losses)
         sizes = np.broadcast_to(np.asarray(sizes, dtype=float), losses.shape)
-        if np.any(sizes < 0):
-            raise ValueError("data sizes must be >= 0")
+        _check_sizes(sizes)
         if np.any(losses[np.isfinite(losses)] <= 0):
             raise ValueError("losses must be positive (they are fitted in log space)")
         used = np.isfinite(losses) & (self.uses_zero_shot | (sizes > 0))
@@ -211,6 +211,14 @@ class ScalingLaw:
     def _check_fitted(self) -> None:
         if not hasattr(self, "theta_"):
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet: call fit() first")
+
+
+def _check_sizes(sizes: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(sizes)):
+        raise ValueError("data sizes must be finite numbers (got NaN or inf)")
+    if np.any(sizes < 0):
+        raise ValueError("data sizes must be >= 0")
+    return sizes
 
 
 @LAWS.register("vanilla")

@@ -109,3 +109,30 @@ def power_phase_prediction(
     sxx = np.sum((x - x.mean()) ** 2)
     half = quantile * s * np.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)
     return float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half))
+
+
+def local_slope_prediction(
+    sizes, losses, target_size: float, *, level: float = 0.9, noise_floor: float = 0.005
+) -> tuple[float, float, float]:
+    """Extrapolate the log-log slope between the two largest sizes (the local power exponent).
+
+    Fine-tuning curves steepen in log-log space as they leave the pre-power phase, so a line
+    through earlier points is biased towards flatter slopes (higher predicted losses); the
+    secant through the last two probes is the current estimate of the power-phase exponent.
+    The interval widens with the change of slope between the last two secants (how much the
+    curve still bends) times the log distance to the target, plus a noise floor.
+    Returns ``(prediction, lower, upper)``.
+    """
+    from scipy.stats import norm
+
+    x, y = _log_xy(sizes, losses)
+    if len(x) < 2:
+        raise ValueError("the local slope needs at least two sizes")
+    slope = (y[-1] - y[-2]) / (x[-1] - x[-2])
+    x0 = np.log(target_size)
+    centre = y[-1] + slope * (x0 - x[-1])
+    bend = 0.0
+    if len(x) >= 3:
+        bend = abs(slope - (y[-2] - y[-3]) / (x[-2] - x[-3]))
+    half = bend * (x0 - x[-1]) + norm.ppf(0.5 + level / 2) * noise_floor * np.sqrt(2)
+    return float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half))

@@ -16,7 +16,7 @@ import numpy as np
 
 from lens_model.laws import FitWarning, RectifiedLaw, VanillaLaw
 from lens_model.metrics import probe_cost
-from lens_model.phase import power_phase_prediction
+from lens_model.phase import local_slope_prediction, power_phase_prediction
 from lens_model.registry import Registry
 
 SELECTORS: Registry[type[Selector]] = Registry("selector")
@@ -259,10 +259,12 @@ class Lens(Selector):
         *,
         cost_fraction: float = 1.0,
         spacing: int = 4,
+        first_top: float = 1.0,
         keep: float = 0.5,
         min_size: int | None = None,
         k: int = 3,
         delta: float = 5.0,
+        predictor: str = "local_slope",
         line_weight: float = 1.0,
         seed: int = 0,
     ) -> None:
@@ -274,11 +276,15 @@ class Lens(Selector):
             raise ValueError(f"keep must be in (0, 1), got {keep}")
         self.cost_fraction = cost_fraction
         self.spacing = spacing
+        self.first_top = first_top
         self.keep = keep
         self.min_size = min_size
         self.k = k
         self.delta = delta
         self.line_weight = line_weight
+        if predictor not in ("local_slope", "power_phase"):
+            raise ValueError(f"predictor must be 'local_slope' or 'power_phase', got {predictor!r}")
+        self.predictor = predictor
         self.seed = seed
 
     def _score(self, source, budget, target_size):
@@ -287,12 +293,15 @@ class Lens(Selector):
         positive = source.sizes[(source.sizes > 0) & (source.sizes < target_size)]
         min_size = self.min_size or int(positive.min())
         ladder = positive[positive >= min_size]
-        first = [int(budget)]
+        if budget not in ladder:
+            raise ValueError(f"budget {budget} is not on the ladder {ladder.astype(int).tolist()}")
+        top = ladder[ladder <= budget * self.first_top]
+        if len(top) == 0:
+            raise ValueError(f"no ladder size is <= {self.first_top} x budget ({budget})")
+        first = [int(top[-1])]
         while first[-1] // self.spacing >= min_size:
             first.append(first[-1] // self.spacing)
         first = sorted(first)
-        if not np.isin(first, ladder).all():
-            raise ValueError(f"sizes {first} are not all on the ladder {ladder.tolist()}")
         cap = self.cost_fraction * ladder[ladder <= budget].sum() * w.sum()
         spent = w.sum() * sum(first)
         if spent > cap * (1 + 1e-12):
@@ -331,21 +340,22 @@ class Lens(Selector):
             pred[active] = self._predict(points, losses, target_size, active)[active]
         lo, hi = _nan(n), _nan(n)
         for i in range(n):
-            sizes = [d for d in points[i] if d > 0]
-            ys = [losses[(i, d)] for d in sizes]
-            _, lo[i], hi[i] = power_phase_prediction(
-                sizes, ys, target_size, k=self.k, delta=self.delta
-            )
+            _, lo[i], hi[i] = self._extrapolate(points[i], losses, i, target_size)
         return pred, pred, lo, hi, dropped
+
+    def _extrapolate(self, points, losses, i, target_size) -> tuple[float, float, float]:
+        sizes = [d for d in points if d > 0]
+        ys = [losses[(i, d)] for d in sizes]
+        if self.predictor == "local_slope":
+            return local_slope_prediction(sizes, ys, target_size)
+        return power_phase_prediction(sizes, ys, target_size, k=self.k, delta=self.delta)
 
     def _predict(self, points, losses, target_size, models) -> np.ndarray:
         """Predicted target loss of ``models`` (NaN elsewhere)."""
         models = list(models)
         out = np.full(len(points), np.nan)
         for i in models:
-            sizes = [d for d in points[i] if d > 0]
-            ys = [losses[(i, d)] for d in sizes]
-            out[i] = power_phase_prediction(sizes, ys, target_size, k=self.k, delta=self.delta)[0]
+            out[i] = self._extrapolate(points[i], losses, i, target_size)[0]
         if self.line_weight >= 1.0:
             return out
         grid = sorted({d for i in models for d in points[i]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,11 @@ def load_loss_table(path: str) -> dict:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise LossTableError(f"{file.name}: not a readable CSV table ({err})") from err
     where = f"loss table {file.name}"
+    with file.open(newline="", errors="replace") as fh:  # pandas renames duplicates: read raw
+        header = [c.strip() for c in next(csv.reader(fh), [])]
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise LossTableError(f"{where}: duplicate column(s) {dupes}; each size must appear once")
     if "size" not in frame.columns:
         raise LossTableError(f"{where}: missing the 'size' column (parameter count per model)")
     size_cols = [c for c in frame.columns if str(c).strip().isdigit()]

@@ -261,11 +261,6 @@ def test_predict_before_fit_raises():
         VanillaLaw().predict_interval([1e6])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a NaN data size is silently treated as the zero-shot point D=0 by the "
-    "rectified law (np.where(sizes > 0, ...) maps NaN to ZERO_SIZE) instead of raising",
-)
 def test_nan_size_raises():
     losses = rectified_loss(SIZES, **RECT)[0, :5]
     sizes = SIZES[:5].copy()
@@ -274,11 +269,6 @@ def test_nan_size_raises():
         RectifiedLaw().fit(sizes, losses)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: predict() at a negative size silently returns the loss at D=1e-10 (the "
-    "zero-shot loss for the rectified law) instead of raising ValueError",
-)
 def test_predict_negative_size_raises():
     law = RectifiedLaw().fit(SIZES, rectified_loss(SIZES, **RECT)[0])
     with pytest.raises(ValueError, match="size"):

@@ -105,11 +105,6 @@ def test_missing_file(tmp_path):
         load_loss_table(str(tmp_path / "nope.csv"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pandas renames a repeated header '400' to '400.1', which is not numeric, so the "
-    "duplicate loss column is silently ignored instead of rejected",
-)
 def test_duplicate_size_column_raises(tmp_path):
     text = "model,0,200,400,400,800,size\nm1,3,2,1.5,1.4,1.2,10\nm2,3,2,1.5,1.4,1.1,20\n"
     with pytest.raises(LossTableError, match="400"):
