@@ -142,9 +142,12 @@ def plot_selection(result: dict, probes: dict[str, list[dict]], path: str) -> st
             ax.plot([grid[0]], [table[row, 0]], "s", color=color, mfc="none")
         rect = cand["laws"].get("rectified")
         if rect:
-            law_curve = _rectified_curve(rect, grid)
-            ax.plot(grid, law_curve, "-", color=color, lw=1, alpha=0.7)
+            ax.plot(grid, _rectified_curve(rect, grid), ":", color=color, lw=1, alpha=0.6)
         pred, (lo, hi) = cand["predicted_loss"], cand["interval"]
+        measured = np.flatnonzero(pos & np.isfinite(table[row]))
+        if np.isfinite(pred) and len(measured):
+            last = measured[-1]  # the selector's extrapolation, from the largest probe
+            ax.plot([x[last], target], [table[row, last], pred], "--", color=color, lw=1.2)
         if np.isfinite(pred):
             err = [[pred - lo], [hi - pred]] if np.isfinite(lo) and np.isfinite(hi) else None
             ax.errorbar([target], [pred], yerr=err, fmt="*", ms=12, color=color, capsize=4)
@@ -154,7 +157,8 @@ def plot_selection(result: dict, probes: dict[str, list[dict]], path: str) -> st
     unit = "bits per byte" if result["rank_on"] == "bits_per_byte" else "nats per token"
     ax.set_xlabel("fine-tuning examples (squares at the left: zero-shot)")
     ax.set_ylabel(f"test loss ({unit})")
-    ax.set_title(f"{result['selector']}: predicted loss at {target} examples (stars, 90% interval)")
+    ax.set_title(f"{result['selector']}: predicted loss at {target} examples (stars, 90% interval)\n"
+                 "dashed: selector's extrapolation; dotted: rectified-law fit", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -348,10 +348,16 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def save_finetuned_model(model: torch.nn.Module, tokenizer: Any, save_dir: str, method: str) -> str:
-    """Save a plain transformers folder (LoRA merged into the weights) atomically."""
+def save_finetuned_model(
+    model: torch.nn.Module, tokenizer: Any, save_dir: str, method: str, *, replace: bool = False
+) -> str:
+    """Save a plain transformers folder (LoRA merged into the weights) atomically.
+
+    An existing non-empty ``save_dir`` is an error unless ``replace`` is true; then the new
+    folder is swapped in only once it is complete (a crash leaves the old one in place).
+    """
     target = Path(save_dir)
-    if target.exists() and any(target.iterdir()):
+    if target.exists() and any(target.iterdir()) and not replace:
         raise FileExistsError(f"save_dir {target} exists and is not empty; give a new folder.")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -361,9 +367,13 @@ def save_finetuned_model(model: torch.nn.Module, tokenizer: Any, save_dir: str, 
         plain.config.use_cache = True
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        old = None
         if target.exists():
-            target.rmdir()
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.rename(target, old)
         os.rename(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -506,6 +516,7 @@ def run_probe(
     device: str = "auto",
     threads: int | None = None,
     save_dir: str | None = None,
+    replace_save_dir: bool = False,
     progress: bool = True,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
@@ -526,6 +537,8 @@ def run_probe(
 
     ``save_dir``: the fine-tuned model is saved there as a plain transformers folder
     (safetensors + tokenizer; LoRA merged into the weights, so it reloads without the base).
+    An existing folder is an error unless ``replace_save_dir`` (the pipeline's deterministic
+    per-probe folders are replaced atomically when a probe is recomputed).
 
     Returns
     -------
@@ -598,7 +611,9 @@ def run_probe(
     test_metrics = evaluate_loss(model, tokenizer, test, **eval_kw)
     eval_time = time.perf_counter() - t_eval
     saved = (
-        save_finetuned_model(model, tokenizer, save_dir, method if train else "none")
+        save_finetuned_model(
+            model, tokenizer, save_dir, method if train else "none", replace=replace_save_dir
+        )
         if save_dir
         else None
     )
