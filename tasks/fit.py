@@ -157,8 +157,11 @@ def plot_selection(result: dict, probes: dict[str, list[dict]], path: str) -> st
     unit = "bits per byte" if result["rank_on"] == "bits_per_byte" else "nats per token"
     ax.set_xlabel("fine-tuning examples (squares at the left: zero-shot)")
     ax.set_ylabel(f"test loss ({unit})")
-    ax.set_title(f"{result['selector']}: predicted loss at {target} examples (stars, 90% interval)\n"
-                 "dashed: selector's extrapolation; dotted: rectified-law fit", fontsize=10)
+    ax.set_title(
+        f"{result['selector']}: predicted loss at {target} examples (stars, 90% interval)\n"
+        "dashed: selector's extrapolation; dotted: rectified-law fit",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
