@@ -7,7 +7,7 @@ Pure numpy/scipy: no orchestration, tracking, storage or file I/O.
 >>> law.predict([1_638_400]), law.predict_interval([1_638_400])
 """
 
-from lens_model.laws import LAWS, FitWarning, RectifiedLaw, ScalingLaw, VanillaLaw
+from lens_model.laws import LAWS, FitWarning, LensLaw, RectifiedLaw, ScalingLaw, VanillaLaw
 from lens_model.metrics import pearson_correlation, probe_cost, relative_accuracy, rmse_log
 from lens_model.phase import detect_power_phase, extrapolate_power_phase, fit_power_phase
 from lens_model.replay import replay
@@ -17,6 +17,7 @@ __all__ = [
     "LAWS",
     "SELECTORS",
     "FitWarning",
+    "LensLaw",
     "RectifiedLaw",
     "ScalingLaw",
     "Selection",
@@ -32,3 +33,15 @@ __all__ = [
     "replay",
     "rmse_log",
 ]
+
+# The NTK features need torch; they load on first use so that the laws import without it.
+_NTK_NAMES = ("empirical_ntk", "f_term", "ntk_features", "ntk_spectrum", "per_example_outputs")
+__all__ += list(_NTK_NAMES)
+
+
+def __getattr__(name: str):
+    if name in _NTK_NAMES:
+        from lens_model import ntk
+
+        return getattr(ntk, name)
+    raise AttributeError(f"module 'lens_model' has no attribute {name!r}")

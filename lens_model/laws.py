@@ -319,3 +319,213 @@ class RectifiedLaw(ScalingLaw):
             "E": e,
             "zero_shot_loss": np.exp(u[:, 1]) + e,
         }
+
+
+@LAWS.register("lens")
+class LensLaw(RectifiedLaw):
+    """LensLLM law ``L(D) = B / (s F + D^beta) + E``: the rectified law with ``D_l = s F``.
+
+    ``F`` is each model's NTK term (``lens_model.ntk.f_term``: the residual left by
+    linearised training of its kernel), given to :meth:`fit` as ``f_term``; its scale relative
+    to ``D^beta`` is arbitrary, so a scale ``s`` is fitted:
+
+    * ``scale="per_model"``: one ``s`` per curve. That is exactly the rectified law with
+      ``D_l = s F`` (same fit, same predictions); ``scale_ = D_l / F`` is reported.
+    * ``scale="shared"``: one ``s`` for all curves of the batch, so every curve's knee is
+      tied to its kernel feature and a curve with few points borrows strength from the others.
+      The total cost is profiled over a grid of ``ln s`` (each point fits A - E, beta and E of
+      every curve with ``c = -ln(s F_m)`` fixed), then ``ln s`` is refined by a bounded 1-D
+      minimisation. ``scale_`` is that ``s``; intervals include its uncertainty.
+
+    Without ``f_term`` the law is the rectified law (``scale_`` is None).
+
+    Parameters
+    ----------
+    scale : {"shared", "per_model"}
+        How the scale of ``F`` is fitted.
+    log_scale_bounds : (float, float), optional
+        Search interval of ``ln s`` (shared scale); by default it spans knees ``D_l`` from
+        ``e^-5`` to ``(largest probed size)^2`` for every curve.
+    n_grid : int
+        Grid points of the profile over ``ln s``.
+    seed, n_random_starts, max_iter, noise_floor
+        As for :class:`ScalingLaw`.
+    """
+
+    name = "lens"
+
+    def __init__(
+        self,
+        *,
+        scale: str = "shared",
+        log_scale_bounds: tuple[float, float] | None = None,
+        n_grid: int = 41,
+        seed: int = 0,
+        n_random_starts: int = 8,
+        max_iter: int = 500,
+        noise_floor: float = 0.005,
+    ) -> None:
+        super().__init__(
+            seed=seed, n_random_starts=n_random_starts, max_iter=max_iter, noise_floor=noise_floor
+        )
+        self.scale = scale
+        self.log_scale_bounds = log_scale_bounds
+        self.n_grid = n_grid
+
+    def fit(
+        self, sizes: np.ndarray, losses: np.ndarray, f_term: np.ndarray | float | None = None
+    ) -> LensLaw:
+        """Fit the law; ``f_term`` has one positive value per curve (shape (N,), or a scalar
+        for a single curve). See :meth:`ScalingLaw.fit` for ``sizes`` and ``losses``."""
+        if self.scale not in ("shared", "per_model"):
+            raise ValueError(f"scale must be 'shared' or 'per_model', got {self.scale!r}.")
+        self._shared = False
+        if f_term is None:
+            self.f_term_ = self.scale_ = None
+            super().fit(sizes, losses)
+            return self
+        n_curves = np.atleast_2d(np.asarray(losses, dtype=float)).shape[0]
+        f = _check_f_term(f_term, n_curves)
+        if self.scale == "per_model":
+            super().fit(sizes, losses)
+            scale = self.params_["D_l"] / (f[0] if self._single else f)
+            self.params_["scale"], self.params_["F"] = scale, (f[0] if self._single else f)
+            self.scale_, self.f_term_ = scale, f
+            return self
+        return self._fit_shared(sizes, losses, f)
+
+    # -- shared scale -----------------------------------------------------------------------
+    def _fit_shared(self, sizes, losses, f: np.ndarray) -> LensLaw:
+        from scipy.optimize import minimize_scalar
+
+        curves, self._single = self._prepare(sizes, losses)
+        ln_f = np.log(f)
+        starts = self._all_starts(curves)[:, :, :3]
+        lo, hi = self._scale_bounds(curves, ln_f)
+        if not lo < hi:
+            raise ValueError(f"log_scale_bounds must be (low, high) with low < high, got {lo, hi}")
+        grid = np.linspace(lo, hi, max(self.n_grid, 3))
+        costs = np.array([self._fit_given_scale(curves, starts, ln_f, g)[1].sum() for g in grid])
+        if not np.any(np.isfinite(costs)):
+            raise ValueError("the lens law could not be evaluated at any scale (non-finite fits)")
+        i = int(np.nanargmin(costs))
+        res = minimize_scalar(
+            lambda g: self._fit_given_scale(curves, starts, ln_f, g)[1].sum(),
+            bounds=(grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]),
+            method="bounded",
+            options={"xatol": 1e-5},
+        )
+        log_s = float(res.x) if res.fun <= costs[i] else float(grid[i])
+        theta, _, converged, n_iter = self._fit_given_scale(curves, starts, ln_f, log_s)
+        self._shared = True
+        self.log_scale_, self.scale_, self.f_term_ = log_s, float(np.exp(log_s)), f
+        at_edge = i in (0, len(grid) - 1)
+        self._finish(curves, theta, converged & (not at_edge), n_iter, res.success, not at_edge)
+        self.params_["scale"] = self.scale_
+        self.params_["F"] = f[0] if self._single else f
+        if at_edge:
+            warnings.warn(
+                f"lens law: the shared scale ended at the edge of its search interval "
+                f"(ln s = {log_s:.2f} in [{lo:.2f}, {hi:.2f}]); widen log_scale_bounds. The fits "
+                "are flagged in converged_",
+                FitWarning,
+                stacklevel=3,
+            )
+        return self
+
+    def _scale_bounds(self, c: _Curves, ln_f: np.ndarray) -> tuple[float, float]:
+        if self.log_scale_bounds is not None:
+            return float(self.log_scale_bounds[0]), float(self.log_scale_bounds[1])
+        x_hi = float(np.max(np.where(c.w > 0, c.x, -np.inf)))
+        return -5.0 - float(ln_f.max()), BETA_MAX * max(x_hi, 1.0) - float(ln_f.min())
+
+    def _fit_given_scale(self, c: _Curves, starts: np.ndarray, ln_f: np.ndarray, log_s: float):
+        """Best (A - E, beta, E) of every curve with ``c_m = -(ln s + ln F_m)`` fixed:
+        ``(theta (N, 4), cost (N,), converged (N,), n_iter)``."""
+        n, s, p = starts.shape
+        knee = np.repeat(-(log_s + ln_f), s)[:, None]
+        x, y, w, floor = (np.repeat(a, s, axis=0) for a in (c.x, c.y, c.w, c.floor))
+
+        def residuals(u, rows=slice(None)):
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                r = self._log_loss_with_c(u, x[rows], floor[rows], knee[rows]) - y[rows]
+            return np.where(w[rows] > 0, r, 0.0)
+
+        result = levenberg_marquardt(residuals, starts.reshape(n * s, p), max_iter=self.max_iter)
+        best = best_of_starts(result.cost, n, s)
+        theta = np.concatenate([result.theta[best], knee[best]], axis=1)
+        ok = result.converged[best] & np.isfinite(result.cost[best])
+        return theta, result.cost[best], ok, result.n_iter
+
+    def _finish(
+        self, c: _Curves, theta, converged, n_iter: int, scale_ok: bool, warn: bool
+    ) -> None:
+        """Fitted attributes, as :meth:`ScalingLaw.fit` sets them (and its warning if ``warn``)."""
+        self.theta_, self._curves = theta, c
+        self.n_points_ = c.w.sum(axis=1).astype(int)
+        self.converged_ = np.asarray(converged, dtype=bool) & bool(scale_ok)
+        self.n_iter_ = n_iter
+        resid = self._residuals(theta, c.x, c.y, c.w, c.floor)
+        self.rmse_log_ = np.sqrt(np.sum(resid**2, axis=1) / np.maximum(self.n_points_, 1))
+        self.params_ = self._natural(theta, c.floor)
+        if warn and not self.converged_.all():
+            bad = int((~self.converged_).sum())
+            warnings.warn(
+                f"lens law: {bad} of {len(theta)} fits did not converge; their results are "
+                "flagged in converged_",
+                FitWarning,
+                stacklevel=4,
+            )
+        if self._single:
+            self.params_ = {k: float(v[0]) for k, v in self.params_.items()}
+
+    def predict_interval(
+        self, sizes: np.ndarray, level: float = 0.9
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Central ``level`` interval (delta method in log space). With a shared scale the
+        covariance is that of all curves' (A - E, beta, E) and ``ln s`` jointly (``ln s`` is
+        eliminated by a Schur complement), so the scale's uncertainty widens every interval."""
+        self._check_fitted()
+        if not self._shared:
+            return super().predict_interval(sizes, level)
+        c = self._curves
+        x_q = self._log_sizes(_check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float))))
+        x_q = np.broadcast_to(x_q, (self.theta_.shape[0], x_q.shape[-1]))
+        r0 = self._residuals(self.theta_, c.x, c.y, c.w, c.floor)
+        jac = numeric_jacobian(
+            lambda u: self._residuals(u, c.x, c.y, c.w, c.floor), self.theta_, r0
+        )
+        s2 = np.maximum(
+            np.sum(r0**2, axis=1) / np.maximum(self.n_points_ - 3, 1), self.noise_floor**2
+        )
+        j_u, j_s = jac[..., :3], -jac[..., 3]  # d/d ln s = -d/dc
+        a = np.einsum("kmi,kmj->kij", j_u, j_u) / s2[:, None, None] + 1e-10 * np.eye(3)
+        b = np.einsum("kmi,km->ki", j_u, j_s) / s2[:, None]
+        d = np.einsum("km,km->k", j_s, j_s) / s2
+        a_inv = np.linalg.pinv(a)
+        a_inv_b = np.einsum("kij,kj->ki", a_inv, b)
+        schur = float(d.sum() - np.einsum("ki,ki->", b, a_inv_b))
+        v = 1.0 / max(schur, 1e-12)
+        pred = self._log_loss(self.theta_, x_q, c.floor)
+        g = numeric_jacobian(lambda u: self._log_loss(u, x_q, c.floor), self.theta_, pred)
+        g_u, g_s = g[..., :3], -g[..., 3]
+        g_a_inv_b = np.einsum("kqi,ki->kq", g_u, a_inv_b)
+        var = np.einsum("kqi,kij,kqj->kq", g_u, a_inv, g_u) + v * (g_a_inv_b - g_s) ** 2
+        half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
+        lo, hi = np.exp(pred - half), np.exp(pred + half)
+        return (lo[0], hi[0]) if self._single else (lo, hi)
+
+
+def _check_f_term(f_term: np.ndarray | float, n_curves: int) -> np.ndarray:
+    f = np.atleast_1d(np.asarray(f_term, dtype=float))
+    if f.shape != (n_curves,):
+        raise ValueError(
+            f"f_term needs one value per curve: shape ({n_curves},), got {f.shape}. Compute it "
+            "per model with lens_model.ntk.f_term."
+        )
+    if not np.all(np.isfinite(f)) or np.any(f <= 0):
+        raise ValueError(
+            "f_term values must be finite and > 0 (F is a squared residual norm); got "
+            f"{f.tolist()}. Without NTK features call fit() without f_term (rectified law)."
+        )
+    return f
