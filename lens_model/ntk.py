@@ -104,6 +104,16 @@ def _check_batch(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return input_ids, labels
 
 
+def _mean_target_loglik(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-row mean log-likelihood of the next-token targets (labels shifted by one)."""
+    logits = logits[:, :-1]  # half precision is upcast; float64 models stay float64
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    token = logp.gather(-1, target.clamp(min=0)[..., None])[..., 0]
+    return (token * keep).sum(dim=1) / keep.sum(dim=1)
+
+
 def _output_fn(model: torch.nn.Module, frozen: dict[str, torch.Tensor]) -> Any:
     """``f(trainable, input_ids, labels)`` for ONE example (1-D tensors): mean target
     log-likelihood, computed with ``functional_call`` so that it can be vmapped and
@@ -111,12 +121,7 @@ def _output_fn(model: torch.nn.Module, frozen: dict[str, torch.Tensor]) -> Any:
 
     def f(trainable: dict[str, torch.Tensor], ids: torch.Tensor, lab: torch.Tensor):
         out = functional_call(model, (trainable, frozen), args=(), kwargs={"input_ids": ids[None]})
-        logits = out.logits[0, :-1]  # half precision is upcast; float64 models stay float64
-        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-        target = lab[1:]
-        keep = target != IGNORE_INDEX
-        token = logp.gather(-1, target.clamp(min=0)[:, None])[:, 0]
-        return (token * keep).sum() / keep.sum()
+        return _mean_target_loglik(out.logits, lab[None])[0]
 
     return f
 
@@ -163,14 +168,20 @@ def per_example_outputs(
         ``f_i <= 0``; the NTK residual is ``r0 = f - 0 = f`` (see the module docstring).
     """
     input_ids, labels = _check_batch(batch)
-    trainable, frozen, device = _split(model, "all")
-    f = _output_fn(model, frozen)
+    params, _, device = _split(model, "all")
+    buffers = dict(model.named_buffers())
+    mask = batch.get("attention_mask", torch.ones_like(input_ids))
     outs = []
+    # A plain batched forward (with the mask): no gradient is needed, so no vmap either.
     with _eval_mode(model), torch.no_grad():
         for start in range(0, input_ids.shape[0], chunk_size):
-            ids = input_ids[start : start + chunk_size].to(device)
-            lab = labels[start : start + chunk_size].to(device)
-            outs.append(vmap(f, in_dims=(None, 0, 0))(trainable, ids, lab))
+            rows = slice(start, start + chunk_size)
+            kwargs = {
+                "input_ids": input_ids[rows].to(device),
+                "attention_mask": mask[rows].to(device),
+            }
+            logits = functional_call(model, (params, buffers), args=(), kwargs=kwargs).logits
+            outs.append(_mean_target_loglik(logits, labels[rows].to(device)))
     return torch.cat(outs).double()
 
 
