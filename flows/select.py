@@ -65,7 +65,7 @@ def _finetuned_dir(cfg: SelectionConfig, name: str, data_fp: str, settings: dict
     return str(Path(cfg.cache_dir, "finetuned", f"{safe}-{key}").resolve())
 
 
-@flow(name="select-model", log_prints=True)
+@flow(name="select-model", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def select_flow(config_path: str | None = None, overrides: list[str] | None = None) -> dict:
     """Run one selection from a YAML config (``overrides``: ``key.sub=value`` strings)."""
     cfg = load_config(config_path, overrides)

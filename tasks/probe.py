@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ FLOPS_FORMULA = (
     "weight gradients (about 4N in truth), so 6N is an upper estimate kept for comparability."
 )
 IGNORE_INDEX = -100
+_LOAD_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,10 +188,39 @@ def prepare_model(
     ``method="lora"`` wraps it with a seeded LoRA adapter (only adapter weights train),
     ``"full"`` trains every weight, ``"none"`` loads it frozen for evaluation.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if method not in ("lora", "full", "none"):
         raise ValueError(f"method must be 'lora' or 'full', got {method!r}.")
+    # transformers initialises on the meta device through process-global state: concurrent
+    # loads from the probe threads of one flow corrupt each other, so loading is serialised.
+    with _LOAD_LOCK:
+        return _load_for_training(
+            model_dir,
+            method=method,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=target_modules,
+            device=device,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+        )
+
+
+def _load_for_training(
+    model_dir,
+    *,
+    method,
+    lora_r,
+    lora_alpha,
+    lora_dropout,
+    target_modules,
+    device,
+    seed,
+    trust_remote_code,
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,

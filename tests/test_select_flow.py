@@ -320,17 +320,6 @@ def test_unknown_candidate_fails_before_any_probe(prefect_harness, tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # nothing was tracked either
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG flows/select.py:68: select_flow has no task_runner, so Prefect's default "
-    "unbounded ThreadPoolTaskRunner loads models in parallel threads; transformers' "
-    "from_pretrained meta-device init is process-global, so concurrent prepare_model calls "
-    "(tasks/probe.py:172-219) get meta tensors and "
-    "every probe fails ('Cannot copy out of meta tensor'). Same with "
-    "runner.max_workers > 1. Fix: @flow(..., task_runner=ThreadPoolTaskRunner(max_workers=1)) "
-    "and a module-level threading.Lock around model loading + get_peft_model + .to(device) in "
-    "prepare_model.",
-)
 def test_select_flow_called_directly_probes_concurrently(prefect_harness, tmp_path):
     from flows.select import select_flow
 
