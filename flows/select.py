@@ -168,6 +168,7 @@ def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict
                 data["val"],
                 data["test"],
                 save_dir=save_dir,
+                replace_save_dir=True,
                 trust_remote_code=_trust(cfg, name),
                 **settings,
             )
