@@ -78,7 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui.set_defaults(func=_ui)
 
     _add_pipeline_commands(sub)
+    _add_stack_commands(sub)
     return parser
+
+
+def _add_stack_commands(sub) -> None:
+    """``stack``, ``deploy``, ``worker`` and ``registry`` live with the server code in infra/."""
+    try:
+        from infra.cli import add_commands
+    except ImportError:  # infra/cli.py not present yet
+        return
+    add_commands(sub)
 
 
 def _select(args: argparse.Namespace) -> int:
