@@ -1,0 +1,155 @@
+"""``lensllm stack up|down|status``, ``lensllm deploy``, ``lensllm worker`` and
+``lensllm registry rollback`` (wired into flows/cli.py by ``add_commands``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _root_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root",
+        help="stack folder (default: $LENSLLM_STACK_ROOT or .lensllm/stack in the project)",
+    )
+
+
+def _print_status(st: dict) -> None:
+    if not st:
+        print("no stack yet; start it with `lensllm stack up`")
+        return
+    print(f"{'service':<8} {'pid':>8} {'port':>6}  {'state':<9} url")
+    for name, s in st.items():
+        state = "healthy" if s["healthy"] else ("starting" if s["running"] else "stopped")
+        print(f"{name:<8} {s['pid'] or '-':>8} {s['port']:>6}  {state:<9} {s['url']}")
+
+
+def _stack_up(args: argparse.Namespace) -> int:
+    from infra import stack
+
+    ports = {"s3": args.s3_port, "mlflow": args.mlflow_port, "prefect": args.prefect_port}
+    result = stack.up(args.root, ports={k: v for k, v in ports.items() if v}, timeout=args.timeout)
+    if result["started"]:
+        print(f"started {', '.join(result['started'])}; healthy after {result['seconds']:.1f} s")
+    else:
+        print("stack already running; nothing started")
+    _print_status(result["status"])
+    print("\nclients: " + " ".join(f"{k}={v}" for k, v in stack.stack_env(args.root).items()))
+    print(f"S3 credentials: {stack.stack_root(args.root) / 'credentials.json'} (mode 0600)")
+    return 0
+
+
+def _stack_down(args: argparse.Namespace) -> int:
+    from infra import stack
+
+    stopped = stack.down(args.root, timeout=args.timeout)
+    print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def _stack_status(args: argparse.Namespace) -> int:
+    from infra import stack
+
+    st = stack.status(args.root)
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        _print_status(st)
+        rss = stack.rss_bytes(args.root)
+        if rss:
+            print(
+                f"resident memory: {sum(rss.values()) / 2**20:.0f} MiB "
+                + str({k: f"{v / 2**20:.0f} MiB" for k, v in rss.items()})
+            )
+    return 0 if st and all(s["healthy"] for s in st.values()) else 1
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from infra.deploy import POOL, deploy
+
+    result = deploy(args.root)
+    if result["pool_created"]:
+        print(f"created work pool {POOL!r} (process)")
+    for name, dep_id in result["deployments"].items():
+        print(f"deployment {name} ({dep_id})")
+    print(
+        "start a worker with `lensllm worker`; run one with e.g.\n"
+        "  prefect deployment run select-model/weekly-selection"
+    )
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from infra.deploy import worker_command
+
+    cmd, env, cwd = worker_command(args.root, extra=args.prefect_args)
+    print(f"worker on {env['PREFECT_API_URL']} (MLflow {env['MLFLOW_TRACKING_URI']}); Ctrl-C stops")
+    sys.stdout.flush()
+    os.chdir(cwd)
+    os.execvpe(cmd[0], cmd, env)
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from tasks.tracking import default_tracking_uri, rollback
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+    result = rollback(uri, args.name)
+    print(
+        f"{args.name}: champion moved back from v{result['rolled_back_from']} "
+        f"to v{result['champion']} ({uri})"
+    )
+    return 0
+
+
+def add_commands(sub) -> None:
+    """Add ``stack``, ``deploy``, ``worker`` and ``registry`` to the ``lensllm`` parser."""
+    from infra.stack import StackError
+
+    stack = sub.add_parser("stack", help="local servers: S3 (SeaweedFS), MLflow, Prefect")
+    ssub = stack.add_subparsers(dest="stack_command", required=True)
+    up = ssub.add_parser("up", help="start the servers on 127.0.0.1 (idempotent)")
+    _root_arg(up)
+    up.add_argument("--s3-port", type=int, help="S3 port (default 8333; saved for restarts)")
+    up.add_argument("--mlflow-port", type=int, help="MLflow port (default 5000)")
+    up.add_argument("--prefect-port", type=int, help="Prefect port (default 4200)")
+    up.add_argument("--timeout", type=float, default=180.0, help="seconds to become healthy")
+    up.set_defaults(func=_guard(_stack_up, StackError))
+    down = ssub.add_parser("down", help="stop the servers (data is kept)")
+    _root_arg(down)
+    down.add_argument("--timeout", type=float, default=20.0, help="seconds before SIGKILL")
+    down.set_defaults(func=_guard(_stack_down, StackError))
+    st = ssub.add_parser("status", help="pid, port and health of each server")
+    _root_arg(st)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_guard(_stack_status, StackError))
+
+    dep = sub.add_parser("deploy", help="register the Prefect deployments on the stack")
+    _root_arg(dep)
+    dep.set_defaults(func=_guard(_deploy, StackError))
+    work = sub.add_parser("worker", help="run a Prefect process worker on lensllm-pool")
+    _root_arg(work)
+    work.add_argument("prefect_args", nargs="*", help="extra `prefect worker start` options")
+    work.set_defaults(func=_guard(_worker, StackError))
+
+    reg = sub.add_parser("registry", help="model registry operations")
+    rsub = reg.add_subparsers(dest="registry_command", required=True)
+    rb = rsub.add_parser("rollback", help="move the champion alias back to the previous version")
+    rb.add_argument("--name", required=True, help="registered model name")
+    rb.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else .lensllm/mlflow.db")
+    rb.set_defaults(func=_rollback)
+
+
+def _guard(func, error: type[Exception]):
+    """Print a StackError as one ``lensllm: error:`` line with exit status 2."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except error as err:
+            print(f"lensllm: error: {err}", file=sys.stderr)
+            return 2
+
+    return run

@@ -1,0 +1,93 @@
+"""Prefect deployments on the stack: the work pool, ``prefect deploy`` and the process worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from infra.stack import PROJECT_ROOT, StackError, _executable, stack_env, status
+
+POOL = "lensllm-pool"
+PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+DEPLOYMENTS = (
+    "select-model/weekly-selection",
+    "register-model/register",
+    "replay-benchmark/replay-benchmark",
+)
+
+
+def client_env(root: str | os.PathLike | None = None) -> dict[str, str]:
+    """This process's environment pointed at the stack (Prefect API, MLflow server), with
+    ``LENSLLM_PROJECT_ROOT`` for the deployments' pull step and the offline Hugging Face hub."""
+    running = status(root)
+    if not running or not all(s["healthy"] for s in running.values()):
+        raise StackError("the stack is not running and healthy; start it with `lensllm stack up`")
+    env = dict(os.environ)
+    env.update(stack_env(root))
+    env["LENSLLM_PROJECT_ROOT"] = str(PROJECT_ROOT)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _prefect(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [_executable("prefect"), "--no-prompt", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ensure_pool(env: dict[str, str], timeout: float = 120.0) -> bool:
+    """Create the process work pool ``lensllm-pool`` if missing; True when it was created."""
+    url = env["PREFECT_API_URL"] + f"/work_pools/{POOL}"
+    try:
+        with urllib.request.urlopen(url, timeout=10):  # noqa: S310 (loopback URL)
+            return False
+    except urllib.error.HTTPError as err:
+        if err.code != 404:
+            raise StackError(f"Prefect API answered {err.code} for work pool {POOL!r}") from err
+    # The CLI fills in the process worker's default job template (the REST API would not).
+    done = _prefect(["work-pool", "create", POOL, "--type", "process"], env, timeout)
+    if done.returncode != 0:
+        raise StackError(f"could not create work pool {POOL!r}:\n{done.stdout}\n{done.stderr}")
+    return True
+
+
+def deploy(root: str | os.PathLike | None = None, *, timeout: float = 600.0) -> dict:
+    """Register every deployment of ``deployments/prefect.yaml`` with the stack's Prefect server.
+
+    Returns ``{"pool_created": bool, "deployments": {name: id}}``; raises StackError with
+    Prefect's output when ``prefect deploy`` fails.
+    """
+    env = client_env(root)
+    created = ensure_pool(env)
+    done = _prefect(["deploy", "--all", "--prefect-file", str(PREFECT_FILE)], env, timeout)
+    if done.returncode != 0:
+        raise StackError(f"`prefect deploy --all` failed:\n{done.stdout[-4000:]}\n{done.stderr}")
+    found = {}
+    for name in DEPLOYMENTS:
+        url = env["PREFECT_API_URL"] + f"/deployments/name/{name}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 (loopback URL)
+                found[name] = json.loads(resp.read())["id"]
+        except urllib.error.HTTPError as err:
+            raise StackError(
+                f"deployment {name!r} missing after `prefect deploy`:\n{done.stdout[-4000:]}"
+            ) from err
+    return {"pool_created": created, "deployments": found}
+
+
+def worker_command(
+    root: str | os.PathLike | None = None, *, extra: list[str] | None = None
+) -> tuple[list[str], dict[str, str], Path]:
+    """``(argv, env, cwd)`` of a process worker on ``lensllm-pool`` pointed at the stack."""
+    cmd = [_executable("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
+    return [*cmd, *(extra or [])], client_env(root), PROJECT_ROOT
