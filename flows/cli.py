@@ -107,10 +107,8 @@ def _select(args: argparse.Namespace) -> int:
     print(f"Selected: {summary['selected']}")
     reg = summary.get("registry")
     if reg:
-        print(
-            f"Registered: {reg.get('name', '')} version {reg.get('version')} "
-            f"aliases {reg.get('aliases')} (promoted: {reg.get('promoted')}; {reg.get('reason')})"
-        )
+        print(f"Registered version {reg.get('version')} with aliases {reg.get('aliases')}")
+        print(f"  promoted to champion: {reg.get('promoted')} ({reg.get('reason')})")
     print(f"Curve plot: {summary['plot']}")
     print(
         f"MLflow run {summary['run_id']}: open the UI with `lensllm ui` "

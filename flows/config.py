@@ -89,6 +89,12 @@ class LadderConfig(_Strict):
         return out
 
 
+class NtkConfig(_Strict):
+    enabled: bool = True
+    n_examples: int = Field(32, ge=2, description="probe-set size for the kernel")
+    projection_dim: int | None = Field(None, ge=1, description="needed for method: full")
+
+
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default .lensllm/mlflow.db")
     experiment: str = "lensllm-selection"
@@ -111,6 +117,7 @@ class SelectionConfig(_Strict):
     candidates: list[CandidateConfig]
     probe: ProbeConfig = ProbeConfig()
     ladder: LadderConfig = LadderConfig()
+    ntk: NtkConfig = NtkConfig()
     target_size: int = Field(4096, ge=1)
     selector: str = "Lens"
     rank_on: Literal["bits_per_byte", "loss_per_token"] = "bits_per_byte"
@@ -134,6 +141,11 @@ class SelectionConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"candidates: duplicate names {dupes}; list each model once")
+        if self.ntk.enabled and self.probe.method == "full" and not self.ntk.projection_dim:
+            raise ValueError(
+                "ntk.projection_dim is required with probe.method: full (the kernel over all "
+                "weights needs a random projection to bound memory), or set ntk.enabled: false"
+            )
         if self.target_size < self.ladder.budget:
             raise ValueError(
                 f"target_size ({self.target_size}) is smaller than ladder.budget "

@@ -16,10 +16,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import SelectionConfig, load_config
 from flows.register import register_flow
+from lens_model.ntk import f_term_from_spectrum
 from tasks import tracking
 from tasks.data import prepare_data_task
-from tasks.fit import fit_and_select_task, plot_selection
+from tasks.fit import fit_and_select_task, plot_selection, plot_spectra
 from tasks.models import describe_candidate, resolve_candidate_task
+from tasks.ntk import ntk_task
 from tasks.probe import probe_task
 
 
@@ -107,10 +109,13 @@ def run_selection(cfg: SelectionConfig) -> dict:
 
     threads = max(1, (os.cpu_count() or 1) // cfg.runner.max_workers)
     settings = _probe_settings(cfg, threads)
+    ntk = _run_ntk(cfg, data, models, settings, cache)
     probes = _run_probes(cfg, data, models, settings, cache)
+    _attach_f_terms(ntk, probes, settings["learning_rate"])
     result = fit_and_select_task(
         probes,
         n_params,
+        f_terms={name: feats["f_term"] for name, feats in ntk.items()} or None,
         target_size=cfg.target_size,
         budget=cfg.ladder.budget,
         selector=cfg.selector,
@@ -119,7 +124,9 @@ def run_selection(cfg: SelectionConfig) -> dict:
     )
     out_dir = Path(tempfile.mkdtemp(prefix="lensllm-select-"))
     plot = plot_selection(result, probes, str(out_dir / "curves.png"))
-    summary = _track(cfg, data, probes, result, n_params, tracking_uri, out_dir)
+    if ntk:
+        plot_spectra(ntk, str(out_dir / "ntk_spectrum.png"))
+    summary = _track(cfg, data, probes, result, n_params, tracking_uri, out_dir, ntk)
     summary["plot"] = _keep_plot(plot, cache, summary["run_id"])
     if cfg.registry.enabled:
         selected = result["selected"]
@@ -142,6 +149,57 @@ def run_selection(cfg: SelectionConfig) -> dict:
     tracking.end_run(tracking_uri, summary["run_id"])
     _prefect_artifacts(result, summary)
     return summary
+
+
+def _run_ntk(cfg, data, models, settings, cache: Path) -> dict[str, dict]:
+    """NTK spectrum per candidate on the first ``ntk.n_examples`` training examples (cached)."""
+    if not cfg.ntk.enabled:
+        return {}
+    logger = get_run_logger()
+    task = ntk_task.with_options(
+        cache_policy=INPUTS + TASK_SOURCE, persist_result=True, result_storage=cache / "results"
+    )
+    examples = data["train"][: cfg.ntk.n_examples]
+    out = {}
+    for name, path in models.items():
+        feats = task(
+            path,
+            examples,
+            method=settings["method"],
+            lora_r=settings["lora_r"],
+            lora_alpha=settings["lora_alpha"],
+            target_modules=settings["target_modules"],
+            max_seq_len=settings["max_seq_len"],
+            projection_dim=cfg.ntk.projection_dim,
+            seed=settings["seed"],
+            device=settings["device"],
+            threads=settings["threads"],
+            trust_remote_code=_trust(cfg, name),
+        )
+        logger.info(
+            "NTK %-28s n=%d effective rank %.2f, ||r0||^2 %.3g, %.1f s",
+            name,
+            feats["n"],
+            feats["effective_rank"],
+            feats["residual_norm_sq"],
+            feats["seconds"],
+        )
+        out[name] = dict(feats)
+    return out
+
+
+def _attach_f_terms(ntk: dict, probes: dict, eta: float) -> None:
+    """F(eta, t) per candidate, with t the steps to early stopping of its largest probe."""
+    for name, feats in ntk.items():
+        largest = max(probes[name], key=lambda p: p["subset_size"])
+        t = float(largest.get("best_step") or largest["steps"])
+        feats.update(
+            eta=eta,
+            t=t,
+            f_term=f_term_from_spectrum(
+                feats["eigenvalues"], feats["alignment"], feats["residual_norm_sq"], eta, t
+            ),
+        )
 
 
 def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict]]:
@@ -208,7 +266,7 @@ def _trust(cfg: SelectionConfig, name: str) -> bool:
     return next(c.trust_remote_code for c in cfg.candidates if c.name == name)
 
 
-def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path) -> dict:
+def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk) -> dict:
     selection_key = hashlib.sha256(
         f"{cfg.config_hash()}:{data['fingerprint']}".encode()
     ).hexdigest()[:16]
@@ -272,6 +330,8 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path) -> 
     tracking.log_table(tracking_uri, run_id, ranking, "ranking.json")
     tracking.log_json(tracking_uri, run_id, result, "fit_params.json")
     tracking.log_artifact_file(tracking_uri, run_id, str(out_dir / "curves.png"))
+    if ntk:
+        tracking.log_artifact_file(tracking_uri, run_id, str(out_dir / "ntk_spectrum.png"))
     tracking.log_metrics(tracking_uri, run_id, [("selection_cost", result["cost"], 0)])
     return {
         "run_id": run_id,
@@ -283,6 +343,29 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path) -> 
         "cost": result["cost"],
         "rank_on": cfg.rank_on,
     }
+
+
+def _log_ntk(tracking_uri: str, run_id: str, feats: dict) -> None:
+    """Spectrum (step = eigenvalue index), alignment, F and its cost on a candidate run."""
+    metrics = [
+        (f"ntk.{k}", float(feats[k]), 0)
+        for k in (
+            "f_term",
+            "effective_rank",
+            "participation_ratio",
+            "trace",
+            "residual_norm_sq",
+            "seconds",
+            "peak_rss_mb",
+            "t",
+            "eta",
+        )
+    ]
+    metrics += [("ntk.eigenvalue", float(v), k) for k, v in enumerate(feats["eigenvalues"])]
+    metrics += [("ntk.alignment", float(v), k) for k, v in enumerate(feats["alignment"])]
+    tracking.log_metrics(tracking_uri, run_id, metrics)
+    tracking.log_json(tracking_uri, run_id, feats, "ntk_spectrum.json")
+    tracking.end_run(tracking_uri, run_id)
 
 
 def _keep_plot(plot: str, cache: Path, run_id: str) -> str:

@@ -403,3 +403,20 @@ def ntk_features(
     out["theta"] = theta.numpy()
     out["residual"] = residual.cpu().numpy()
     return out
+
+
+def f_term_from_spectrum(
+    eigenvalues: Any, alignment: Any, residual_norm_sq: float, eta: float, t: float
+) -> float:
+    """``F(eta, t)`` from a stored spectrum (:func:`ntk_spectrum`'s eigenvalues and alignment).
+
+    ``F = ||r0||^2 sum_k alignment_k exp(-2 eta lambda_k t)``; equal to :func:`f_term` on the
+    kernel the spectrum came from, without keeping the kernel.
+    """
+    lam = np.clip(np.asarray(eigenvalues, dtype=np.float64), 0.0, None)
+    align = np.asarray(alignment, dtype=np.float64)
+    if lam.shape != align.shape:
+        raise ValueError("eigenvalues and alignment must have the same length")
+    if eta < 0 or t < 0:
+        raise ValueError(f"eta and t must be >= 0 (got eta={eta}, t={t})")
+    return float(residual_norm_sq * np.sum(align * np.exp(-2.0 * eta * lam * t)))

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from prefect import task  # noqa: E402
 
-from lens_model.laws import FitWarning, RectifiedLaw, VanillaLaw  # noqa: E402
+from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw  # noqa: E402
 from lens_model.selectors import SELECTORS, TableProbes  # noqa: E402
 
 RANK_KEYS = {"bits_per_byte": "test_bits_per_byte", "loss_per_token": "test_loss"}
@@ -43,6 +43,7 @@ def fit_and_select(
     selector: str,
     rank_on: str = "bits_per_byte",
     seed: int = 0,
+    f_terms: dict[str, float] | None = None,
 ) -> dict:
     """Rank candidates by predicted target loss; returns plain data for logging and registry.
 
@@ -54,6 +55,9 @@ def fit_and_select(
         Candidate name -> parameter count (ModelSize and the Cost metric use it).
     rank_on
         ``bits_per_byte`` (tokenizer-independent, the default) or ``loss_per_token``.
+    f_terms
+        Candidate name -> NTK term F(eta, t); adds the LensLLM law (shared scale) to the laws
+        reported per candidate.
     """
     names = list(probes)
     key = RANK_KEYS[rank_on]
@@ -70,7 +74,10 @@ def fit_and_select(
     weights = np.array([n_params[names[i]] for i in keep], dtype=float)
     source = TableProbes(sizes, table[keep], weights, max_size=budget)
     sel = SELECTORS.get(selector)().select(source, budget=budget, target_size=target_size)
-    laws = _law_predictions(np.array(sizes, dtype=float), table[keep], target_size, seed)
+    f_keep = None
+    if f_terms and all(names[i] in f_terms for i in keep):
+        f_keep = np.array([f_terms[names[i]] for i in keep], dtype=float)
+    laws = _law_predictions(np.array(sizes, dtype=float), table[keep], target_size, seed, f_keep)
     candidates = {}
     for j, i in enumerate(keep):
         candidates[names[i]] = {
@@ -104,15 +111,21 @@ def fit_and_select(
     }
 
 
-def _law_predictions(sizes, table, target_size, seed) -> dict[str, dict[str, list]]:
+def _law_predictions(sizes, table, target_size, seed, f_terms=None) -> dict[str, dict[str, list]]:
     out = {}
+    laws = [RectifiedLaw(seed=seed), VanillaLaw(seed=seed)]
+    if f_terms is not None and len(table) >= 2:
+        laws.append(LensLaw(scale="shared", seed=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)  # reported through the converged flag
-        for law in (RectifiedLaw(seed=seed), VanillaLaw(seed=seed)):
+        for law in laws:
             use = (sizes > 0) | law.uses_zero_shot
             if use.sum() < len(law.param_names) - 1:
                 continue
-            law.fit(sizes[use], table[:, use])
+            if isinstance(law, LensLaw):
+                law.fit(sizes[use], table[:, use], f_term=f_terms)
+            else:
+                law.fit(sizes[use], table[:, use])
             lo, hi = law.predict_interval([target_size])
             out[law.name] = {
                 "predicted_loss": law.predict([target_size])[:, 0].tolist(),
@@ -120,7 +133,10 @@ def _law_predictions(sizes, table, target_size, seed) -> dict[str, dict[str, lis
                 "interval_high": hi[:, 0].tolist(),
                 "rmse_log": law.rmse_log_.tolist(),
                 "converged": law.converged_.tolist(),
-                **{k: np.asarray(v).tolist() for k, v in law.params_.items()},
+                **{  # a shared parameter (LensLaw's scale) is repeated per candidate
+                    k: np.broadcast_to(np.asarray(v, dtype=float), (len(table),)).tolist()
+                    for k, v in law.params_.items()
+                },
             }
     return out
 
@@ -174,6 +190,36 @@ def plot_selection(result: dict, probes: dict[str, list[dict]], path: str) -> st
 def _rectified_curve(params: dict, grid: np.ndarray) -> np.ndarray:
     b, d_l, beta, e = (np.asarray(params[k], dtype=float) for k in ("B", "D_l", "beta", "E"))
     return b / (d_l + grid**beta) + e
+
+
+def plot_spectra(ntk: dict[str, dict], path: str) -> str:
+    """NTK eigenvalues and cumulative residual alignment of every candidate."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (name, feats) in enumerate(ntk.items()):
+        lam = np.asarray(feats["eigenvalues"], dtype=float)
+        k = np.arange(1, len(lam) + 1)
+        ax1.loglog(k, np.maximum(lam, 1e-30), "o-", ms=3, color=f"C{i}", label=name)
+        ax2.semilogx(
+            k,
+            np.cumsum(feats["alignment"]),
+            "o-",
+            ms=3,
+            color=f"C{i}",
+            label=f"{name} (F={feats.get('f_term', float('nan')):.3g})",
+        )
+    ax1.set_xlabel("eigenvalue index k")
+    ax1.set_ylabel("lambda_k of Theta")
+    ax1.set_title("NTK spectrum (LoRA parameters)")
+    ax2.set_xlabel("eigenvalue index k")
+    ax2.set_ylabel("cumulative (u_k . r0)^2 / ||r0||^2")
+    ax2.set_title("alignment of the initial residual")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 @task(name="fit-and-select")
