@@ -1,0 +1,307 @@
+"""The production stack end to end: SeaweedFS S3 + MLflow server + Prefect server + a worker.
+
+Starts the stack in a temporary root on free ports, registers the deployments, runs the
+selection deployment (configs/tiny.yaml) through a process worker, and checks what an operator
+would: runs in the MLflow server, artifacts as S3 objects, a champion that loads through the
+server's proxied artifact store, S3 rejecting wrong keys, loopback-only listeners, a working
+rollback, and everything still there after ``stack down`` + ``stack up``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from infra import deploy as deploy_mod
+from infra import stack
+from tasks import tracking
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODEL_NAME = "lensllm-tiny"  # configs/tiny.yaml registry.model_name
+EXPERIMENT = "lensllm-tiny"
+RUN_TIMEOUT_S = 360
+
+
+def _stop_worker(proc: subprocess.Popen) -> None:
+    """A Prefect worker shuts down on SIGINT; SIGKILL its group if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _second_candidate(tmp: Path) -> str:
+    from tests.test_select_flow import _second_candidate as make
+
+    return make(tmp / "cache" / "models", tmp / "tiny-llama-seed1234")
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """Stack up, deployments registered, the tiny selection run by a worker; torn down after."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tmp = tmp_path_factory.mktemp("stack")
+    root = tmp / "stack"
+    ports = {"s3": stack.free_port(), "mlflow": stack.free_port(), "prefect": stack.free_port()}
+    worker = None
+    try:
+        started = stack.up(root, ports=ports, timeout=240)
+        rss = stack.rss_bytes(root)
+        print(
+            f"\nstack up: healthy after {started['seconds']:.1f} s; resident memory "
+            f"{sum(rss.values()) / 2**20:.0f} MiB "
+            + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in rss.items())
+        )
+        env = stack.stack_env(root)
+        deployed_info = deploy_mod.deploy(root)
+        cmd, wenv, cwd = deploy_mod.worker_command(root)
+        worker_log = open(tmp / "worker.log", "wb")  # noqa: SIM115 (closed in the finaliser)
+        worker = subprocess.Popen(
+            cmd,
+            env=wenv,
+            cwd=cwd,
+            stdout=worker_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        other = _second_candidate(tmp)
+        overrides = [
+            f"candidates=[tiny-llama, {other}]",
+            f"cache_dir={tmp / 'cache'}",
+            f"tracking.uri={env['MLFLOW_TRACKING_URI']}",
+        ]
+        begin = time.perf_counter()
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            flow_run = run_deployment(
+                "select-model/weekly-selection",
+                parameters={"config_path": "configs/tiny.yaml", "overrides": overrides},
+                timeout=RUN_TIMEOUT_S,
+            )
+        run_s = time.perf_counter() - begin
+        _stop_worker(worker)
+        log_text = (tmp / "worker.log").read_text(errors="replace")
+        assert flow_run.state is not None and flow_run.state.is_completed(), (
+            f"flow run ended {flow_run.state!r} after {run_s:.0f} s; worker log:\n"
+            + log_text[-6000:]
+        )
+        print(f"selection deployment: COMPLETED in {run_s:.1f} s through the worker")
+        yield {
+            "root": root,
+            "tmp": tmp,
+            "env": env,
+            "uri": env["MLFLOW_TRACKING_URI"],
+            "ports": ports,
+            "deployed": deployed_info,
+            "flow_run": flow_run,
+            "worker_log": log_text,
+            "up_seconds": started["seconds"],
+        }
+    finally:
+        if worker is not None:
+            _stop_worker(worker)
+        stack.down(root)
+
+
+def _selection_runs(client, uri: str):
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None, f"experiment {EXPERIMENT!r} missing on {uri}"
+    return client.search_runs([exp.experiment_id])
+
+
+def _objects(root: Path) -> list[str]:
+    client = stack.s3_client(root)
+    keys, token = [], None
+    while True:
+        kwargs = {"Bucket": stack.BUCKET, "Prefix": "mlflow/"}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = client.list_objects_v2(**kwargs)
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        token = page.get("NextContinuationToken")
+        if not token:
+            return keys
+
+
+def test_deployments_registered_on_the_pool(deployed):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    assert set(deployed["deployed"]["deployments"]) == set(deploy_mod.DEPLOYMENTS)
+    with temporary_settings({PREFECT_API_URL: deployed["env"]["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name("select-model/weekly-selection")
+    assert dep.work_pool_name == deploy_mod.POOL
+    assert dep.parameters["config_path"] == "configs/demo.yaml"
+    assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * 1"]
+    step = dep.pull_steps[0]["prefect.deployments.steps.set_working_directory"]
+    assert Path(step["directory"]) == stack.PROJECT_ROOT
+
+
+def test_mlflow_server_lists_the_runs(deployed):
+    client = tracking.get_client(deployed["uri"])
+    runs = _selection_runs(client, deployed["uri"])
+    kinds = sorted(r.data.tags.get(tracking.TAG_RUN_KIND, "") for r in runs)
+    assert kinds.count("selection") == 1 and kinds.count("candidate") == 2, kinds
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # the server stores artifacts through its proxy (clients hold no S3 keys)
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)
+
+
+def test_artifacts_are_objects_in_the_bucket(deployed):
+    keys = _objects(deployed["root"])
+    names = {k.rsplit("/", 1)[-1] for k in keys}
+    assert {"ranking.json", "fit_params.json", "curves.png", "resolved.yaml"} <= names, names
+    assert any(k.endswith(".safetensors") for k in keys), "registered model weights not in S3"
+
+
+def test_champion_loads_through_the_server(deployed, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)  # proof that the client needs no S3 credentials
+    client = tracking.get_client(deployed["uri"])
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    model_dir = client.get_run(champion.run_id).data.params["model_dir"]
+    comps = tracking.load_transformers_components(deployed["uri"], f"models:/{MODEL_NAME}@champion")
+    tokens = comps["tokenizer"]("rope: a strong line", return_tensors="pt")["input_ids"]
+    saved = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            comps["model"].eval()(input_ids=tokens).logits, saved(input_ids=tokens).logits
+        )
+
+
+def test_s3_rejects_wrong_credentials(deployed):
+    from botocore.exceptions import ClientError
+
+    root = deployed["root"]
+    good = stack.credentials(root)
+    for keys in (
+        {"access_key": good["access_key"], "secret_key": good["secret_key"] + "x"},
+        {"access_key": "LLNOSUCHKEY", "secret_key": good["secret_key"]},
+    ):
+        with pytest.raises(ClientError) as err:
+            stack.s3_client(root, **keys).list_objects_v2(Bucket=stack.BUCKET)
+        resp = err.value.response
+        assert resp["ResponseMetadata"]["HTTPStatusCode"] == 403
+        assert resp["Error"]["Code"] in {"SignatureDoesNotMatch", "InvalidAccessKeyId"}
+
+
+def test_credentials_are_private_and_never_logged(deployed):
+    root = deployed["root"]
+    for name in ("credentials.json", "s3.json"):
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o600
+    secret = stack.credentials(root)["secret_key"]
+    logs = [p.read_text(errors="replace") for p in (root / "logs").glob("*.log")]
+    assert len(logs) == 3
+    assert all(secret not in text for text in [*logs, deployed["worker_log"]])
+
+
+def test_only_loopback_listens(deployed):
+    import psutil
+
+    procs = [p for group in stack.processes(deployed["root"]).values() for p in group]
+    pids = {p.pid for p in procs}
+    assert len(stack.processes(deployed["root"])) == 3
+    listening = [
+        c for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in pids
+    ]
+    addresses = {(c.laddr.ip, c.laddr.port) for c in listening}
+    assert {p for _, p in addresses} >= set(deployed["ports"].values())
+    assert {ip for ip, _ in addresses} == {"127.0.0.1"}, addresses
+    rss = stack.rss_bytes(deployed["root"])
+    print(f"\nstack resident memory after a run: {sum(rss.values()) / 2**20:.0f} MiB {rss}")
+
+
+def test_port_taken_is_a_clear_error(deployed, tmp_path):
+    port = deployed["ports"]["mlflow"]
+    with pytest.raises(stack.StackError, match=f"port {port} for s3 is already in use"):
+        stack.up(tmp_path / "other", ports={"s3": port}, timeout=30)
+    assert stack.processes(tmp_path / "other") == {}
+
+
+def test_registry_rollback_command(deployed, capsys):
+    from flows.cli import main
+    from tasks.registry import version_description, version_tags
+
+    uri = deployed["uri"]
+    client = tracking.get_client(uri)
+    first = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    predicted = float(first.tags[tracking.TAG_PREDICTED_LOSS])
+    # the REST API leaves ModelVersion.model_id empty; the run's outputs name the logged model
+    model_id = first.model_id or client.get_run(first.run_id).outputs.model_outputs[0].model_id
+    # a challenger predicted 0.5 better, registered from the same logged model and promoted
+    tags = version_tags(
+        task_key=first.tags[tracking.TAG_TASK_KEY],
+        selection_key="stack-test-challenger",
+        predicted_loss=predicted - 0.5,
+        interval=[predicted - 0.6, predicted - 0.4],
+        selector="manual",
+    )
+    version = tracking.register_model_version(
+        uri,
+        MODEL_NAME,
+        model_uri=first.source,
+        run_id=first.run_id,
+        model_id=model_id,
+        tags=tags,
+        description=version_description(tags),
+    )
+    second = {"version": version, **tracking.promote_if_better(uri, MODEL_NAME, version, margin=0)}
+    assert second["promote"] is True
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == second["version"]
+    assert main(["registry", "rollback", "--name", MODEL_NAME, "--tracking-uri", uri]) == 0
+    assert f"to v{first.version}" in capsys.readouterr().out
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == first.version
+    # nothing left to roll back to: a clear error, exit status 2
+    assert main(["registry", "rollback", "--name", MODEL_NAME, "--tracking-uri", uri]) == 2
+    assert "no previous champion recorded" in capsys.readouterr().err
+
+
+def test_everything_survives_restart(deployed, tmp_path):
+    root, uri = deployed["root"], deployed["uri"]
+    client = tracking.get_client(uri)
+    runs_before = {r.info.run_id for r in _selection_runs(client, uri)}
+    versions_before = {v.version for v in client.search_model_versions(f"name = '{MODEL_NAME}'")}
+    champion_before = client.get_model_version_by_alias(MODEL_NAME, "champion").version
+    objects_before = set(_objects(root))
+
+    assert set(stack.down(root)) == set(stack.SERVICES)
+    assert stack.processes(root) == {}
+    assert not any(stack.port_in_use(p) for p in deployed["ports"].values())
+    again = stack.up(root, timeout=240)
+    assert sorted(again["started"]) == sorted(stack.SERVICES)
+    assert stack.up(root)["started"] == []  # idempotent: a second up starts nothing
+    print(f"\nrestart: healthy after {again['seconds']:.1f} s")
+
+    client = tracking.get_client(uri)
+    assert {r.info.run_id for r in _selection_runs(client, uri)} == runs_before
+    assert {v.version for v in client.search_model_versions(f"name = '{MODEL_NAME}'")} == (
+        versions_before
+    )
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion_before
+    assert objects_before <= set(_objects(root))
+    parent = next(
+        r
+        for r in _selection_runs(client, uri)
+        if r.data.tags.get(tracking.TAG_RUN_KIND) == "selection"
+    )
+    local = client.download_artifacts(parent.info.run_id, "ranking.json", str(tmp_path))
+    assert json.loads(Path(local).read_text())  # served from S3 through the restarted server
+    assert json.loads((root / "last_up.json").read_text())["seconds_to_healthy"] > 0
