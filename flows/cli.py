@@ -84,10 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_stack_commands(sub) -> None:
     """``stack``, ``deploy``, ``worker`` and ``registry`` live with the server code in infra/."""
-    try:
-        from infra.cli import add_commands
-    except ImportError:  # infra/cli.py not present yet
-        return
+    from infra.cli import add_commands
+
     add_commands(sub)
 
 

@@ -77,7 +77,12 @@ def select_flow(config_path: str | None = None, overrides: list[str] | None = No
 def run_selection(cfg: SelectionConfig) -> dict:
     logger = get_run_logger()
     cache = Path(cfg.cache_dir).resolve()
-    tracking_uri = cfg.tracking.uri or tracking.default_tracking_uri(str(cache))
+    # Config > the environment (a worker of the server stack sets it) > the local store.
+    tracking_uri = (
+        cfg.tracking.uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or tracking.default_tracking_uri(str(cache))
+    )
     # Validate what can fail before spending compute: the data ladder and every candidate.
     data = prepare_data_task(
         cfg.dataset.source,
