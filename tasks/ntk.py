@@ -53,6 +53,10 @@ def compute_ntk_features(
         seed=seed,
         trust_remote_code=trust_remote_code,
     )
+    # vmap has no batching rule for SDPA attention and falls back to a per-example loop;
+    # eager attention batches (measured 4.8x faster on smollm2-135m-l8, same kernel to 1e-7).
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = collate(encode_examples(tokenizer, examples, max_seq_len=max_seq_len), pad)
     batch = {k: v.to(dev) for k, v in batch.items()}
