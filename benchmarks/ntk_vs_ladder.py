@@ -1,0 +1,92 @@
+"""NTK feature cost versus one ladder of probes, per candidate of a config, in one run.
+
+usage: python benchmarks/ntk_vs_ladder.py [--config configs/demo.yaml]
+
+For every candidate: the time of `tasks.ntk.compute_ntk_features` on the config's NTK probe set
+and the time of running the whole probe ladder (zero-shot + every ladder size, the config's
+probe settings, no cache) with `tasks.probe.run_probe`, measured back to back on the same
+machine. Prints a markdown table with the ratio (the issue's target: <= 10 %) and the NTK
+process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from flows.config import load_config  # noqa: E402
+from flows.select import _probe_settings  # noqa: E402
+from tasks.data import prepare_data  # noqa: E402
+from tasks.models import resolve_candidate  # noqa: E402
+from tasks.ntk import compute_ntk_features  # noqa: E402
+from tasks.probe import run_probe  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    ds = cfg.dataset
+    data = prepare_data(
+        ds.source,
+        path=ds.path,
+        prompt_field=ds.prompt_field,
+        target_field=ds.target_field,
+        template=ds.template,
+        group_field=ds.group_field,
+        val_size=ds.val_size,
+        test_size=ds.test_size,
+        first_size=cfg.ladder.first_size,
+        budget=cfg.ladder.budget,
+        seed=ds.seed,
+        max_examples=ds.max_examples,
+    )
+    settings = _probe_settings(cfg, threads=None)
+    rows = []
+    for cand in cfg.candidates:
+        path = resolve_candidate(cand.name, cache_dir=str(Path(cfg.cache_dir) / "models"))
+        start = time.perf_counter()
+        feats = compute_ntk_features(
+            path,
+            data["train"][: cfg.ntk.n_examples],
+            method=settings["method"],
+            lora_r=settings["lora_r"],
+            lora_alpha=settings["lora_alpha"],
+            target_modules=settings["target_modules"],
+            max_seq_len=settings["max_seq_len"],
+            projection_dim=cfg.ntk.projection_dim,
+            seed=settings["seed"],
+        )
+        ntk_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for size in [0, *data["sizes"]]:
+            run_probe(
+                path, data["train"][:size], data["val"], data["test"], progress=False, **settings
+            )
+        ladder_s = time.perf_counter() - start
+        rows.append((cand.name, feats["n"], ntk_s, ladder_s, feats["peak_rss_mb"]))
+        print(f"{cand.name}: NTK {ntk_s:.1f} s, ladder {ladder_s:.1f} s", flush=True)
+    print("\n| candidate | NTK n | NTK s | ladder s | NTK / ladder | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
+    for name, n, ntk_s, ladder_s, rss in rows:
+        print(
+            f"| {name} | {n} | {ntk_s:.1f} | {ladder_s:.1f} | {100 * ntk_s / ladder_s:.1f} % "
+            f"| {rss:.0f} |"
+        )
+    total_ntk = sum(r[2] for r in rows)
+    total_ladder = sum(r[3] for r in rows)
+    print(
+        f"| all | | {total_ntk:.1f} | {total_ladder:.1f} | {100 * total_ntk / total_ladder:.1f} %"
+        " | |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
