@@ -156,13 +156,22 @@ def run_selection(cfg: SelectionConfig) -> dict:
     return summary
 
 
+def _result_storage(cache: Path) -> str | Path:
+    """Where probe and NTK results persist: the block slug in ``LENSLLM_RESULT_STORAGE`` (set
+    by ``lensllm worker``: S3 on the stack), else ``cache / "results"``. A Path, not a str, is
+    local: Prefect reads a str as a block slug."""
+    return os.environ.get("LENSLLM_RESULT_STORAGE") or cache / "results"
+
+
 def _run_ntk(cfg, data, models, settings, cache: Path) -> dict[str, dict]:
     """NTK spectrum per candidate on the first ``ntk.n_examples`` training examples (cached)."""
     if not cfg.ntk.enabled:
         return {}
     logger = get_run_logger()
     task = ntk_task.with_options(
-        cache_policy=INPUTS + TASK_SOURCE, persist_result=True, result_storage=cache / "results"
+        cache_policy=INPUTS + TASK_SOURCE,
+        persist_result=True,
+        result_storage=_result_storage(cache),
     )
     examples = data["train"][: cfg.ntk.n_examples]
     out = {}
@@ -213,7 +222,7 @@ def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict
     probe = probe_task.with_options(
         cache_policy=INPUTS + TASK_SOURCE,
         persist_result=True,
-        result_storage=cache / "results",  # a Path; a str is read as a block slug
+        result_storage=_result_storage(cache),
     )
     sizes = [0, *data["sizes"]]
     futures = {}
