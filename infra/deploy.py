@@ -9,7 +9,17 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from infra.stack import PROJECT_ROOT, StackError, _executable, stack_env, status
+from infra.stack import (
+    BUCKET,
+    PROJECT_ROOT,
+    REGION,
+    StackError,
+    _executable,
+    credentials,
+    stack_env,
+    status,
+    urls,
+)
 
 POOL = "lensllm-pool"
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
@@ -18,6 +28,10 @@ DEPLOYMENTS = (
     "register-model/register",
     "replay-benchmark/replay-benchmark",
 )
+RESULTS_BLOCK = "lensllm-results"
+RESULTS_FOLDER = "prefect-results"
+# the slug that ``flows.select`` reads from LENSLLM_RESULT_STORAGE (block type slug / name)
+RESULT_STORAGE = f"s3-bucket/{RESULTS_BLOCK}"
 
 
 def client_env(root: str | os.PathLike | None = None) -> dict[str, str]:
@@ -61,14 +75,47 @@ def ensure_pool(env: dict[str, str], timeout: float = 120.0) -> bool:
     return True
 
 
+def save_result_storage(root: str | os.PathLike | None = None) -> str:
+    """Save the S3 result storage block on the stack's Prefect server; returns its slug.
+
+    An ``S3Bucket`` block (``prefect-aws``) named ``lensllm-results``: bucket ``lensllm``,
+    folder ``prefect-results``, the stack's S3 keys and the SeaweedFS endpoint (SigV4,
+    path-style). The keys live only in the server's block store (as secrets); workers load the
+    block by slug, so they never see the keys in their environment. Re-running overwrites it.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
+
+    creds = credentials(root)
+    u = urls(root)
+    block = S3Bucket(
+        bucket_name=BUCKET,
+        bucket_folder=RESULTS_FOLDER,
+        credentials=AwsCredentials(
+            aws_access_key_id=creds["access_key"],
+            aws_secret_access_key=creds["secret_key"],
+            region_name=REGION,
+            aws_client_parameters=AwsClientParameters(
+                endpoint_url=u["s3"],
+                config={"signature_version": "s3v4", "s3": {"addressing_style": "path"}},
+            ),
+        ),
+    )
+    with temporary_settings({PREFECT_API_URL: u["prefect"]}):
+        block.save(RESULTS_BLOCK, overwrite=True)
+    return RESULT_STORAGE
+
+
 def deploy(root: str | os.PathLike | None = None, *, timeout: float = 600.0) -> dict:
     """Register every deployment of ``deployments/prefect.yaml`` with the stack's Prefect server.
 
-    Returns ``{"pool_created": bool, "deployments": {name: id}}``; raises StackError with
-    Prefect's output when ``prefect deploy`` fails.
+    Also saves the S3 result storage block (:func:`save_result_storage`). Returns
+    ``{"pool_created": bool, "result_storage": slug, "deployments": {name: id}}``; raises
+    StackError with Prefect's output when ``prefect deploy`` fails.
     """
     env = client_env(root)
     created = ensure_pool(env)
+    storage = save_result_storage(root)
     done = _prefect(["deploy", "--all", "--prefect-file", str(PREFECT_FILE)], env, timeout)
     if done.returncode != 0:
         raise StackError(f"`prefect deploy --all` failed:\n{done.stdout[-4000:]}\n{done.stderr}")
@@ -82,12 +129,18 @@ def deploy(root: str | os.PathLike | None = None, *, timeout: float = 600.0) -> 
             raise StackError(
                 f"deployment {name!r} missing after `prefect deploy`:\n{done.stdout[-4000:]}"
             ) from err
-    return {"pool_created": created, "deployments": found}
+    return {"pool_created": created, "result_storage": storage, "deployments": found}
 
 
 def worker_command(
     root: str | os.PathLike | None = None, *, extra: list[str] | None = None
 ) -> tuple[list[str], dict[str, str], Path]:
-    """``(argv, env, cwd)`` of a process worker on ``lensllm-pool`` pointed at the stack."""
+    """``(argv, env, cwd)`` of a process worker on ``lensllm-pool`` pointed at the stack.
+
+    Its flow runs persist task results in the S3 block saved by :func:`deploy`
+    (``LENSLLM_RESULT_STORAGE``).
+    """
     cmd = [_executable("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
-    return [*cmd, *(extra or [])], client_env(root), PROJECT_ROOT
+    env = client_env(root)
+    env["LENSLLM_RESULT_STORAGE"] = RESULT_STORAGE
+    return [*cmd, *(extra or [])], env, PROJECT_ROOT

@@ -4,7 +4,8 @@ Starts the stack in a temporary root on free ports, registers the deployments, r
 selection deployment (configs/tiny.yaml) through a process worker, and checks what an operator
 would: runs in the MLflow server, artifacts as S3 objects, a champion that loads through the
 server's proxied artifact store, S3 rejecting wrong keys, loopback-only listeners, a working
-rollback, and everything still there after ``stack down`` + ``stack up``.
+rollback, and everything still there after ``stack down`` + ``stack up``. Prefect's persisted
+probe results are S3 objects too, and a re-run after the restart takes every probe from them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,57 @@ def _stop_worker(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def _run_selection(root: Path, overrides: list[str], log_path: Path):
+    """Run the selection deployment through a fresh worker; ``(flow_run, seconds, worker log)``."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    cmd, wenv, cwd = deploy_mod.worker_command(root)
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            cmd, env=wenv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            begin = time.perf_counter()
+            with temporary_settings({PREFECT_API_URL: wenv["PREFECT_API_URL"]}):
+                flow_run = run_deployment(
+                    "select-model/weekly-selection",
+                    parameters={"config_path": "configs/tiny.yaml", "overrides": overrides},
+                    timeout=RUN_TIMEOUT_S,
+                )
+            seconds = time.perf_counter() - begin
+        finally:
+            _stop_worker(worker)
+    log_text = log_path.read_text(errors="replace")
+    assert flow_run.state is not None and flow_run.state.is_completed(), (
+        f"flow run ended {flow_run.state!r} after {seconds:.0f} s; worker log:\n" + log_text[-6000:]
+    )
+    return flow_run, seconds, log_text
+
+
+def _probe_states(api_url: str, flow_run_id, expected: int = 8, timeout: float = 60) -> list[str]:
+    """State names of the probe task runs of one flow run, once the server has them all final
+    (task run states arrive as events, a little after the flow run's own state)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    flt = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            while True:
+                runs = [
+                    r
+                    for r in client.read_task_runs(flow_run_filter=flt)
+                    if r.name.startswith("probe-")
+                ]
+                final = all(r.state is not None and r.state.is_final() for r in runs)
+                if (len(runs) >= expected and final) or time.monotonic() > deadline:
+                    return sorted(r.state.name if r.state else "None" for r in runs)
+                time.sleep(0.5)
+
+
 def _second_candidate(tmp: Path) -> str:
     from tests.test_select_flow import _second_candidate as make
 
@@ -52,13 +104,9 @@ def _second_candidate(tmp: Path) -> str:
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
     """Stack up, deployments registered, the tiny selection run by a worker; torn down after."""
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     tmp = tmp_path_factory.mktemp("stack")
     root = tmp / "stack"
     ports = {"s3": stack.free_port(), "mlflow": stack.free_port(), "prefect": stack.free_port()}
-    worker = None
     try:
         started = stack.up(root, ports=ports, timeout=240)
         rss = stack.rss_bytes(root)
@@ -69,36 +117,13 @@ def deployed(tmp_path_factory):
         )
         env = stack.stack_env(root)
         deployed_info = deploy_mod.deploy(root)
-        cmd, wenv, cwd = deploy_mod.worker_command(root)
-        worker_log = open(tmp / "worker.log", "wb")  # noqa: SIM115 (closed in the finaliser)
-        worker = subprocess.Popen(
-            cmd,
-            env=wenv,
-            cwd=cwd,
-            stdout=worker_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
         other = _second_candidate(tmp)
         overrides = [
             f"candidates=[tiny-llama, {other}]",
             f"cache_dir={tmp / 'cache'}",
             f"tracking.uri={env['MLFLOW_TRACKING_URI']}",
         ]
-        begin = time.perf_counter()
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            flow_run = run_deployment(
-                "select-model/weekly-selection",
-                parameters={"config_path": "configs/tiny.yaml", "overrides": overrides},
-                timeout=RUN_TIMEOUT_S,
-            )
-        run_s = time.perf_counter() - begin
-        _stop_worker(worker)
-        log_text = (tmp / "worker.log").read_text(errors="replace")
-        assert flow_run.state is not None and flow_run.state.is_completed(), (
-            f"flow run ended {flow_run.state!r} after {run_s:.0f} s; worker log:\n"
-            + log_text[-6000:]
-        )
+        flow_run, run_s, log_text = _run_selection(root, overrides, tmp / "worker.log")
         print(f"selection deployment: COMPLETED in {run_s:.1f} s through the worker")
         yield {
             "root": root,
@@ -108,12 +133,11 @@ def deployed(tmp_path_factory):
             "ports": ports,
             "deployed": deployed_info,
             "flow_run": flow_run,
+            "overrides": overrides,
             "worker_log": log_text,
             "up_seconds": started["seconds"],
         }
     finally:
-        if worker is not None:
-            _stop_worker(worker)
         stack.down(root)
 
 
@@ -123,11 +147,11 @@ def _selection_runs(client, uri: str):
     return client.search_runs([exp.experiment_id])
 
 
-def _objects(root: Path) -> list[str]:
+def _objects(root: Path, prefix: str = "mlflow/") -> list[str]:
     client = stack.s3_client(root)
     keys, token = [], None
     while True:
-        kwargs = {"Bucket": stack.BUCKET, "Prefix": "mlflow/"}
+        kwargs = {"Bucket": stack.BUCKET, "Prefix": prefix}
         if token:
             kwargs["ContinuationToken"] = token
         page = client.list_objects_v2(**kwargs)
@@ -305,3 +329,24 @@ def test_everything_survives_restart(deployed, tmp_path):
     local = client.download_artifacts(parent.info.run_id, "ranking.json", str(tmp_path))
     assert json.loads(Path(local).read_text())  # served from S3 through the restarted server
     assert json.loads((root / "last_up.json").read_text())["seconds_to_healthy"] > 0
+
+
+def test_probe_results_are_objects_in_the_bucket(deployed):
+    keys = _objects(deployed["root"], f"{deploy_mod.RESULTS_FOLDER}/")
+    states = _probe_states(deployed["env"]["PREFECT_API_URL"], deployed["flow_run"].id)
+    assert len(states) == 8 and set(states) == {"Completed"}, states  # 2 candidates x 4 sizes
+    # one result record per probe and per NTK spectrum (plus any other persisted results)
+    assert len(keys) >= len(states) + 2, keys
+    local = deployed["tmp"] / "cache" / "results"
+    assert not local.exists() or not any(local.iterdir()), "results were written locally"
+
+
+def test_rerun_after_restart_takes_every_probe_from_s3(deployed):
+    """Runs after test_everything_survives_restart (file order): the cache outlives the servers."""
+    root, tmp = deployed["root"], deployed["tmp"]
+    stack.up(root, timeout=240)  # idempotent; starts nothing when the restart test left it up
+    flow_run, seconds, log_text = _run_selection(root, deployed["overrides"], tmp / "worker2.log")
+    print(f"\nselection re-run from the S3 cache: COMPLETED in {seconds:.1f} s")
+    states = _probe_states(deployed["env"]["PREFECT_API_URL"], flow_run.id)
+    assert len(states) == 8 and set(states) == {"Cached"}, states
+    assert stack.credentials(root)["secret_key"] not in log_text
