@@ -41,21 +41,7 @@ from tasks.models import resolve_candidate  # noqa: E402
 def measure(config: str, first: int, d: int) -> tuple[dict, dict, list[int]]:
     cfg = load_config(config, [f"ladder.first_size={first}", f"ladder.budget={8 * d}"])
     cache = Path(cfg.cache_dir).resolve()
-    ds = cfg.dataset
-    data = prepare_data(
-        ds.source,
-        path=ds.path,
-        prompt_field=ds.prompt_field,
-        target_field=ds.target_field,
-        template=ds.template,
-        group_field=ds.group_field,
-        val_size=ds.val_size,
-        test_size=ds.test_size,
-        first_size=first,
-        budget=8 * d,
-        seed=ds.seed,
-        max_examples=ds.max_examples,
-    )
+    data = prepare_data(**cfg.data_kwargs())
     models = {
         c.name: resolve_candidate(c.name, cache_dir=str(cache / "models")) for c in cfg.candidates
     }

@@ -32,21 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    ds = cfg.dataset
-    data = prepare_data(
-        ds.source,
-        path=ds.path,
-        prompt_field=ds.prompt_field,
-        target_field=ds.target_field,
-        template=ds.template,
-        group_field=ds.group_field,
-        val_size=ds.val_size,
-        test_size=ds.test_size,
-        first_size=cfg.ladder.first_size,
-        budget=cfg.ladder.budget,
-        seed=ds.seed,
-        max_examples=ds.max_examples,
-    )
+    data = prepare_data(**cfg.data_kwargs())
     settings = _probe_settings(cfg, threads=None)
     rows = []
     for cand in cfg.candidates:

@@ -153,6 +153,24 @@ class SelectionConfig(_Strict):
             )
         return self
 
+    def data_kwargs(self) -> dict:
+        """Keyword arguments of ``tasks.data.prepare_data`` for this config."""
+        d = self.dataset
+        return {
+            "source": d.source,
+            "path": d.path,
+            "prompt_field": d.prompt_field,
+            "target_field": d.target_field,
+            "template": d.template,
+            "group_field": d.group_field,
+            "val_size": d.val_size,
+            "test_size": d.test_size,
+            "first_size": self.ladder.first_size,
+            "budget": self.ladder.budget,
+            "seed": d.seed,
+            "max_examples": d.max_examples,
+        }
+
     def resolved_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

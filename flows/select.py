@@ -84,20 +84,7 @@ def run_selection(cfg: SelectionConfig) -> dict:
         or tracking.default_tracking_uri(str(cache))
     )
     # Validate what can fail before spending compute: the data ladder and every candidate.
-    data = prepare_data_task(
-        cfg.dataset.source,
-        path=cfg.dataset.path,
-        prompt_field=cfg.dataset.prompt_field,
-        target_field=cfg.dataset.target_field,
-        template=cfg.dataset.template,
-        group_field=cfg.dataset.group_field,
-        val_size=cfg.dataset.val_size,
-        test_size=cfg.dataset.test_size,
-        first_size=cfg.ladder.first_size,
-        budget=cfg.ladder.budget,
-        seed=cfg.dataset.seed,
-        max_examples=cfg.dataset.max_examples,
-    )
+    data = prepare_data_task(**cfg.data_kwargs())
     models = {
         c.name: resolve_candidate_task(
             c.name, cache_dir=str(cache / "models"), trust_remote_code=c.trust_remote_code
