@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prefect import flow  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from flows.config import load_config  # noqa: E402
 from flows.select import _attach_f_terms, _probe_settings, _run_ntk, _run_probes  # noqa: E402
@@ -37,7 +38,7 @@ from tasks.fit import curve_matrix  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 
 
-@flow(name="extrapolation-benchmark")
+@flow(name="extrapolation-benchmark", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def measure(config: str, first: int, d: int) -> tuple[dict, dict, list[int]]:
     cfg = load_config(config, [f"ladder.first_size={first}", f"ladder.budget={8 * d}"])
     cache = Path(cfg.cache_dir).resolve()
