@@ -1,0 +1,172 @@
+"""Cost-accuracy trade-off of the adaptive selector on a loss table (design.md section 5).
+
+``Lens`` is run at fixed fractions of what AtS spends at the same budget, next to AtS and
+SubTuning at every budget, so a reader sees how much RelAcc / PearCorr each unit of probe compute
+buys. The Lens settings per fraction come from a fixed rule on the ladder (never from the
+target column), so nothing is tuned on the table being scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from lens_model.metrics import pearson_correlation, relative_accuracy
+from lens_model.selectors import AtS, Lens, Selector, SubTuning, TableProbes
+
+DEFAULT_FRACTIONS = (0.25, 0.35, 0.5, 0.75, 1.0)
+# Fractions at or above this keep Lens's default ladder (spacing 4, first round up to the
+# budget, about 0.67 x AtS); below it the sparser spacing-8 ladder is used (design note:
+# measured on FLAN, Lens(cost_fraction=0.5, first_top=0.5, spacing=SPARSE) matched AtS's RelAcc).
+DENSE_FROM = 0.67
+SPARSE = 8  # spacing of the ladder below DENSE_FROM
+FIRST_TOPS = tuple(2.0**-k for k in range(12))  # 1, 1/2, 1/4, ... tried largest first
+
+
+def first_round(ladder: np.ndarray, budget: int, *, first_top: float, spacing: int) -> list[int]:
+    """The sizes ``Lens`` probes every candidate at in its first round (mirrors ``Lens``).
+
+    Returns an empty list when no ladder size is <= ``first_top * budget``.
+    """
+    top = ladder[ladder <= budget * first_top]
+    if len(top) == 0:
+        return []
+    sizes = [int(top[-1])]
+    while sizes[-1] // spacing >= ladder.min():
+        sizes.append(sizes[-1] // spacing)
+    return sorted(sizes)
+
+
+def lens_settings(
+    ladder: np.ndarray, budget: int, fraction: float
+) -> tuple[dict | None, str | None]:
+    """Lens keyword arguments for ``fraction`` of AtS's cost at ``budget``, or a skip reason.
+
+    Rule: fractions >= ``DENSE_FROM`` use spacing 4 and the first round up to the budget when
+    that round fits; otherwise spacing 8 and the largest first round (first_top = 1, 1/2, 1/4,
+    ...) whose cost fits within ``fraction`` x AtS. A first round needs two sizes (the line
+    extrapolation needs two points), so a fraction below the cheapest such round is skipped.
+    Only the ladder and the budget are read, never a loss.
+
+    Parameters
+    ----------
+    ladder : ndarray
+        Positive sizes strictly below the target (what Lens may probe), increasing.
+    budget : int
+        The budget (a ladder size).
+    fraction : float
+        Cap on Lens's cost as a fraction of AtS's cost at ``budget``, in (0, 1].
+    """
+    ats = ladder[ladder <= budget].sum()  # per unit of parameters, as in Lens's own cap
+    if fraction >= DENSE_FROM:
+        first = first_round(ladder, budget, first_top=1.0, spacing=4)
+        if sum(first) <= fraction * ats * (1 + 1e-12):
+            return {"cost_fraction": fraction, "first_top": 1.0, "spacing": 4}, None
+    cheapest = None
+    for first_top in FIRST_TOPS:
+        first = first_round(ladder, budget, first_top=first_top, spacing=SPARSE)
+        if len(first) < 2:  # Lens's line extrapolation needs two sizes per model
+            break
+        cheapest = first
+        if sum(first) <= fraction * ats * (1 + 1e-12):
+            return {"cost_fraction": fraction, "first_top": first_top, "spacing": SPARSE}, None
+    if cheapest is None:
+        return None, f"the ladder below budget {budget} has no two sizes {SPARSE} apart"
+    return None, (
+        f"no first round fits: the cheapest one ({cheapest} per model) costs "
+        f"{sum(cheapest) / ats:.3f} x AtS at budget {budget}, above the fraction {fraction}"
+    )
+
+
+def _row(method, fraction, budget, sel, truth, model_sizes, target, settings) -> dict:
+    return {
+        "method": method,
+        "cost_fraction_setting": fraction,
+        "budget": int(budget),
+        "cost": sel.cost(model_sizes, target),
+        "pear_corr": pearson_correlation(sel.scores, truth),
+        "rel_acc": relative_accuracy(sel.selected, truth),
+        "first_top": settings.get("first_top", np.nan),
+        "spacing": settings.get("spacing", np.nan),
+        "skipped": "",
+    }
+
+
+def _run(selector: Selector, sizes, losses, model_sizes, budget: int, target: int):
+    source = TableProbes(sizes, losses, model_sizes, max_size=target - 1)
+    return selector.select(source, budget=int(budget), target_size=int(target))
+
+
+def cost_accuracy_curve(
+    sizes: Sequence[float],
+    losses: np.ndarray,
+    model_sizes: Sequence[float],
+    *,
+    budgets: Sequence[int],
+    target_size: int,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+) -> list[dict]:
+    """Lens at each cost fraction of AtS, plus AtS and SubTuning, at every budget.
+
+    Parameters
+    ----------
+    sizes : array_like (m,)
+        Column sizes of the table (0 = zero-shot); must include ``target_size``.
+    losses : array_like (N, m)
+        True test losses.
+    model_sizes : array_like (N,)
+        Parameter counts.
+    budgets : sequence of int
+        Budgets (ladder sizes below the target).
+    target_size : int
+        The size whose losses are the ground truth; never read by a selector.
+    fractions : sequence of float
+        Lens cost caps as fractions of AtS's cost at the same budget, each in (0, 1].
+
+    Returns
+    -------
+    list of dict
+        One row per (method, fraction, budget): ``method``, ``cost_fraction_setting`` (NaN for
+        AtS and SubTuning), ``budget``, ``cost``, ``pear_corr``, ``rel_acc``, the Lens
+        ``first_top`` / ``spacing`` used and ``skipped`` (the reason, metrics NaN, when no first
+        round fits within the fraction).
+    """
+    sizes = np.asarray(sizes, dtype=float)
+    losses = np.asarray(losses, dtype=float)
+    model_sizes = np.asarray(model_sizes, dtype=float)
+    if target_size not in sizes:
+        raise ValueError(f"the table has no column for the target size {target_size}")
+    bad = [f for f in fractions if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"cost fractions must be in (0, 1], got {bad}")
+    truth = losses[:, int(np.flatnonzero(sizes == target_size)[0])]
+    ladder = sizes[(sizes > 0) & (sizes < target_size)]
+    rows = []
+    for budget in budgets:
+        if budget not in ladder:
+            raise ValueError(f"budget {budget} is not on the ladder {ladder.astype(int).tolist()}")
+        ats = _run(AtS(), sizes, losses, model_sizes, budget, target_size)
+        ats_cost = ats.cost(model_sizes, target_size)
+        rows.append(_row("AtS", np.nan, budget, ats, truth, model_sizes, target_size, {}))
+        sub = _run(SubTuning(), sizes, losses, model_sizes, budget, target_size)
+        rows.append(_row("SubTuning", np.nan, budget, sub, truth, model_sizes, target_size, {}))
+        for fraction in fractions:
+            settings, reason = lens_settings(ladder, int(budget), fraction)
+            if settings is None:
+                nan = dict.fromkeys(("cost", "pear_corr", "rel_acc", "first_top", "spacing"))
+                rows.append(
+                    {"method": "Lens", "cost_fraction_setting": fraction, "budget": int(budget)}
+                    | {k: np.nan for k in nan}
+                    | {"skipped": reason}
+                )
+                continue
+            sel = _run(Lens(**settings), sizes, losses, model_sizes, budget, target_size)
+            row = _row("Lens", fraction, budget, sel, truth, model_sizes, target_size, settings)
+            if row["cost"] > fraction * ats_cost + 1e-9:  # Lens caps itself; a breach is a bug
+                raise RuntimeError(
+                    f"Lens spent {row['cost']:.6f} > {fraction} x AtS ({ats_cost:.6f}) at "
+                    f"budget {budget}"
+                )
+            rows.append(row)
+    return rows
