@@ -11,10 +11,13 @@ from prefect import flow, get_run_logger
 from lens_model.selectors import SELECTORS
 from tasks.replay import (
     SELECTION_COLUMNS,
+    cost_accuracy_task,
     fit_errors_task,
+    plot_cost_accuracy,
     plot_curves,
     plot_metrics,
     run_replay_task,
+    write_cost_accuracy,
     write_report,
 )
 from tasks.tables import load_loss_table_task
@@ -42,6 +45,9 @@ def benchmark_flow(
 ) -> dict:
     """Run ``methods`` on each loss table; write selection.csv, fit_error.csv, report.md, plots.
 
+    Also writes the cost-accuracy trade-off (cost_accuracy.csv, a report section, a plot per
+    dataset) of Lens at fixed fractions of AtS's cost, next to AtS and SubTuning.
+
     Returns the output folder, the MLflow run id per dataset and the wall time.
     """
     logger = get_run_logger()
@@ -52,28 +58,38 @@ def benchmark_flow(
     out.mkdir(parents=True, exist_ok=True)
     tracking_uri = tracking_uri or default_tracking_uri()
     started = time.perf_counter()
-    selection, fit_error, runs = [], [], {}
+    selection, fit_error, tradeoff, runs = [], [], [], {}
     for path in tables:
         table = load_loss_table_task(path)
         rows = run_replay_task(table, methods)
         errs = fit_errors_task(table)
         selection += rows
         fit_error += errs
+        tradeoff += cost_accuracy_task(table)
         logger.info("%s: %d models, %d rows", table["name"], len(table["models"]), len(rows))
         frame = pd.DataFrame(rows)
         if plots:
             plot_metrics(out, frame, table["name"])
             plot_curves(out, table, budget=int(frame.max_data_num.min()))
+            plot_cost_accuracy(out, pd.DataFrame(tradeoff), table["name"])
     sel = pd.DataFrame(selection)
     sel[SELECTION_COLUMNS].to_csv(out / "selection.csv", index=False, float_format="%.4f")
     sel.to_csv(out / "selection_detail.csv", index=False, float_format="%.4f")
     fe = pd.DataFrame(fit_error)
     fe[["dataset", "model", "law", "rmse_log"]].to_csv(out / "fit_error.csv", index=False)
     write_report(out, sel, fe)
+    ca = pd.DataFrame(tradeoff)
+    write_cost_accuracy(out, ca)  # cost_accuracy.csv + the "Cost-accuracy" section of report.md
     elapsed = time.perf_counter() - started
     for dataset, part in sel.groupby("dataset", sort=False):
         metrics = [
             (f"{r.method}_{r.metric}", float(r.value), int(r.ratio)) for r in part.itertuples()
+        ]
+        lens = ca[(ca.dataset == dataset) & (ca.method == "Lens") & (ca.skipped == "")]
+        metrics += [
+            (f"Lens_f{r.cost_fraction_setting:g}_{name}", float(getattr(r, col)), int(r.ratio))
+            for r in lens.itertuples()
+            for name, col in (("Cost", "cost"), ("PearCorr", "pear_corr"), ("RelAcc", "rel_acc"))
         ]
         runs[dataset] = log_benchmark_run(
             tracking_uri=tracking_uri,

@@ -16,6 +16,7 @@ from prefect import task  # noqa: E402
 from lens_model.laws import LAWS, FitWarning  # noqa: E402
 from lens_model.phase import fit_power_phase  # noqa: E402
 from lens_model.replay import replay  # noqa: E402
+from lens_model.tradeoff import cost_accuracy_curve  # noqa: E402
 
 RATIOS = (8, 16, 32, 64, 128, 256, 512)
 METRICS = ("PearCorr", "RelAcc", "Cost")
@@ -206,6 +207,124 @@ def plot_curves(out_dir: Path, table: dict, budget: int) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+COST_ACCURACY_COLUMNS = [
+    "dataset",
+    "method",
+    "cost_fraction_setting",
+    "ratio",
+    "budget",
+    "cost",
+    "pear_corr",
+    "rel_acc",
+    "first_top",
+    "spacing",
+    "skipped",
+]
+HALF_COST = 0.5
+
+
+def run_cost_accuracy(table: dict) -> list[dict]:
+    """Rows of ``cost_accuracy.csv``: Lens per cost fraction, AtS and SubTuning, per budget."""
+    target, budgets = budgets_for(table)
+    rows = cost_accuracy_curve(
+        table["sizes"],
+        np.array(table["losses"]),
+        table["model_sizes"],
+        budgets=budgets,
+        target_size=target,
+    )
+    return [{"dataset": table["name"], "ratio": target // r["budget"]} | r for r in rows]
+
+
+def _setting(frame: pd.DataFrame) -> pd.Series:
+    """'Lens@0.5' for a Lens row, the method name otherwise."""
+    lens = frame.method + "@" + frame.cost_fraction_setting.map("{:g}".format)
+    return lens.where(frame.cost_fraction_setting.notna(), frame.method)
+
+
+def cost_accuracy_report(frame: pd.DataFrame) -> str:
+    """The "Cost-accuracy" section of report.md (values in percent)."""
+    lines = [
+        "# Cost-accuracy",
+        "",
+        "Lens@f: Lens capped at f x AtS's cost at the same budget (settings from a fixed rule, "
+        "lens_model/tradeoff.py). Means over the budgets a setting ran at (in percent).",
+    ]
+    for dataset, part in frame.groupby("dataset", sort=False):
+        part = part.assign(setting=_setting(part))
+        ran = part[part.skipped.fillna("") == ""]
+        means = ran.groupby("setting", sort=False)[["cost", "pear_corr", "rel_acc"]].mean()
+        means.columns = ["Cost", "PearCorr", "RelAcc"]
+        means.index.name = "method"
+        lines += ["", f"## {dataset}: cost-accuracy", "", markdown_table(100 * means, 2)]
+        runs = ran.groupby("setting", sort=False).size()
+        short = runs[runs < part.budget.nunique()]
+        for setting, n in short.items():
+            reasons = part[(part.setting == setting) & (part.skipped.fillna("") != "")].skipped
+            lines += ["", f"{setting} ran at {n} of {part.budget.nunique()} budgets; skipped: "]
+            lines[-1] += "; ".join(reasons.drop_duplicates())
+        half = ran[ran.setting == f"Lens@{HALF_COST:g}"].set_index("ratio")
+        ats = ran[ran.method == "AtS"].set_index("ratio")
+        if half.empty:
+            continue
+        per = pd.DataFrame(
+            {
+                "RelAcc Lens@0.5": 100 * half.rel_acc,
+                "RelAcc AtS": 100 * ats.rel_acc.reindex(half.index),
+                "Cost ratio Lens/AtS": half.cost / ats.cost.reindex(half.index),
+            }
+        ).sort_index()
+        per.index = [f"1/{r}" for r in per.index]
+        per.index.name = "budget"
+        lines += ["", f"### Half-cost Lens vs AtS per budget ({dataset})", ""]
+        lines.append(markdown_table(per, 2))
+    return "\n".join(lines) + "\n"
+
+
+def write_cost_accuracy(out_dir: Path, frame: pd.DataFrame) -> Path:
+    """Write ``cost_accuracy.csv`` and append the "Cost-accuracy" section to report.md."""
+    frame[COST_ACCURACY_COLUMNS].to_csv(
+        out_dir / "cost_accuracy.csv", index=False, float_format="%.6g"
+    )
+    report = out_dir / "report.md"
+    text = report.read_text() if report.is_file() else ""
+    report.write_text(text + "\n" + cost_accuracy_report(frame))
+    return out_dir / "cost_accuracy.csv"
+
+
+def plot_cost_accuracy(out_dir: Path, frame: pd.DataFrame, dataset: str) -> Path:
+    """RelAcc and PearCorr vs Cost (log x): Lens per fraction, AtS and SubTuning per budget."""
+    part = frame[(frame.dataset == dataset) & (frame.skipped.fillna("") == "")]
+    part = part.assign(setting=_setting(part))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, (col, label) in zip(
+        axes, (("rel_acc", "RelAcc"), ("pear_corr", "PearCorr")), strict=True
+    ):
+        for method, m in part[part.method != "Lens"].groupby("method", sort=False):
+            m = m.sort_values("cost")
+            ax.plot(m.cost, 100 * m[col], marker="s", lw=1.2, label=f"{method} (per budget)")
+        lens = part[part.method == "Lens"]
+        for setting, m in lens.groupby("setting", sort=False):
+            m = m.sort_values("cost")
+            ax.plot(m.cost, 100 * m[col], marker="o", ls=":", lw=1, label=setting)
+        ax.set_xscale("log")
+        ax.set_xlabel("Cost (fraction of fine-tuning every model on the target)")
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_title(f"{dataset}: {label} vs Cost")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / f"{dataset.lower()}_cost_accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@task(name="cost-accuracy")
+def cost_accuracy_task(table: dict) -> list[dict]:
+    return run_cost_accuracy(table)
 
 
 @task(name="replay-selectors")
