@@ -241,17 +241,17 @@ class AtS(Selector):
 class Lens(Selector):
     """LensLLM's adaptive selector: a sparse ladder for everyone, then successive halving.
 
-    Round 0 probes every candidate at the zero-shot point (free) and on a sparse ladder that
-    ends at the budget, ``budget / spacing``, ``budget / spacing^2``, ... (about two thirds of
-    AtS's compute for spacing 4). Each later round ranks the candidates still running by
-    predicted target loss, keeps the better ``keep`` fraction and probes them at ``spacing``
-    times their largest size (above the budget if need be, never at the target), while the
-    total stays within ``cost_fraction`` of what AtS spends at the same budget. The prediction
-    is the power-phase line (AtS's extrapolation); ``line_weight < 1`` blends it geometrically
-    with the rectified law fitted with the zero-shot point (on FLAN the blend raised PearCorr
-    but lost RelAcc at the smallest budgets, so the default is the line alone). Dropped
-    candidates keep their last prediction and the reason; the selection is the best predicted
-    survivor.
+    Round 0 probes every candidate on a sparse ladder ending at ``first_top * budget``:
+    that size, ``/ spacing``, ``/ spacing^2``, ... (about two thirds of AtS's compute for the
+    defaults). The prediction extrapolates the log-log slope between a candidate's two largest
+    probes (``predictor="local_slope"``; fine-tuning curves steepen as they leave the
+    pre-power phase, so AtS's line through earlier points is biased towards flat slopes), or
+    AtS's power-phase line (``"power_phase"``). Each later round ranks the candidates still
+    running by predicted target loss, keeps the better ``keep`` fraction and probes them at
+    ``spacing`` times their largest size (above the budget if need be, never at the target),
+    trimming the worst survivors so that the total stays within ``cost_fraction`` of what AtS
+    spends at the same budget. Dropped candidates keep their last prediction and the reason;
+    the selection is the best predicted survivor.
     """
 
     def __init__(
@@ -265,8 +265,6 @@ class Lens(Selector):
         k: int = 3,
         delta: float = 5.0,
         predictor: str = "local_slope",
-        line_weight: float = 1.0,
-        seed: int = 0,
     ) -> None:
         if not 0 < cost_fraction <= 1:
             raise ValueError(f"cost_fraction must be in (0, 1], got {cost_fraction}")
@@ -281,11 +279,9 @@ class Lens(Selector):
         self.min_size = min_size
         self.k = k
         self.delta = delta
-        self.line_weight = line_weight
         if predictor not in ("local_slope", "power_phase"):
             raise ValueError(f"predictor must be 'local_slope' or 'power_phase', got {predictor!r}")
         self.predictor = predictor
-        self.seed = seed
 
     def _score(self, source, budget, target_size):
         w = np.asarray(source.model_sizes, dtype=float)
@@ -308,8 +304,7 @@ class Lens(Selector):
             raise ValueError(
                 f"the first round ({first}) costs more than the cap of {self.cost_fraction} x AtS"
             )
-        head = [0] if self.line_weight < 1.0 and 0 in source.sizes else []
-        points = {i: head + list(first) for i in range(n)}
+        points = {i: list(first) for i in range(n)}
         losses = {(i, d): source.loss(i, d) for i in range(n) for d in points[i]}
         active = list(range(n))
         dropped: dict[int, str] = {}
@@ -352,22 +347,7 @@ class Lens(Selector):
 
     def _predict(self, points, losses, target_size, models) -> np.ndarray:
         """Predicted target loss of ``models`` (NaN elsewhere)."""
-        models = list(models)
         out = np.full(len(points), np.nan)
         for i in models:
             out[i] = self._extrapolate(points[i], losses, i, target_size)[0]
-        if self.line_weight >= 1.0:
-            return out
-        grid = sorted({d for i in models for d in points[i]})
-        table = np.full((len(models), len(grid)), np.nan)
-        for row, i in enumerate(models):
-            for d in points[i]:
-                table[row, grid.index(d)] = losses[(i, d)]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FitWarning)  # the ensemble tolerates a poor fit
-            law = RectifiedLaw(seed=self.seed).fit(np.array(grid, dtype=float), table)
-        rectified = law.predict([target_size])[:, 0]
-        out[models] = np.exp(
-            self.line_weight * np.log(out[models]) + (1 - self.line_weight) * np.log(rectified)
-        )
         return out
