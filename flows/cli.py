@@ -103,8 +103,21 @@ def _select(args: argparse.Namespace) -> int:
             f"[{row['interval_low']:.4f}, {row['interval_high']:.4f}] {row['note']}"
         )
     print(f"Selected: {summary['selected']}")
+    b = summary.get("budget")
+    if b:
+        mode = "adaptive (Lens)" if summary.get("adaptive") else "full ladder"
+        print(
+            f"Probe compute ({mode}, parameters x examples): {b['compute_spent']:.4g} spent, "
+            f"{b['compute_spent'] / b['compute_full_ladder']:.1%} of the full ladder "
+            f"({b['compute_full_ladder']:.4g}), "
+            f"{b['compute_spent'] / b['compute_full_finetune_all']:.2%} of fine-tuning every "
+            f"candidate on the target ({b['compute_full_finetune_all']:.4g}); "
+            f"{b['n_probes']} probes, {b['flops_spent']:.3g} FLOPs"
+        )
     reg = summary.get("registry")
-    if reg:
+    if reg and reg.get("skipped"):
+        print(f"Registry skipped: {reg['skipped']}")
+    elif reg:
         print(f"Registered version {reg.get('version')} with aliases {reg.get('aliases')}")
         print(f"  promoted to champion: {reg.get('promoted')} ({reg.get('reason')})")
     print(f"Curve plot: {summary['plot']}")

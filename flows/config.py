@@ -95,6 +95,19 @@ class NtkConfig(_Strict):
     projection_dim: int | None = Field(None, ge=1, description="needed for method: full")
 
 
+class AdaptiveConfig(_Strict):
+    """Adaptive probing: ``Lens`` decides which (candidate, size) probes to run."""
+
+    enabled: bool = False
+    compute_fraction: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="cap on probe compute as a fraction of the full ladder's "
+        "(parameter count x examples)",
+    )
+
+
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default .lensllm/mlflow.db")
     experiment: str = "lensllm-selection"
@@ -118,6 +131,7 @@ class SelectionConfig(_Strict):
     probe: ProbeConfig = ProbeConfig()
     ladder: LadderConfig = LadderConfig()
     ntk: NtkConfig = NtkConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
     target_size: int = Field(4096, ge=1)
     selector: str = "Lens"
     rank_on: Literal["bits_per_byte", "loss_per_token"] = "bits_per_byte"

@@ -19,7 +19,8 @@ from flows.register import register_flow
 from lens_model.ntk import f_term_from_spectrum
 from tasks import tracking
 from tasks.data import prepare_data_task
-from tasks.fit import fit_and_select_task, plot_selection, plot_spectra
+from tasks.fit import RANK_KEYS, fit_and_select_task, plot_selection, plot_spectra
+from tasks.live_probes import LiveProbes, budget_accounting, run_adaptive
 from tasks.models import describe_candidate, resolve_candidate_task
 from tasks.ntk import ntk_task
 from tasks.probe import probe_task
@@ -102,7 +103,12 @@ def run_selection(cfg: SelectionConfig) -> dict:
     threads = max(1, (os.cpu_count() or 1) // cfg.runner.max_workers)
     settings = _probe_settings(cfg, threads)
     ntk = _run_ntk(cfg, data, models, settings, cache)
-    probes = _run_probes(cfg, data, models, settings, cache)
+    adaptive = None
+    if cfg.adaptive.enabled:
+        probes, adaptive = _run_adaptive(cfg, data, models, n_params, settings, cache)
+    else:
+        probes = _run_probes(cfg, data, models, settings, cache)
+    budget = budget_accounting(probes, n_params, data["sizes"], cfg.target_size)
     _attach_f_terms(ntk, probes, settings["learning_rate"])
     result = fit_and_select_task(
         probes,
@@ -113,17 +119,28 @@ def run_selection(cfg: SelectionConfig) -> dict:
         selector=cfg.selector,
         rank_on=cfg.rank_on,
         seed=cfg.probe.seed,
+        adaptive=adaptive,
     )
     out_dir = Path(tempfile.mkdtemp(prefix="lensllm-select-"))
     plot = plot_selection(result, probes, str(out_dir / "curves.png"))
     if ntk:
         plot_spectra(ntk, str(out_dir / "ntk_spectrum.png"))
     summary = _track(cfg, data, probes, result, n_params, tracking_uri, out_dir, ntk)
+    summary.update(budget=budget, adaptive=adaptive)
+    _track_budget(tracking_uri, summary["run_id"], budget, adaptive)
     summary["plot"] = _keep_plot(plot, cache, summary["run_id"])
-    if cfg.registry.enabled:
-        selected = result["selected"]
+    selected = result["selected"]
+    largest = max(probes[selected], key=lambda p: p["subset_size"])
+    if cfg.registry.enabled and not largest.get("save_dir"):
+        # Adaptive runs may stop the winner below the budget: no fine-tuned weights to register.
+        summary["registry"] = {
+            "skipped": f"{selected} was probed up to {largest['subset_size']} examples, not the "
+            f"budget {cfg.ladder.budget}, so no fine-tuned weights were saved; raise "
+            "adaptive.compute_fraction or run without adaptive to register"
+        }
+        logger.warning("registry skipped: %s", summary["registry"]["skipped"])
+    elif cfg.registry.enabled:
         cand = result["candidates"][selected]
-        largest = max(probes[selected], key=lambda p: p["subset_size"])
         summary["registry"] = register_flow(
             largest["save_dir"],
             registered_name=cfg.registry.model_name,
@@ -203,59 +220,104 @@ def _attach_f_terms(ntk: dict, probes: dict, eta: float) -> None:
         )
 
 
-def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict]]:
-    """Every candidate at every ladder size (0 = zero-shot); finished probes come from cache."""
-    logger = get_run_logger()
-    probe = probe_task.with_options(
+def _probe_task(cache: Path):
+    return probe_task.with_options(
         cache_policy=INPUTS + TASK_SOURCE,
         persist_result=True,
         result_storage=_result_storage(cache),
     )
-    sizes = [0, *data["sizes"]]
-    futures = {}
-    for name, path in models.items():
-        for size in sizes:
-            save_dir = None
-            if size == cfg.ladder.budget:
-                save_dir = _finetuned_dir(cfg, name, data["fingerprint"], settings)
-            task = probe
-            if save_dir and not Path(save_dir).is_dir():
-                task = probe.with_options(refresh_cache=True)  # the weights must exist
-            futures[(name, size)] = task.submit(
-                path,
-                data["train"][:size],
-                data["val"],
-                data["test"],
-                save_dir=save_dir,
-                replace_save_dir=True,
-                trust_remote_code=_trust(cfg, name),
-                **settings,
-            )
+
+
+def _submit_probe(probe, cfg, data, name: str, path: str, size: int, settings: dict):
+    """Submit one probe; the single place its arguments are built, so the full ladder and the
+    adaptive path share cache keys. The budget-sized probe saves its weights for the registry."""
+    save_dir = None
+    if size == cfg.ladder.budget:
+        save_dir = _finetuned_dir(cfg, name, data["fingerprint"], settings)
+    task = probe
+    if save_dir and not Path(save_dir).is_dir():
+        task = probe.with_options(refresh_cache=True)  # the weights must exist
+    return task.submit(
+        path,
+        data["train"][:size],
+        data["val"],
+        data["test"],
+        save_dir=save_dir,
+        replace_save_dir=True,
+        trust_remote_code=_trust(cfg, name),
+        **settings,
+    )
+
+
+def _annotate(res: dict, data: dict, name: str, size: int) -> dict:
+    """Probe result plus what tracking records about its data; logs one line."""
+    res = dict(res)
+    res.update(
+        subset_size=size,
+        candidate=name,
+        subset_fingerprint=_subset_fingerprint(data, size),
+        test_fingerprint=data["test_fingerprint"],
+        test_size=len(data["test"]),
+        dataset_name=str(data["source"]).replace("/", "_"),
+        dataset_source=data["source"],
+    )
+    get_run_logger().info(
+        "probe %-28s size %5d: %.4f bits/byte, %.4f nats/token, %d steps, %.1f s",
+        name,
+        size,
+        res["test_bits_per_byte"],
+        res["test_loss"],
+        res["steps"],
+        res["wall_time_s"],
+    )
+    return res
+
+
+def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict]]:
+    """Every candidate at every ladder size (0 = zero-shot); finished probes come from cache."""
+    probe = _probe_task(cache)
+    futures = {
+        (name, size): _submit_probe(probe, cfg, data, name, path, size, settings)
+        for name, path in models.items()
+        for size in [0, *data["sizes"]]
+    }
     out: dict[str, list[dict]] = {name: [] for name in models}
     for (name, size), fut in futures.items():
-        res = dict(fut.result())
-        res.update(
-            subset_size=size,
-            candidate=name,
-            subset_fingerprint=data["subset_fingerprints"].get(
-                size, data["subset_fingerprints"].get(str(size))
-            ),
-            test_fingerprint=data["test_fingerprint"],
-            test_size=len(data["test"]),
-            dataset_name=str(data["source"]).replace("/", "_"),
-            dataset_source=data["source"],
-        )
-        logger.info(
-            "probe %-28s size %5d: %.4f bits/byte, %.4f nats/token, %d steps, %.1f s",
+        out[name].append(_annotate(fut.result(), data, name, size))
+    return out
+
+
+def _run_adaptive(cfg, data, models, n_params, settings, cache: Path):
+    """``Lens`` decides which probes run, within ``adaptive.compute_fraction`` of the ladder."""
+    probe = _probe_task(cache)
+    names = list(models)
+    source = LiveProbes(
+        names,
+        [n_params[n] for n in names],
+        data["sizes"],
+        lambda name, size: _annotate(
+            _submit_probe(probe, cfg, data, name, models[name], size, settings).result(),
+            data,
             name,
             size,
-            res["test_bits_per_byte"],
-            res["test_loss"],
-            res["steps"],
-            res["wall_time_s"],
-        )
-        out[name].append(res)
-    return out
+        ),
+        metric_key=RANK_KEYS[cfg.rank_on],
+    )
+    for i in range(len(names)):  # zero-shot anchors the laws and the plot; it costs nothing
+        source.loss(i, 0)
+    adaptive = run_adaptive(
+        source,
+        budget=cfg.ladder.budget,
+        target_size=cfg.target_size,
+        fraction=cfg.adaptive.compute_fraction,
+    )
+    get_run_logger().info(
+        "adaptive: Lens %s ran %d probes; dropped %s",
+        adaptive["settings"],
+        len(adaptive["probes"]),
+        adaptive["dropped"] or "none",
+    )
+    return source.results(), adaptive
 
 
 def _subset_fingerprint(data: dict, size: int) -> str | None:
@@ -314,6 +376,7 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk
             clean,
             prediction,
             {"n_params": n_params[name], "model": name},
+            tags={"lensllm.dropped_reason": cand["dropped"]} if cand.get("dropped") else None,
         )
     ranking = [
         {
@@ -344,6 +407,15 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk
         "cost": result["cost"],
         "rank_on": cfg.rank_on,
     }
+
+
+def _track_budget(tracking_uri: str, run_id: str, budget: dict, adaptive: dict | None) -> None:
+    """Probe compute on the parent run (parameter x example units, and FLOPs)."""
+    tracking.log_metrics(tracking_uri, run_id, [(k, float(v), 0) for k, v in budget.items()])
+    params = {"adaptive": adaptive is not None}
+    if adaptive:
+        params.update({f"adaptive.{k}": v for k, v in adaptive["settings"].items()})
+    tracking.log_params_and_tags(tracking_uri, run_id, params=params)
 
 
 def _log_ntk(tracking_uri: str, run_id: str, feats: dict) -> None:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from prefect import task  # noqa: E402
 
 from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw  # noqa: E402
-from lens_model.selectors import SELECTORS, TableProbes  # noqa: E402
+from lens_model.selectors import SELECTORS, Selection, TableProbes  # noqa: E402
 
 RANK_KEYS = {"bits_per_byte": "test_bits_per_byte", "loss_per_token": "test_loss"}
 
@@ -44,6 +44,7 @@ def fit_and_select(
     rank_on: str = "bits_per_byte",
     seed: int = 0,
     f_terms: dict[str, float] | None = None,
+    adaptive: dict | None = None,
 ) -> dict:
     """Rank candidates by predicted target loss; returns plain data for logging and registry.
 
@@ -58,11 +59,21 @@ def fit_and_select(
     f_terms
         Candidate name -> NTK term F(eta, t); adds the LensLLM law (shared scale) to the laws
         reported per candidate.
+    adaptive
+        The result of ``tasks.live_probes.run_adaptive`` (predictions, intervals, drop reasons
+        and probes by candidate name): used instead of re-running ``selector``; candidates may
+        then lack sizes (NaN in the curves, ignored by the law fits).
     """
     names = list(probes)
     key = RANK_KEYS[rank_on]
     sizes, table = curve_matrix(probes, key)
-    usable = np.isfinite(table).all(axis=1)
+    if adaptive is None:
+        usable = np.isfinite(table).all(axis=1)
+    else:  # sizes the adaptive selector never probed stay NaN; only a probed NaN excludes
+        probed = np.array(
+            [[any(p["subset_size"] == d for p in probes[n]) for d in sizes] for n in names]
+        )
+        usable = (np.isfinite(table) | ~probed).all(axis=1)
     excluded = {
         n: "a probe diverged or produced no finite loss"
         for n, ok in zip(names, usable, strict=True)
@@ -73,7 +84,10 @@ def fit_and_select(
         raise ValueError("no candidate has a complete, finite curve: nothing to select from")
     weights = np.array([n_params[names[i]] for i in keep], dtype=float)
     source = TableProbes(sizes, table[keep], weights, max_size=budget)
-    sel = SELECTORS.get(selector)().select(source, budget=budget, target_size=target_size)
+    if adaptive is None:
+        sel = SELECTORS.get(selector)().select(source, budget=budget, target_size=target_size)
+    else:
+        sel = _adaptive_selection(adaptive, [names[i] for i in keep])
     f_keep = None
     if f_terms and all(names[i] in f_terms for i in keep):
         f_keep = np.array([f_terms[names[i]] for i in keep], dtype=float)
@@ -96,7 +110,10 @@ def fit_and_select(
             "excluded": reason,
             "laws": {},
         }
-    ranking = [names[keep[j]] for j in sel.ranking()] + list(excluded)
+    order = sel.ranking()
+    if adaptive is not None:  # survivors first: a dropped candidate saw less data
+        order = sorted(order, key=lambda j: j in sel.dropped)
+    ranking = [names[keep[j]] for j in order] + list(excluded)
     return {
         "selector": selector,
         "rank_on": rank_on,
@@ -109,6 +126,24 @@ def fit_and_select(
         "cost": sel.cost(weights, target_size),
         "probes_read": sorted([names[keep[m]], int(d)] for m, d in sel.probes),
     }
+
+
+def _adaptive_selection(adaptive: dict, names: list[str]) -> Selection:
+    """The adaptive selector's decision as a ``Selection`` over ``names`` (indices by position);
+    like ``Selector.select``, a dropped candidate is never selected."""
+    pred = np.array([adaptive["predictions"][n] for n in names], dtype=float)
+    dropped = {j: adaptive["dropped"][n] for j, n in enumerate(names) if n in adaptive["dropped"]}
+    key = np.where(np.isin(np.arange(len(names)), list(dropped)), np.inf, pred)
+    index = {n: j for j, n in enumerate(names)}
+    return Selection(
+        scores=pred,
+        selected=int(np.argmin(key)),
+        predictions=pred,
+        lower=np.array([adaptive["lower"][n] for n in names], dtype=float),
+        upper=np.array([adaptive["upper"][n] for n in names], dtype=float),
+        probes={(index[n], int(d)) for n, d in adaptive["probes"] if n in index},
+        dropped=dropped,
+    )
 
 
 def _law_predictions(sizes, table, target_size, seed, f_terms=None) -> dict[str, dict[str, list]]:

@@ -1,0 +1,173 @@
+"""Adaptive probing in the live pipeline: ``Lens`` reads real fine-tuning probes on demand.
+
+``LiveProbes`` is a ``lens_model.selectors.ProbeSource`` whose ``loss(model, size)`` runs (or
+reads from the Prefect cache) the probe of that candidate on that ladder subset, so the
+selector's successive halving decides which probes are spent. The flow hands it a ``submit``
+callable that submits the very same cached ``probe_task`` call as the full-ladder path, so
+an adaptive run and a full-ladder run share cache entries.
+
+A diverged probe (``diverged`` or a non-finite ranking metric) raises ``ProbeDivergedError``:
+``Lens`` ranks by an extrapolated loss and has no honest value to rank a diverged curve by, and
+a made-up number would bias the halving. The message names the candidate, the size and how to
+fix it (a lower ``probe.learning_rate``, or dropping the candidate from the config).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from lens_model.selectors import Lens
+from lens_model.tradeoff import FIRST_TOPS, first_round, lens_settings
+
+
+class ProbeDivergedError(ValueError):
+    """A probe read by the adaptive selector diverged: there is no loss to rank it by."""
+
+
+class LiveProbes:
+    """A ``ProbeSource`` over real probes, submitted on demand and memoised.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Candidate names; model index ``i`` is ``names[i]``.
+    n_params : sequence of int
+        Parameter count per candidate (the Cost unit: parameters x examples).
+    sizes : sequence of int
+        Ladder sizes that may be probed, increasing; 0 (zero-shot) is added if missing.
+    submit : callable
+        ``submit(name, size)`` -> a future (``.result()``) or a result dict: the probe.
+    metric_key : str
+        The probe result key ranked on (``test_bits_per_byte`` or ``test_loss``).
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        n_params: Sequence[int],
+        sizes: Sequence[int],
+        submit: Callable[[str, int], object],
+        *,
+        metric_key: str = "test_bits_per_byte",
+    ) -> None:
+        self.names = list(names)
+        self.model_sizes = np.asarray(n_params, dtype=float)
+        self.sizes = np.array(sorted({0, *map(int, sizes)}), dtype=float)
+        self.metric_key = metric_key
+        self._submit = submit
+        self._results: dict[tuple[int, int], dict] = {}
+
+    def loss(self, model: int, size: int) -> float:
+        """The ranking metric of candidate ``model`` fine-tuned on ``size`` examples."""
+        size = int(size)
+        if size not in self.sizes:
+            raise KeyError(f"size {size} is not on the ladder {self.sizes.astype(int).tolist()}")
+        key = (int(model), size)
+        if key not in self._results:
+            out = self._submit(self.names[model], size)
+            self._results[key] = dict(out.result() if hasattr(out, "result") else out)
+        res = self._results[key]
+        value = res.get(self.metric_key)
+        if res.get("diverged") or value is None or not math.isfinite(value) or value <= 0:
+            raise ProbeDivergedError(
+                f"the probe of candidate {self.names[model]!r} at {size} examples diverged "
+                f"({self.metric_key}={value}); lower probe.learning_rate or remove the "
+                "candidate from the config"
+            )
+        return float(value)
+
+    @property
+    def probes(self) -> set[tuple[int, int]]:
+        return set(self._results)
+
+    def results(self) -> dict[str, list[dict]]:
+        """Candidate name -> the raw probe results read so far, smallest size first."""
+        out: dict[str, list[dict]] = {name: [] for name in self.names}
+        for (model, _), res in sorted(self._results.items()):
+            out[self.names[model]].append(res)
+        return out
+
+
+def adaptive_settings(ladder: Sequence[int], budget: int, fraction: float) -> dict:
+    """``Lens`` keyword arguments for ``fraction`` of the full ladder's compute on ``ladder``.
+
+    The live ladder ends at the budget (there is no data above it), so successive halving only
+    happens when the first round stops below the budget. Rule: ``lens_model.tradeoff``'s
+    ``lens_settings`` when its first round leaves a next size (top x spacing) on the ladder;
+    otherwise spacing 2 (the doubling ladder) with the largest first round that costs at most
+    half the cap, leaving the other half for the halving rounds; otherwise the largest spacing-2
+    first round within the cap. Raises ``ValueError`` when no first round of two sizes fits (the
+    line extrapolation needs two points per candidate).
+    """
+    ladder_arr = np.asarray(sorted(int(d) for d in ladder if d > 0), dtype=float)
+    settings, reason = lens_settings(ladder_arr, int(budget), fraction)
+    if settings is not None:
+        first = first_round(
+            ladder_arr, int(budget), first_top=settings["first_top"], spacing=settings["spacing"]
+        )
+        if first[-1] * settings["spacing"] <= budget:
+            return settings
+    full = ladder_arr[ladder_arr <= budget].sum()
+    for share in (fraction / 2, fraction):
+        for first_top in FIRST_TOPS:
+            first = first_round(ladder_arr, int(budget), first_top=first_top, spacing=2)
+            if len(first) < 2:
+                break
+            if sum(first) <= share * full * (1 + 1e-12):
+                return {"cost_fraction": fraction, "first_top": first_top, "spacing": 2}
+    raise ValueError(
+        f"adaptive.compute_fraction={fraction} is too small for the ladder "
+        f"{ladder_arr.astype(int).tolist()} ({reason or 'no first round fits'}; spacing 2 does "
+        "not fit either): raise adaptive.compute_fraction or lengthen the ladder (a smaller "
+        "ladder.first_size)"
+    )
+
+
+def run_adaptive(source: LiveProbes, *, budget: int, target_size: int, fraction: float) -> dict:
+    """Run ``Lens`` on ``source`` under ``fraction`` of the full ladder's compute.
+
+    Lens caps its spend at ``cost_fraction`` x AtS's cost, and AtS reads every positive ladder
+    size up to the budget: exactly the full ladder's compute without the (free) zero-shot
+    probes. So ``cost_fraction = fraction``. Returns plain data keyed by candidate name:
+    ``predictions``, ``lower``, ``upper``, ``dropped`` (reason), ``probes`` and ``settings``.
+    """
+    ladder = source.sizes[source.sizes > 0].astype(int).tolist()
+    settings = adaptive_settings(ladder, budget, fraction)
+    lens = Lens(**settings)
+    sel = lens.select(source, budget=int(budget), target_size=int(target_size))
+    names = source.names
+    return {
+        "settings": settings,
+        "predictions": {n: float(sel.predictions[i]) for i, n in enumerate(names)},
+        "lower": {n: float(sel.lower[i]) for i, n in enumerate(names)},
+        "upper": {n: float(sel.upper[i]) for i, n in enumerate(names)},
+        "dropped": {names[i]: reason for i, reason in sel.dropped.items()},
+        "probes": sorted([names[m], int(d)] for m, d in sel.probes),
+    }
+
+
+def budget_accounting(
+    probes: dict[str, list[dict]],
+    n_params: dict[str, int],
+    ladder: Sequence[int],
+    target_size: int,
+) -> dict:
+    """Probe compute in parameter x example units (the replay Cost's numerator), plus FLOPs.
+
+    ``compute_spent``: sum over the probes run of n_params x subset size (zero-shot is free);
+    ``compute_full_ladder``: every candidate at every positive ladder size;
+    ``compute_full_finetune_all``: every candidate fine-tuned on ``target_size`` examples;
+    ``flops_spent``: sum of the probes' measured ``flops``; ``n_probes``: probes run.
+    """
+    spent = sum(n_params[n] * int(p["subset_size"]) for n, runs in probes.items() for p in runs)
+    positive = sum(int(d) for d in ladder if d > 0)
+    return {
+        "compute_spent": float(spent),
+        "compute_full_ladder": float(sum(n_params.values()) * positive),
+        "compute_full_finetune_all": float(sum(n_params.values()) * target_size),
+        "flops_spent": float(sum(float(p.get("flops") or 0.0) for r in probes.values() for p in r)),
+        "n_probes": sum(len(r) for r in probes.values()),
+    }

@@ -1,0 +1,146 @@
+"""Adaptive selection in the live pipeline: Lens over on-demand probes under a compute cap.
+
+Unit tests drive ``LiveProbes`` with an in-memory probe function on synthetic power-law curves
+(budget accounting, elimination, settings, divergence, fitting with gaps); the integration test
+runs the select flow with ``adaptive.enabled: true`` on tiny models and checks that it spends
+fewer probes than the full ladder, within the cap, and that its probes are the full ladder's
+cache entries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tasks.fit import fit_and_select
+from tasks.live_probes import (
+    LiveProbes,
+    ProbeDivergedError,
+    adaptive_settings,
+    budget_accounting,
+    run_adaptive,
+)
+
+LADDER = [32, 64, 128, 256, 512, 1024]
+TARGET = 16384
+# E + B * d^-alpha per candidate; candidate 2 is best at the target, 0 is best at small sizes.
+CURVES = [(1.20, 3.0, 0.30), (1.05, 8.0, 0.40), (0.80, 12.0, 0.45), (1.50, 4.0, 0.25)]
+N_PARAMS = [100, 120, 150, 90]
+
+
+def _curve(i: int, d: int) -> float:
+    e, b, alpha = CURVES[i]
+    return e + b * (max(d, 1) ** -alpha) if d else e + b
+
+
+def _fake_submit(calls: list, diverge: tuple | None = None):
+    names = [f"m{i}" for i in range(len(CURVES))]
+
+    def submit(name: str, size: int) -> dict:
+        i = names.index(name)
+        calls.append((name, size))
+        bad = diverge == (name, size)
+        return {
+            "subset_size": size,
+            "test_bits_per_byte": float("nan") if bad else _curve(i, size),
+            "diverged": bad,
+            "flops": 6.0 * N_PARAMS[i] * size,
+        }
+
+    return names, submit
+
+
+def test_adaptive_spends_within_the_fraction_and_drops_with_reasons():
+    calls: list = []
+    names, submit = _fake_submit(calls)
+    source = LiveProbes(names, N_PARAMS, LADDER, submit)
+    out = run_adaptive(source, budget=LADDER[-1], target_size=TARGET, fraction=0.5)
+    probes = source.results()
+    n_params = dict(zip(names, N_PARAMS, strict=True))
+    acct = budget_accounting(probes, n_params, LADDER, TARGET)
+    assert acct["compute_full_ladder"] == sum(N_PARAMS) * sum(LADDER)
+    assert acct["compute_full_finetune_all"] == sum(N_PARAMS) * TARGET
+    assert 0 < acct["compute_spent"] <= 0.5 * acct["compute_full_ladder"]
+    assert acct["n_probes"] < len(names) * len(LADDER)
+    assert acct["flops_spent"] == pytest.approx(6.0 * acct["compute_spent"])
+    # every probe is submitted once (memoised), and the accounting counts exactly those
+    assert len(calls) == len(set(calls)) == acct["n_probes"]
+    assert out["dropped"] and all("dropped after size" in r for r in out["dropped"].values())
+    result = fit_and_select(
+        probes, n_params, target_size=TARGET, budget=LADDER[-1], selector="Lens", adaptive=out
+    )
+    truth = {n: _curve(i, TARGET) for i, n in enumerate(names)}
+    assert result["selected"] == min(truth, key=truth.get) == "m2"
+    assert result["ranking"][0] == "m2"
+    for name, reason in out["dropped"].items():
+        cand = result["candidates"][name]
+        assert cand["dropped"] == reason and np.isfinite(cand["predicted_loss"])
+    # fit_and_select's Cost is the spend relative to fine-tuning everyone on the target
+    assert result["cost"] == pytest.approx(
+        acct["compute_spent"] / acct["compute_full_finetune_all"]
+    )
+
+
+def test_settings_for_a_short_doubling_ladder_and_a_too_small_fraction():
+    settings = adaptive_settings([32, 64, 128], 128, 0.5)
+    assert settings == {"cost_fraction": 0.5, "first_top": 0.5, "spacing": 2}
+    with pytest.raises(ValueError, match="raise adaptive.compute_fraction"):
+        adaptive_settings([32, 64, 128], 128, 0.2)
+
+
+def test_a_diverged_probe_raises_a_clear_error():
+    names, submit = _fake_submit([], diverge=("m1", 256))
+    source = LiveProbes(names, N_PARAMS, LADDER, submit)
+    with pytest.raises(ProbeDivergedError, match="'m1' at 256 examples diverged"):
+        run_adaptive(source, budget=LADDER[-1], target_size=TARGET, fraction=0.5)
+
+
+def test_unknown_size_is_refused():
+    names, submit = _fake_submit([])
+    with pytest.raises(KeyError, match="not on the ladder"):
+        LiveProbes(names, N_PARAMS, LADDER, submit).loss(0, 100)
+
+
+def test_config_validates_the_fraction():
+    from flows.config import ConfigError, load_config
+
+    cfg = load_config(None, ["candidates=[a, b]", "adaptive.enabled=true"])
+    assert cfg.adaptive.enabled and cfg.adaptive.compute_fraction == 0.5
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match="adaptive.compute_fraction"):
+            load_config(None, ["candidates=[a, b]", f"adaptive.compute_fraction={bad}"])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_select_flow_adaptive_spends_less_and_shares_the_probe_cache(prefect_harness, tmp_path):
+    from tasks import tracking
+    from tests.test_select_flow import LADDER as FLOW_LADDER
+    from tests.test_select_flow import _config, _probe_task_runs, _run, _second_candidate, _write
+
+    other = _second_candidate(tmp_path / "cache" / "models", tmp_path / "tiny-llama-seed1234")
+    cfg = _config(tmp_path, ["tiny-llama", other], adaptive={"enabled": True})
+    state, flow_run_id = _run(_write(tmp_path / "adaptive.yaml", cfg))
+    summary = state.result()
+    full = len(cfg["candidates"]) * (len(FLOW_LADDER) + 1)
+    runs = _probe_task_runs(flow_run_id, None)
+    assert 0 < len(runs) < full
+    b = summary["budget"]
+    assert b["n_probes"] == len(runs)
+    assert 0 < b["compute_spent"] <= 0.5 * b["compute_full_ladder"]
+    assert b["flops_spent"] > 0
+    assert summary["selected"] in cfg["candidates"]
+    assert summary["ranking"][0]["candidate"] == summary["selected"]
+    # with equal-size candidates half the ladder never reaches the budget: nothing to register
+    assert "not the budget" in summary["registry"]["skipped"]
+    parent = tracking.get_client(cfg["tracking"]["uri"]).get_run(summary["run_id"])
+    assert parent.data.metrics["compute_spent"] == b["compute_spent"]
+    assert parent.data.params["adaptive"] == "true"
+
+    # the full ladder afterwards reuses every adaptive probe from the cache
+    cfg["adaptive"] = {"enabled": False}
+    cfg["registry"] = {"enabled": False}
+    state2, flow_run_id2 = _run(_write(tmp_path / "full.yaml", cfg))
+    assert state2.is_completed()
+    states = [r.state.name for r in _probe_task_runs(flow_run_id2, full)]
+    assert states.count("Cached") == len(runs) and len(states) == full, states
