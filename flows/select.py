@@ -60,9 +60,12 @@ def _probe_settings(cfg: SelectionConfig, threads: int) -> dict:
     }
 
 
-def _finetuned_dir(cfg: SelectionConfig, name: str, data_fp: str, settings: dict) -> str:
+def _finetuned_dir(
+    cfg: SelectionConfig, name: str, data_fp: str, settings: dict, size: int | None = None
+) -> str:
+    size = cfg.ladder.budget if size is None else size
     key = hashlib.sha256(
-        json.dumps([name, data_fp, settings, cfg.ladder.budget], sort_keys=True).encode()
+        json.dumps([name, data_fp, settings, size], sort_keys=True).encode()
     ).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
     return str(Path(cfg.cache_dir, "finetuned", f"{safe}-{key}").resolve())
@@ -132,14 +135,13 @@ def run_selection(cfg: SelectionConfig) -> dict:
     selected = result["selected"]
     largest = max(probes[selected], key=lambda p: p["subset_size"])
     if cfg.registry.enabled and not largest.get("save_dir"):
-        # Adaptive runs may stop the winner below the budget: no fine-tuned weights to register.
-        summary["registry"] = {
-            "skipped": f"{selected} was probed up to {largest['subset_size']} examples, not the "
-            f"budget {cfg.ladder.budget}, so no fine-tuned weights were saved; raise "
-            "adaptive.compute_fraction or run without adaptive to register"
-        }
-        logger.warning("registry skipped: %s", summary["registry"]["skipped"])
-    elif cfg.registry.enabled:
+        # An adaptive run can stop the winner below the budget, where no weights were saved:
+        # fine-tune it once more on its largest probed subset, saving the merged weights.
+        largest = _finetune_for_registry(
+            cfg, data, selected, models[selected], largest, settings, cache
+        )
+        summary["registry_finetune_size"] = largest["subset_size"]
+    if cfg.registry.enabled:
         cand = result["candidates"][selected]
         summary["registry"] = register_flow(
             largest["save_dir"],
@@ -247,6 +249,29 @@ def _submit_probe(probe, cfg, data, name: str, path: str, size: int, settings: d
         trust_remote_code=_trust(cfg, name),
         **settings,
     )
+
+
+def _finetune_for_registry(cfg, data, name, path, largest, settings, cache) -> dict:
+    """The winner fine-tuned on ``largest``'s subset with its weights saved (cached task)."""
+    size = largest["subset_size"]
+    if size == 0:
+        raise ValueError(f"{name} was never fine-tuned (only zero-shot): nothing to register")
+    save_dir = _finetuned_dir(cfg, name, data["fingerprint"], settings, size)
+    probe = _probe_task(cache)
+    if not Path(save_dir).is_dir():
+        probe = probe.with_options(refresh_cache=True)  # the weights must exist
+    get_run_logger().info("fine-tuning %s on %d examples for the registry", name, size)
+    res = probe.submit(
+        path,
+        data["train"][:size],
+        data["val"],
+        data["test"],
+        save_dir=save_dir,
+        replace_save_dir=True,
+        trust_remote_code=_trust(cfg, name),
+        **settings,
+    ).result()
+    return _annotate(res, data, name, size)
 
 
 def _annotate(res: dict, data: dict, name: str, size: int) -> dict:

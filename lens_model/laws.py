@@ -166,7 +166,8 @@ class ScalingLaw:
         grad = numeric_jacobian(lambda u: self._log_loss(u, x_q, c.floor), self.theta_, pred)
         var = np.einsum("kqi,kij,kqj->kq", grad, cov, grad)
         half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
-        lo, hi = np.exp(pred - half), np.exp(pred + half)
+        with np.errstate(over="ignore"):  # an unidentified fit's upper bound is honestly inf
+            lo, hi = np.exp(pred - half), np.exp(pred + half)
         return (lo[0], hi[0]) if self._single else (lo, hi)
 
     # -- internals --------------------------------------------------------------------------
@@ -512,7 +513,8 @@ class LensLaw(RectifiedLaw):
         g_a_inv_b = np.einsum("kqi,ki->kq", g_u, a_inv_b)
         var = np.einsum("kqi,kij,kqj->kq", g_u, a_inv, g_u) + v * (g_a_inv_b - g_s) ** 2
         half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
-        lo, hi = np.exp(pred - half), np.exp(pred + half)
+        with np.errstate(over="ignore"):  # an unidentified fit's upper bound is honestly inf
+            lo, hi = np.exp(pred - half), np.exp(pred + half)
         return (lo[0], hi[0]) if self._single else (lo, hi)
 
 
