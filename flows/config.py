@@ -106,6 +106,24 @@ class AdaptiveConfig(_Strict):
         description="cap on probe compute as a fraction of the full ladder's "
         "(parameter count x examples)",
     )
+    fraction_of_full_finetune: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="when set, the cap instead as a fraction of fine-tuning every candidate "
+        "on target_size examples",
+    )
+
+    def ladder_fraction(self, target_size: int, ladder_sizes: list[int]) -> float:
+        """The cap as a fraction of the full ladder's compute.
+
+        Every candidate gets the same ladder, so parameter counts cancel: a fraction ``f`` of
+        fine-tuning all candidates on ``target_size`` is ``f * target_size / sum(ladder)`` of
+        the ladder (at most 1: the live ladder ends at the budget).
+        """
+        if self.fraction_of_full_finetune is None:
+            return self.compute_fraction
+        return min(1.0, self.fraction_of_full_finetune * target_size / sum(ladder_sizes))
 
 
 class TrackingConfig(_Strict):

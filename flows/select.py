@@ -313,7 +313,7 @@ def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict
 
 
 def _run_adaptive(cfg, data, models, n_params, settings, cache: Path):
-    """``Lens`` decides which probes run, within ``adaptive.compute_fraction`` of the ladder."""
+    """``Lens`` decides which probes run, within the adaptive compute cap (see AdaptiveConfig)."""
     probe = _probe_task(cache)
     names = list(models)
     source = LiveProbes(
@@ -334,7 +334,7 @@ def _run_adaptive(cfg, data, models, n_params, settings, cache: Path):
         source,
         budget=cfg.ladder.budget,
         target_size=cfg.target_size,
-        fraction=cfg.adaptive.compute_fraction,
+        fraction=cfg.adaptive.ladder_fraction(cfg.target_size, data["sizes"]),
     )
     get_run_logger().info(
         "adaptive: Lens %s ran %d probes; dropped %s",

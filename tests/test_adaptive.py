@@ -101,6 +101,18 @@ def test_unknown_size_is_refused():
         LiveProbes(names, N_PARAMS, LADDER, submit).loss(0, 100)
 
 
+def test_budget_as_a_fraction_of_full_finetuning_converts_to_the_ladder():
+    from flows.config import load_config
+
+    base = ["candidates=[a, b]", "adaptive.enabled=true", "target_size=4096"]
+    cfg = load_config(None, [*base, "adaptive.fraction_of_full_finetune=0.02"])
+    ladder = [32, 64, 128]  # 224 examples per candidate; 2 % of 4096 is 81.92
+    assert cfg.adaptive.ladder_fraction(4096, ladder) == pytest.approx(81.92 / 224)
+    assert load_config(None, base).adaptive.ladder_fraction(4096, ladder) == 0.5
+    big = load_config(None, [*base, "adaptive.fraction_of_full_finetune=0.5"])
+    assert big.adaptive.ladder_fraction(4096, ladder) == 1.0  # capped at the whole ladder
+
+
 def test_config_validates_the_fraction():
     from flows.config import ConfigError, load_config
 
