@@ -111,25 +111,31 @@ class ScalingLaw:
             max_iter=self.max_iter,
         )
         best = best_of_starts(result.cost, n, s)
-        self.theta_ = result.theta[best]
-        self._curves = curves
-        self.n_points_ = curves.w.sum(axis=1).astype(int)
-        self.converged_ = result.converged[best] & np.isfinite(result.cost[best])
-        self.n_iter_ = result.n_iter
-        resid = self._residuals(self.theta_, curves.x, curves.y, curves.w, curves.floor)
+        converged = result.converged[best] & np.isfinite(result.cost[best])
+        self._set_fitted(curves, result.theta[best], converged, result.n_iter, warn=True)
+        return self
+
+    def _set_fitted(
+        self, c: _Curves, theta: np.ndarray, converged: np.ndarray, n_iter: int, *, warn: bool
+    ) -> None:
+        """Fitted attributes from the best parameters, and the non-convergence warning."""
+        self.theta_, self._curves = theta, c
+        self.n_points_ = c.w.sum(axis=1).astype(int)
+        self.converged_ = np.asarray(converged, dtype=bool)
+        self.n_iter_ = n_iter
+        resid = self._residuals(theta, c.x, c.y, c.w, c.floor)
         self.rmse_log_ = np.sqrt(np.sum(resid**2, axis=1) / np.maximum(self.n_points_, 1))
-        self.params_ = self._natural(self.theta_, curves.floor)
-        if not self.converged_.all():
+        self.params_ = self._natural(theta, c.floor)
+        if warn and not self.converged_.all():
             bad = int((~self.converged_).sum())
             warnings.warn(
-                f"{self.name} law: {bad} of {n} fits did not converge within {self.max_iter} "
-                "iterations; their results are flagged in converged_",
+                f"{self.name} law: {bad} of {len(theta)} fits did not converge within "
+                f"{self.max_iter} iterations; their results are flagged in converged_",
                 FitWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if self._single:
             self.params_ = {k: float(v[0]) for k, v in self.params_.items()}
-        return self
 
     def predict(self, sizes: np.ndarray) -> np.ndarray:
         """Predicted loss at ``sizes`` (shape (q,) -> (q,) for one curve, (N, q) for a batch)."""
@@ -461,24 +467,10 @@ class LensLaw(RectifiedLaw):
     def _finish(
         self, c: _Curves, theta, converged, n_iter: int, scale_ok: bool, warn: bool
     ) -> None:
-        """Fitted attributes, as :meth:`ScalingLaw.fit` sets them (and its warning if ``warn``)."""
-        self.theta_, self._curves = theta, c
-        self.n_points_ = c.w.sum(axis=1).astype(int)
-        self.converged_ = np.asarray(converged, dtype=bool) & bool(scale_ok)
-        self.n_iter_ = n_iter
-        resid = self._residuals(theta, c.x, c.y, c.w, c.floor)
-        self.rmse_log_ = np.sqrt(np.sum(resid**2, axis=1) / np.maximum(self.n_points_, 1))
-        self.params_ = self._natural(theta, c.floor)
-        if warn and not self.converged_.all():
-            bad = int((~self.converged_).sum())
-            warnings.warn(
-                f"lens law: {bad} of {len(theta)} fits did not converge; their results are "
-                "flagged in converged_",
-                FitWarning,
-                stacklevel=4,
-            )
-        if self._single:
-            self.params_ = {k: float(v[0]) for k, v in self.params_.items()}
+        """Fitted attributes; a scale at the edge of its range flags every fit."""
+        self._set_fitted(
+            c, theta, np.asarray(converged, dtype=bool) & bool(scale_ok), n_iter, warn=warn
+        )
 
     def predict_interval(
         self, sizes: np.ndarray, level: float = 0.9
