@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.config import load_config  # noqa: E402
-from flows.select import _probe_settings  # noqa: E402
+from flows.select import _probe_settings, ntk_kwargs  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 from tasks.ntk import compute_ntk_features  # noqa: E402
@@ -43,15 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         path = resolve_candidate(cand.name, cache_dir=str(Path(cfg.cache_dir) / "models"))
         start = time.perf_counter()
         feats = compute_ntk_features(
-            path,
-            data["train"][: cfg.ntk.n_examples],
-            method=settings["method"],
-            lora_r=settings["lora_r"],
-            lora_alpha=settings["lora_alpha"],
-            target_modules=settings["target_modules"],
-            max_seq_len=settings["max_seq_len"],
-            projection_dim=cfg.ntk.projection_dim,
-            seed=settings["seed"],
+            path, data["train"][: cfg.ntk.n_examples], **ntk_kwargs(cfg, settings)
         )
         ntk_s = time.perf_counter() - start
         start = time.perf_counter()

@@ -169,6 +169,21 @@ def _result_storage(cache: Path) -> str | Path:
     return os.environ.get("LENSLLM_RESULT_STORAGE") or cache / "results"
 
 
+def ntk_kwargs(cfg: SelectionConfig, settings: dict) -> dict:
+    """Arguments of ``tasks.ntk.compute_ntk_features`` matching the probes' LoRA settings."""
+    keys = (
+        "method",
+        "lora_r",
+        "lora_alpha",
+        "target_modules",
+        "max_seq_len",
+        "seed",
+        "device",
+        "threads",
+    )
+    return {**{k: settings[k] for k in keys}, "projection_dim": cfg.ntk.projection_dim}
+
+
 def _run_ntk(cfg, data, models, settings, cache: Path) -> dict[str, dict]:
     """NTK spectrum per candidate on the first ``ntk.n_examples`` training examples (cached)."""
     if not cfg.ntk.enabled:
@@ -183,18 +198,7 @@ def _run_ntk(cfg, data, models, settings, cache: Path) -> dict[str, dict]:
     out = {}
     for name, path in models.items():
         feats = task(
-            path,
-            examples,
-            method=settings["method"],
-            lora_r=settings["lora_r"],
-            lora_alpha=settings["lora_alpha"],
-            target_modules=settings["target_modules"],
-            max_seq_len=settings["max_seq_len"],
-            projection_dim=cfg.ntk.projection_dim,
-            seed=settings["seed"],
-            device=settings["device"],
-            threads=settings["threads"],
-            trust_remote_code=_trust(cfg, name),
+            path, examples, trust_remote_code=_trust(cfg, name), **ntk_kwargs(cfg, settings)
         )
         logger.info(
             "NTK %-28s n=%d effective rank %.2f, ||r0||^2 %.3g, %.1f s",
