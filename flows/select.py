@@ -16,6 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import SelectionConfig, load_config
 from flows.register import register_flow
+from flows.runners import build_task_runner, probe_threads
 from lens_model.ntk import f_term_from_spectrum
 from tasks import tracking
 from tasks.data import prepare_data_task
@@ -103,7 +104,7 @@ def run_selection(cfg: SelectionConfig) -> dict:
         ", ".join(f"{n} ({p / 1e6:.1f}M)" for n, p in n_params.items()),
     )
 
-    threads = max(1, (os.cpu_count() or 1) // cfg.runner.max_workers)
+    threads = probe_threads(cfg.runner)
     settings = _probe_settings(cfg, threads)
     ntk = _run_ntk(cfg, data, models, settings, cache)
     adaptive = None
@@ -501,6 +502,4 @@ def _prefect_artifacts(result: dict, summary: dict) -> None:
 
 def flow_with_runner(cfg: SelectionConfig):
     """The select flow with the task runner the config asks for."""
-    return select_flow.with_options(
-        task_runner=ThreadPoolTaskRunner(max_workers=cfg.runner.max_workers)
-    )
+    return select_flow.with_options(task_runner=build_task_runner(cfg.runner))
