@@ -25,6 +25,7 @@ from tasks.live_probes import LiveProbes, budget_accounting, run_adaptive
 from tasks.models import describe_candidate, resolve_candidate_task
 from tasks.ntk import ntk_task
 from tasks.probe import probe_task
+from tasks.result_storage import result_storage
 
 
 def git_commit() -> str:
@@ -163,13 +164,6 @@ def run_selection(cfg: SelectionConfig) -> dict:
     return summary
 
 
-def _result_storage(cache: Path) -> str | Path:
-    """Where probe and NTK results persist: the block slug in ``LENSLLM_RESULT_STORAGE`` (set
-    by ``lensllm worker``: S3 on the stack), else ``cache / "results"``. A Path, not a str, is
-    local: Prefect reads a str as a block slug."""
-    return os.environ.get("LENSLLM_RESULT_STORAGE") or cache / "results"
-
-
 def ntk_kwargs(cfg: SelectionConfig, settings: dict) -> dict:
     """Arguments of ``tasks.ntk.compute_ntk_features`` matching the probes' LoRA settings."""
     keys = (
@@ -193,7 +187,7 @@ def _run_ntk(cfg, data, models, settings, cache: Path) -> dict[str, dict]:
     task = ntk_task.with_options(
         cache_policy=INPUTS + TASK_SOURCE,
         persist_result=True,
-        result_storage=_result_storage(cache),
+        result_storage=result_storage(cache),
     )
     examples = data["train"][: cfg.ntk.n_examples]
     out = {}
@@ -231,7 +225,7 @@ def _probe_task(cache: Path):
     return probe_task.with_options(
         cache_policy=INPUTS + TASK_SOURCE,
         persist_result=True,
-        result_storage=_result_storage(cache),
+        result_storage=result_storage(cache),
     )
 
 
