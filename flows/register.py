@@ -47,6 +47,7 @@ def register_flow(
     parent_run_id: str | None = None,
     max_new_tokens: int = 32,
     require_disjoint_intervals: bool = False,
+    lock_dir: str | None = ".lensllm/locks",
 ) -> dict:
     """Register ``model_dir`` (a saved, merged transformers causal LM) under
     ``registered_name`` with alias ``candidate``, then move ``champion`` if the gate passes.
@@ -54,6 +55,8 @@ def register_flow(
     ``tags`` should hold ``lensllm.git_commit``, ``lensllm.config_hash`` and
     ``lensllm.data_fingerprint``. Returns ``{"version", "aliases", "promoted", "reason",
     "created", "run_id"}`` (``run_id`` is None when an existing version was reused).
+    The gate runs under a lock in ``lock_dir`` (see ``tasks.locks``), so concurrent
+    selections promote one at a time.
     """
     all_tags = version_tags(
         task_key=task_key,
@@ -97,6 +100,7 @@ def register_flow(
         version,
         margin=margin,
         require_disjoint_intervals=require_disjoint_intervals,
+        lock_dir=lock_dir,
     )
     info = model_version_info_task(tracking_uri, registered_name, version)
     return {

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -22,6 +24,7 @@ from tasks import tracking
 from tasks.data import prepare_data_task
 from tasks.fit import RANK_KEYS, fit_and_select_task, plot_selection, plot_spectra
 from tasks.live_probes import LiveProbes, budget_accounting, run_adaptive
+from tasks.locks import held, lock_path
 from tasks.models import describe_candidate, resolve_candidate_task
 from tasks.ntk import ntk_task
 from tasks.probe import probe_task
@@ -104,7 +107,19 @@ def run_selection(cfg: SelectionConfig) -> dict:
         data["fingerprint"],
         ", ".join(f"{n} ({p / 1e6:.1f}M)" for n, p in n_params.items()),
     )
+    tracking.check_reachable(tracking_uri)  # before any compute is spent
+    key = selection_key(cfg, data)
+    # A second selection of the same config and data waits, then takes everything from cache.
+    with held(lock_path(cache / "locks", "selection", key), f"selection {key}", logger):
+        return _select(cfg, data, models, n_params, tracking_uri, cache, key)
 
+
+def selection_key(cfg: SelectionConfig, data: dict) -> str:
+    """What identifies a selection: the resolved config and the data's fingerprint."""
+    return hashlib.sha256(f"{cfg.config_hash()}:{data['fingerprint']}".encode()).hexdigest()[:16]
+
+
+def _select(cfg, data, models, n_params, tracking_uri: str, cache: Path, key: str) -> dict:
     threads = probe_threads(cfg.runner)
     settings = _probe_settings(cfg, threads)
     ntk = _run_ntk(cfg, data, models, settings, cache)
@@ -130,38 +145,74 @@ def run_selection(cfg: SelectionConfig) -> dict:
     plot = plot_selection(result, probes, str(out_dir / "curves.png"))
     if ntk:
         plot_spectra(ntk, str(out_dir / "ntk_spectrum.png"))
-    summary = _track(cfg, data, probes, result, n_params, tracking_uri, out_dir, ntk)
-    summary.update(budget=budget, adaptive=adaptive)
-    _track_budget(tracking_uri, summary["run_id"], budget, adaptive)
-    summary["plot"] = _keep_plot(plot, cache, summary["run_id"])
+    with _tracking_errors(tracking_uri):
+        summary = _track(cfg, data, probes, result, n_params, tracking_uri, out_dir, ntk, key)
+        try:
+            summary.update(budget=budget, adaptive=adaptive)
+            _track_budget(tracking_uri, summary["run_id"], budget, adaptive)
+            summary["plot"] = _keep_plot(plot, cache, summary["run_id"])
+            _register(cfg, data, models, probes, result, settings, cache, summary)
+            tracking.end_run(tracking_uri, summary["run_id"])
+        except Exception:
+            _mark_failed(tracking_uri, summary["run_id"])
+            raise
+    _prefect_artifacts(result, summary)
+    return summary
+
+
+def _register(cfg, data, models, probes, result, settings, cache: Path, summary: dict) -> None:
+    """Register the winner's fine-tuned weights and run the promotion gate (when enabled)."""
+    if not cfg.registry.enabled:
+        return
     selected = result["selected"]
     largest = max(probes[selected], key=lambda p: p["subset_size"])
-    if cfg.registry.enabled and not largest.get("save_dir"):
+    if not largest.get("save_dir"):
         # An adaptive run can stop the winner below the budget, where no weights were saved:
         # fine-tune it once more on its largest probed subset, saving the merged weights.
         largest = _finetune_for_registry(
             cfg, data, selected, models[selected], largest, settings, cache
         )
         summary["registry_finetune_size"] = largest["subset_size"]
-    if cfg.registry.enabled:
-        cand = result["candidates"][selected]
-        summary["registry"] = register_flow(
-            largest["save_dir"],
-            registered_name=cfg.registry.model_name,
-            task_key=cfg.name,
-            selection_key=summary["selection_key"],
-            predicted_loss=cand["predicted_loss"],
-            interval=cand["interval"],
-            selector=cfg.selector,
-            tags=summary["tags"],
-            tracking_uri=tracking_uri,
-            experiment=cfg.tracking.experiment,
-            margin=cfg.registry.margin,
-            parent_run_id=summary["run_id"],
-        )
-    tracking.end_run(tracking_uri, summary["run_id"])
-    _prefect_artifacts(result, summary)
-    return summary
+    cand = result["candidates"][selected]
+    summary["registry"] = register_flow(
+        largest["save_dir"],
+        registered_name=cfg.registry.model_name,
+        task_key=cfg.name,
+        selection_key=summary["selection_key"],
+        predicted_loss=cand["predicted_loss"],
+        interval=cand["interval"],
+        selector=cfg.selector,
+        tags=summary["tags"],
+        tracking_uri=summary["tracking_uri"],
+        experiment=cfg.tracking.experiment,
+        margin=cfg.registry.margin,
+        parent_run_id=summary["run_id"],
+        lock_dir=str(cache / "locks"),
+    )
+
+
+@contextmanager
+def _tracking_errors(tracking_uri: str) -> Iterator[None]:
+    """An error while talking to a tracking server that is down becomes one clear
+    ``TrackingUnavailableError`` (probes are cached: the same command later logs them)."""
+    try:
+        yield
+    except Exception as err:
+        unreachable = tracking.unreachable_error(tracking_uri)
+        if unreachable is not None:
+            raise unreachable from err
+        raise
+
+
+def _mark_failed(tracking_uri: str, run_id: str) -> None:
+    """Best effort: the parent run of a failed selection ends FAILED (the next attempt of the
+    same selection resumes it); a tracking server that is down cannot be told."""
+    if tracking.unreachable_error(tracking_uri) is not None:
+        return
+    try:
+        tracking.end_run(tracking_uri, run_id, "FAILED")
+    except Exception as err:  # the original error matters more; say why this one failed
+        get_run_logger().warning("could not mark MLflow run %s FAILED: %s", run_id, err)
 
 
 def ntk_kwargs(cfg: SelectionConfig, settings: dict) -> dict:
@@ -353,10 +404,8 @@ def _trust(cfg: SelectionConfig, name: str) -> bool:
     return next(c.trust_remote_code for c in cfg.candidates if c.name == name)
 
 
-def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk) -> dict:
-    selection_key = hashlib.sha256(
-        f"{cfg.config_hash()}:{data['fingerprint']}".encode()
-    ).hexdigest()[:16]
+def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk, key) -> dict:
+    selection_key = key
     tags = {
         "lensllm.git_commit": git_commit(),
         "lensllm.config_hash": cfg.config_hash(),
@@ -364,7 +413,7 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk
         "lensllm.selection_key": selection_key,
         "lensllm.task": cfg.name,
     }
-    run_id = tracking.start_selection_run(
+    run_id, resumed = tracking.open_selection_run(
         tracking_uri,
         cfg.tracking.experiment,
         f"select-{cfg.name}",
@@ -401,6 +450,8 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk
             prediction,
             {"n_params": n_params[name], "model": name},
             tags={"lensllm.dropped_reason": cand["dropped"]} if cand.get("dropped") else None,
+            extra_metrics=_ntk_metrics(ntk[name]) if name in ntk else None,
+            extra_json={"ntk_spectrum.json": ntk[name]} if name in ntk else None,
         )
     ranking = [
         {
@@ -421,8 +472,11 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk
     if ntk:
         tracking.log_artifact_file(tracking_uri, run_id, str(out_dir / "ntk_spectrum.png"))
     tracking.log_metrics(tracking_uri, run_id, [("selection_cost", result["cost"], 0)])
+    if resumed:
+        get_run_logger().info("resumed MLflow run %s of an interrupted attempt", run_id)
     return {
         "run_id": run_id,
+        "resumed": resumed,
         "tracking_uri": tracking_uri,
         "tags": tags,
         "selection_key": selection_key,
@@ -442,27 +496,23 @@ def _track_budget(tracking_uri: str, run_id: str, budget: dict, adaptive: dict |
     tracking.log_params_and_tags(tracking_uri, run_id, params=params)
 
 
-def _log_ntk(tracking_uri: str, run_id: str, feats: dict) -> None:
-    """Spectrum (step = eigenvalue index), alignment, F and its cost on a candidate run."""
-    metrics = [
-        (f"ntk.{k}", float(feats[k]), 0)
-        for k in (
-            "f_term",
-            "effective_rank",
-            "participation_ratio",
-            "trace",
-            "residual_norm_sq",
-            "seconds",
-            "peak_rss_mb",
-            "t",
-            "eta",
-        )
-    ]
+def _ntk_metrics(feats: dict) -> list[tuple[str, float, int]]:
+    """Spectrum (step = eigenvalue index), alignment, F and its cost, for a candidate run."""
+    keys = (
+        "f_term",
+        "effective_rank",
+        "participation_ratio",
+        "trace",
+        "residual_norm_sq",
+        "seconds",
+        "peak_rss_mb",
+        "t",
+        "eta",
+    )
+    metrics = [(f"ntk.{k}", float(feats[k]), 0) for k in keys if feats.get(k) is not None]
     metrics += [("ntk.eigenvalue", float(v), k) for k, v in enumerate(feats["eigenvalues"])]
     metrics += [("ntk.alignment", float(v), k) for k, v in enumerate(feats["alignment"])]
-    tracking.log_metrics(tracking_uri, run_id, metrics)
-    tracking.log_json(tracking_uri, run_id, feats, "ntk_spectrum.json")
-    tracking.end_run(tracking_uri, run_id)
+    return metrics
 
 
 def _keep_plot(plot: str, cache: Path, run_id: str) -> str:

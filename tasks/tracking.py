@@ -31,6 +31,7 @@ from mlflow.utils.time import get_current_time_millis
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.locks import held, lock_path
 from tasks.registry import Contender, decide_promotion
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ TAG_DATA_FINGERPRINT = "lensllm.data_fingerprint"
 TAG_PROBE_KEY = "lensllm.probe_key"
 TAG_CANDIDATE = "lensllm.candidate"
 TAG_RUN_KIND = "lensllm.run_kind"
+TAG_RESUMED = "lensllm.resumed"
 
 _PARENT_RUN_TAG = "mlflow.parentRunId"
 _RUN_NAME_TAG = "mlflow.runName"
@@ -130,6 +132,44 @@ def get_client(tracking_uri: str) -> MlflowClient:
             "'http://127.0.0.1:5000'; use tasks.tracking.default_tracking_uri() for the local store"
         )
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+class TrackingUnavailableError(ConnectionError):
+    """The MLflow tracking server cannot be reached: start it or fix the URI, then re-run."""
+
+
+def _display_uri(tracking_uri: str) -> str:
+    """The URI without any ``user:password@`` part (never print credentials)."""
+    return re.sub(r"//[^/@\s]*@", "//", tracking_uri)
+
+
+def unreachable_error(tracking_uri: str, timeout: float = 5.0) -> TrackingUnavailableError | None:
+    """A :class:`TrackingUnavailableError` when ``tracking_uri`` is an HTTP(S) server that does
+    not answer its ``/health`` endpoint, else None (local stores are always reachable)."""
+    import requests
+
+    if urlparse(tracking_uri).scheme not in ("http", "https"):
+        return None
+    try:
+        response = requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
+        if response.ok:
+            return None
+        why = f"HTTP {response.status_code}"
+    except requests.RequestException as err:
+        why = type(err).__name__
+    return TrackingUnavailableError(
+        f"MLflow tracking server {_display_uri(tracking_uri)} is unreachable ({why}). "
+        "Start it (`lensllm stack up`) or fix tracking.uri / MLFLOW_TRACKING_URI, then run the "
+        "same command again: finished probes stay in the local cache, nothing is recomputed, "
+        "and they are logged then."
+    )
+
+
+def check_reachable(tracking_uri: str, timeout: float = 5.0) -> None:
+    """Raise :class:`TrackingUnavailableError` when the tracking server does not answer."""
+    error = unreachable_error(tracking_uri, timeout)
+    if error is not None:
+        raise error
 
 
 _experiment_lock = threading.Lock()
@@ -394,10 +434,49 @@ def start_selection_run(
     ``lensllm.data_fingerprint`` (the constants ``TAG_*`` of this module); they are copied onto
     every candidate run. The resolved config is logged as ``config/resolved.yaml``.
     """
-    client, run_id = _create_run(tracking_uri, experiment, run_name, tags)
-    _log_batch(client, run_id, params=_params(params), tags=[RunTag(TAG_RUN_KIND, "selection")])
+    client, run_id = _create_run(
+        tracking_uri, experiment, run_name, {**(tags or {}), TAG_RUN_KIND: "selection"}
+    )
+    _log_batch(client, run_id, params=_params(params))
     client.log_text(run_id, config_yaml_text, "config/resolved.yaml")
     return run_id
+
+
+def open_selection_run(
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    tags: dict,
+    params: dict,
+    config_yaml_text: str,
+) -> tuple[str, bool]:
+    """The parent run of a selection: an unfinished run with the same
+    ``lensllm.selection_key`` (an attempt that crashed or was killed) is resumed, so a re-run
+    after a crash adds no second parent run; otherwise a new run is started.
+
+    Returns ``(run_id, resumed)``. A resumed run is set back to RUNNING and its
+    ``lensllm.resumed`` tag counts the resumptions.
+    """
+    key = tags.get(TAG_SELECTION_KEY)
+    client = get_client(tracking_uri)
+    found = client.get_experiment_by_name(experiment) if key else None
+    if found is not None:
+        query = _tag_filter({TAG_SELECTION_KEY: key, TAG_RUN_KIND: "selection"})
+        runs = client.search_runs(
+            [found.experiment_id],
+            query + " and attributes.status != 'FINISHED'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        if runs:
+            run = runs[0]
+            client.update_run(run.info.run_id, status="RUNNING")
+            resumed = int(run.data.tags.get(TAG_RESUMED, "0")) + 1
+            client.set_tag(run.info.run_id, TAG_RESUMED, str(resumed))
+            return run.info.run_id, True
+    return start_selection_run(
+        tracking_uri, experiment, run_name, tags, params, config_yaml_text
+    ), False
 
 
 def _dataset_input(
@@ -493,6 +572,8 @@ def log_candidate(
     *,
     probe_key: str | None = None,
     tags: dict | None = None,
+    extra_metrics: list[tuple[str, float, int]] | None = None,
+    extra_json: dict[str, Any] | None = None,
     finish: bool = True,
 ) -> str:
     """Create the nested run of one candidate under a selection run; return its id.
@@ -504,10 +585,24 @@ def log_candidate(
     prediction is logged as ``prediction.json``. ``lensllm.*`` tags of the parent (git commit,
     config hash, data fingerprint) are copied; ``probe_key`` is stored as
     ``lensllm.probe_key`` so :func:`find_run` can find the run on a re-run.
+    ``extra_metrics`` (key, value, step) and ``extra_json`` (artifact file -> data) are logged
+    before the run ends.
+
+    Idempotent under a resumed parent (see :func:`open_selection_run`): a finished run of the
+    same candidate is kept and its id returned; an unfinished one (cut off by a crash) is
+    deleted and logged again in full, so each candidate has exactly one run.
     """
     client = get_client(tracking_uri)
     parent = client.get_run(parent_run_id)
     experiment = client.get_experiment(parent.info.experiment_id).name
+    earlier = client.search_runs(
+        [parent.info.experiment_id],
+        _tag_filter({_PARENT_RUN_TAG: parent_run_id, TAG_CANDIDATE: candidate}),
+    )
+    for run in earlier:
+        if run.info.status == "FINISHED":
+            return run.info.run_id
+        client.delete_run(run.info.run_id)
     run_tags = {
         k: v for k, v in parent.data.tags.items() if k.startswith("lensllm.") and k != TAG_RUN_KIND
     }
@@ -521,6 +616,12 @@ def log_candidate(
         for probe in sorted(probes, key=lambda p: p.get("subset_size", -1)):
             log_probe(tracking_uri, run_id, probe)
         _log_prediction(client, run_id, prediction)
+        now = get_current_time_millis()
+        _log_batch(
+            client, run_id, metrics=[_metric(k, v, t, now) for k, v, t in extra_metrics or []]
+        )
+        for artifact_file, data in (extra_json or {}).items():
+            client.log_dict(run_id, data, artifact_file)
     except Exception:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -788,15 +889,38 @@ def promote_if_better(
     *,
     margin: float,
     require_disjoint_intervals: bool = False,
+    lock_dir: str | None = None,
 ) -> dict:
     """Apply the promotion gate (``tasks.registry.decide_promotion``) to ``version`` against
     the current ``champion`` and move the alias only when it passes.
+
+    The gate reads the champion, then moves it: with ``lock_dir`` that read-then-write holds
+    a lock (``tasks.locks``) per tracking URI and model name, so two selections finishing at
+    once cannot both promote against the same old champion.
 
     The version's tags must hold ``lensllm.task_key`` and ``lensllm.predicted_loss`` (and the
     interval). On promotion the previous champion is recorded in the new champion's
     ``lensllm.previous_champion`` tag (empty when there was none) for :func:`rollback`.
     Returns the decision as a dict (``promote``, ``reason`` ...).
     """
+    if lock_dir is None:
+        return _promote(
+            tracking_uri, registered_name, str(version), margin, require_disjoint_intervals
+        )
+    path = lock_path(lock_dir, "registry", _display_uri(tracking_uri), registered_name)
+    with held(path, f"the promotion gate of {registered_name}", logger):
+        return _promote(
+            tracking_uri, registered_name, str(version), margin, require_disjoint_intervals
+        )
+
+
+def _promote(
+    tracking_uri: str,
+    registered_name: str,
+    version: str,
+    margin: float,
+    require_disjoint_intervals: bool,
+) -> dict:
     client = get_client(tracking_uri)
     challenger = _contender(tracking_uri, registered_name, str(version))
     champion_version = alias_version(tracking_uri, registered_name, ALIAS_CHAMPION)
