@@ -309,3 +309,94 @@ def test_kill_9_mid_probing_then_the_same_command_loses_nothing(tmp_path):
     assert _ranking(resumed_log) == _ranking(ref_log)
     assert [v[0] for v in got["versions"].values()] == [v[0] for v in ref["versions"].values()]
     assert (got["champion"], len(got["versions"])) == (ref["champion"], 1)
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """The project's S3 + MLflow servers (``infra.stack``) on free loopback ports."""
+    from infra import stack
+
+    root = tmp_path_factory.mktemp("stack") / "stack"
+    ports = {"s3": stack.free_port(), "mlflow": stack.free_port(), "prefect": stack.free_port()}
+    stack.up(root, ports=ports, services=("s3", "mlflow"), timeout=240)
+    try:
+        yield {"root": root, "uri": stack.urls(root)["mlflow"]}
+    finally:
+        stack.down(root)
+
+
+def _probe_states(flow_run_id: str, n: int) -> list[str]:
+    from tests.test_select_flow import _probe_task_runs
+
+    return sorted(r.state.name for r in _probe_task_runs(flow_run_id, n))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_mlflow_down_mid_selection_then_the_same_command_logs_everything(
+    prefect_harness, mlflow_server, tmp_path, monkeypatch
+):
+    from infra import stack
+    from tests.test_select_flow import MODEL_NAME, _run, _second_candidate
+
+    root, uri = mlflow_server["root"], mlflow_server["uri"]
+    other = _second_candidate(tmp_path / "models", tmp_path / "tiny-llama-seed1234")
+    config = _tiny_config(tmp_path, other, tmp_path / "cache", uri, name="outage")
+    # The server passes the start check, then dies while the candidates are probed.
+    monkeypatch.setattr(tracking, "check_reachable", lambda *args, **kwargs: None)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast, not after backoff
+    stack.down(root)
+    state, _ = _run(config)
+    assert state.is_failed()
+    err = state.result(raise_on_failure=False)
+    assert isinstance(err, tracking.TrackingUnavailableError), repr(err)
+    assert "is unreachable" in str(err)
+    assert len(list((tmp_path / "cache" / "results").iterdir())) >= 8  # the probes are kept
+
+    monkeypatch.undo()
+    start = time.perf_counter()
+    stack.up(root, services=("s3", "mlflow"), timeout=240)
+    state, flow_run_id = _run(config)
+    recover_s = time.perf_counter() - start
+    assert state.is_completed(), state
+    assert set(_probe_states(flow_run_id, 8)) == {"Cached"}  # nothing recomputed
+    print(f"\nMLflow back up and the same command logged everything in {recover_s:.1f} s")
+    got = _selection_state(uri, MODEL_NAME)
+    assert len(got["selections"]) == 1 and got["selections"][0].info.status == "FINISHED"
+    assert len(got["candidates"]) == 2 and len(got["versions"]) == 1
+    assert got["champion"] == "1"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_concurrent_selections_of_one_task_keep_the_registry_consistent(mlflow_server, tmp_path):
+    from tests.test_select_flow import MODEL_NAME, _second_candidate
+
+    uri = mlflow_server["uri"]
+    other = _second_candidate(tmp_path / "models", tmp_path / "tiny-llama-seed1234")
+    cache = tmp_path / "cache"  # shared, as on one worker machine
+    registry = {"model_name": MODEL_NAME + "-concurrent"}
+    configs = [
+        _tiny_config(tmp_path, other, cache, uri, selector="Lens", registry=registry),
+        _tiny_config(tmp_path, other, cache, uri, selector="AtS", registry=registry),
+    ]
+    configs.append(configs[0])  # the same selection twice: it must wait, not duplicate
+    procs = []
+    for i, config in enumerate(configs):
+        home = tmp_path / f"p{i}"
+        home.mkdir()
+        procs.append((_cli(config, home, home / "out.log"), home / "out.log"))
+    logs = [_wait(proc, log) for proc, log in procs]
+    for log in logs:
+        assert "Selected:" in log, log[-3000:]
+    assert any("waiting for selection" in log for log in logs)
+
+    client = tracking.get_client(uri)
+    versions = client.search_model_versions(f"name = '{registry['model_name']}'")
+    keys = {v.tags[tracking.TAG_SELECTION_KEY] for v in versions}
+    assert len(versions) == len(keys) == 2  # one version per selection, none lost or doubled
+    predicted = {str(v.version): float(v.tags[tracking.TAG_PREDICTED_LOSS]) for v in versions}
+    champion = tracking.alias_version(uri, registry["model_name"], tracking.ALIAS_CHAMPION)
+    assert predicted[champion] == min(predicted.values())  # the gate decided, not the timing
+    reasons = [v.tags.get(tracking.TAG_GATE_REASON) for v in versions]
+    assert all(reasons), reasons

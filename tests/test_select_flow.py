@@ -182,6 +182,11 @@ def test_mlflow_parent_run_with_one_nested_run_per_candidate(selection):
         assert by_step[LADDER[-1]] < by_step[0]
         predicted = client.get_metric_history(child.info.run_id, "test_loss_predicted")
         assert [m.step for m in predicted] == [selection["config"]["target_size"]]
+        # the NTK spectrum of the candidate: eigenvalues by index, F at the probe's time
+        eigen = client.get_metric_history(child.info.run_id, "ntk.eigenvalue")
+        assert sorted(m.step for m in eigen) == list(range(len(eigen))) and len(eigen) >= 2
+        assert child.data.metrics["ntk.f_term"] > 0
+        assert "ntk_spectrum.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
     assert uri.startswith("sqlite:///")
 
 
