@@ -313,12 +313,12 @@ def test_kill_9_mid_probing_then_the_same_command_loses_nothing(tmp_path):
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    """The project's S3 + MLflow servers (``infra.stack``) on free loopback ports."""
+    """The project's servers (``infra.stack``: S3, MLflow, Prefect) on free loopback ports."""
     from infra import stack
 
     root = tmp_path_factory.mktemp("stack") / "stack"
     ports = {"s3": stack.free_port(), "mlflow": stack.free_port(), "prefect": stack.free_port()}
-    stack.up(root, ports=ports, services=("s3", "mlflow"), timeout=240)
+    stack.up(root, ports=ports, timeout=240)
     try:
         yield {"root": root, "uri": stack.urls(root)["mlflow"]}
     finally:
@@ -355,7 +355,7 @@ def test_mlflow_down_mid_selection_then_the_same_command_logs_everything(
 
     monkeypatch.undo()
     start = time.perf_counter()
-    stack.up(root, services=("s3", "mlflow"), timeout=240)
+    stack.up(root, timeout=240)
     state, flow_run_id = _run(config)
     recover_s = time.perf_counter() - start
     assert state.is_completed(), state
