@@ -138,8 +138,40 @@ class RegistryConfig(_Strict):
 
 
 class RunnerConfig(_Strict):
-    kind: Literal["thread"] = "thread"
-    max_workers: int = Field(1, ge=1)
+    """Where probes run (see ``flows.runners``).
+
+    ``thread``: a pool in the flow's process (the default). ``dask`` (prefect-dask): a local
+    cluster of ``max_workers`` single-threaded worker processes, or the existing scheduler at
+    ``address``. ``ray`` (prefect-ray): a local Ray with ``max_workers`` CPUs, or the existing
+    cluster at ``address``. An existing cluster's workers must see ``cache_dir`` (the
+    fine-tuned weights of the budget probes are saved there) and the result storage.
+    """
+
+    kind: Literal["thread", "dask", "ray"] = "thread"
+    max_workers: int | None = Field(
+        None,
+        ge=1,
+        description="probes at once; unset: 1 for thread, the local core count for dask/ray",
+    )
+    address: str | None = Field(
+        None,
+        min_length=1,
+        description="existing Dask scheduler (tcp://host:8786) or Ray cluster (ray://host:10001)",
+    )
+
+    @model_validator(mode="after")
+    def _cross(self) -> RunnerConfig:
+        if self.address is not None and self.kind == "thread":
+            raise ValueError(
+                f"runner.address ({self.address!r}) names an existing Dask or Ray cluster: set "
+                "runner.kind to dask or ray, or remove runner.address"
+            )
+        if self.address is not None and self.max_workers is not None:
+            raise ValueError(
+                "runner.max_workers sizes the cluster the runner starts; with runner.address "
+                "the existing cluster's workers decide: remove one of the two"
+            )
+        return self
 
 
 class SelectionConfig(_Strict):

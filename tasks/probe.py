@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -576,7 +577,8 @@ def run_probe(
     dict
         Plain data: ``test_loss``, ``test_loss_per_byte``, ``test_bits_per_byte``,
         ``zero_shot_val_loss``, ``val_loss``, ``steps``, ``best_step``, ``train_tokens``,
-        ``flops``, timings, ``device``, ``dtype``, sizes, ``diverged``, ``history`` ...
+        ``flops``, timings, ``device``, ``dtype``, ``worker`` (host:pid), sizes, ``diverged``,
+        ``history`` ...
     """
     start = time.perf_counter()
     for examples, what in ((train, "train"), (val, "val"), (test, "test")):
@@ -679,6 +681,7 @@ def run_probe(
         "device": str(dev),
         "dtype": dtype_label,
         "threads": n_threads,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",  # which process ran it (runners)
         "history": history,
         "save_dir": saved,
         "train_time_s": train_time,
