@@ -3,28 +3,104 @@
 from __future__ import annotations
 
 import argparse
+import linecache
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_PROJECT_PACKAGES = ("flows", "tasks", "lens_model", "infra")
+_PROJECT_DIRS = tuple(
+    f"{Path(__file__).resolve().parents[1] / package}{os.sep}" for package in _PROJECT_PACKAGES
+)
+
+
+def is_input_error(err: BaseException) -> bool:
+    """True when ``err``'s message is written for the user: one line, exit status 2.
+
+    That is an exception class of this project (``ConfigError``, ``CandidateError``,
+    ``HubUnavailableError``, ``DataError``, ``LossTableError``, ``ProbeDivergedError``,
+    ``ProbeOutOfMemoryError``, ...), or a plain ``ValueError`` / ``FileNotFoundError`` that a
+    ``raise`` statement of this project's code raised (the codebase's convention for a bad
+    value). Anything else, such as a library's ``ValueError``, a ``KeyError`` or a ``ValueError``
+    from a builtin call in our code, is unexpected and keeps its traceback.
+    """
+    if type(err).__module__.split(".")[0] in _PROJECT_PACKAGES:
+        return True
+    if type(err) not in (ValueError, FileNotFoundError) or err.__traceback__ is None:
+        return False
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    file = tb.tb_frame.f_code.co_filename
+    line = linecache.getline(file, tb.tb_lineno).lstrip()
+    return file.startswith(_PROJECT_DIRS) and line.startswith("raise ")
+
+
+class _InputErrorWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task or flow run with the exception's traceback. For an input error
+    the console shows Prefect's line without it (the CLI prints the one-line error last); the
+    Prefect API's copy of the log keeps the traceback. The record is copied, not changed."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not is_input_error(exc):
+            return True
+        clean = logging.makeLogRecord(record.__dict__)
+        clean.exc_info, clean.exc_text = None, None
+        self.handler.handle(clean)
+        return False
+
+
+@contextmanager
+def _no_tracebacks_for_input_errors() -> Iterator[None]:
+    """While a flow runs: the console handlers drop the tracebacks of input errors."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)]
+    filters = [(h, _InputErrorWithoutTraceback(h)) for h in handlers]
+    for handler, flt in filters:
+        handler.addFilter(flt)
+    try:
+        yield
+    finally:
+        for handler, flt in filters:
+            handler.removeFilter(flt)
+
+
+def _check_selector(name: str, where: str) -> None:
+    """An unknown selector name as a ``ConfigError`` (the registry raises a ``KeyError``)."""
+    from flows.config import ConfigError
+    from lens_model.selectors import SELECTORS
+
+    try:
+        SELECTORS.get(name)
+    except KeyError as err:
+        raise ConfigError(f"{where}: {err.args[0]}") from None
 
 
 def _benchmark(args: argparse.Namespace) -> int:
     from flows.benchmark import benchmark_flow
-    from lens_model.selectors import SELECTORS
     from tasks.tables import load_loss_table
 
     # Bad names and bad tables fail here, with one clear line, before Prefect starts.
     for name in args.methods or []:
-        SELECTORS.get(name)
+        _check_selector(name, "--methods")
     for path in args.table:
         load_loss_table(path)
 
-    result = benchmark_flow(
-        tables=args.table,
-        out_dir=args.out,
-        methods=args.methods,
-        tracking_uri=args.tracking_uri,
-        plots=not args.no_plots,
-    )
+    with _no_tracebacks_for_input_errors():
+        result = benchmark_flow(
+            tables=args.table,
+            out_dir=args.out,
+            methods=args.methods,
+            tracking_uri=args.tracking_uri,
+            plots=not args.no_plots,
+        )
     print(f"\nreplay benchmark written to {result['out_dir']} in {result['seconds']:.2f} s")
     print(f"  report: {result['out_dir']}/report.md   table: {result['out_dir']}/selection.csv")
     print("  MLflow runs: " + ", ".join(f"{k}={v}" for k, v in result["runs"].items()))
@@ -89,13 +165,31 @@ def _add_stack_commands(sub) -> None:
     add_commands(sub)
 
 
+def _check_before_start(cfg) -> None:
+    """What the config alone decides, checked before Prefect starts and any probe is spent:
+    the selector's name and, for adaptive runs, that the compute cap fits the ladder."""
+    from flows.config import ConfigError
+    from tasks.live_probes import adaptive_settings
+
+    _check_selector(cfg.selector, "selector")
+    if cfg.adaptive.enabled:
+        sizes = cfg.ladder.sizes()
+        fraction = cfg.adaptive.ladder_fraction(cfg.target_size, sizes)
+        try:
+            adaptive_settings(sizes, cfg.ladder.budget, fraction)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
 def _select(args: argparse.Namespace) -> int:
     from flows.config import load_config
     from flows.select import flow_with_runner
 
     overrides = list(args.set or [])
     cfg = load_config(args.config, overrides)  # fail on a bad config before starting Prefect
-    summary = flow_with_runner(cfg)(config_path=args.config, overrides=overrides)
+    _check_before_start(cfg)
+    with _no_tracebacks_for_input_errors():
+        summary = flow_with_runner(cfg)(config_path=args.config, overrides=overrides)
     print("\nRanking (" + summary["rank_on"] + ", predicted at the target size):")
     for row in summary["ranking"]:
         print(
@@ -155,12 +249,16 @@ def _add_pipeline_commands(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a ``lensllm`` command. Bad input (see :func:`is_input_error`) prints one
+    ``lensllm: error:`` line saying what to fix and returns 2; other errors propagate with
+    their traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"lensllm: error: {msg}", file=sys.stderr)
+    except Exception as err:
+        if not is_input_error(err):
+            raise
+        print(f"lensllm: error: {err}", file=sys.stderr)
         return 2
 
 

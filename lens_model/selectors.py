@@ -121,8 +121,10 @@ class Selector:
         scores, pred, lo, hi, dropped = self._score(source, budget, target_size)
         scores = np.asarray(scores, dtype=float)
         key = -scores if self.greater_is_better else scores.copy()
-        # A candidate an adaptive selector dropped saw less data than the survivors: never pick it.
-        key = np.where(np.isin(np.arange(len(key)), list(dropped)), np.inf, key)
+        # A candidate an adaptive selector dropped saw less data than the survivors, and a NaN
+        # score ranks nothing (np.argmin would return it first): never pick either, ranking()
+        # puts them last too.
+        key = np.where(np.isin(np.arange(len(key)), list(dropped)) | np.isnan(key), np.inf, key)
         return Selection(
             scores=scores,
             selected=int(np.argmin(key)),
@@ -183,6 +185,9 @@ class ModelSize(Selector):
 
 
 class _LawFit(Selector):
+    """Rank by a law fitted per candidate; after ``select``, ``converged_`` flags each fit
+    (a fit that did not converge keeps its best parameters; the caller reports the flag)."""
+
     law_cls: type = RectifiedLaw
     zero_shot = False
 
@@ -196,6 +201,7 @@ class _LawFit(Selector):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FitWarning)  # flagged per model instead
             law = self.law_cls(seed=self.seed).fit(sizes, losses)
+        self.converged_ = law.converged_.copy()
         pred = law.predict([target_size])[:, 0]
         lo, hi = law.predict_interval([target_size])
         return pred, pred, lo[:, 0], hi[:, 0], {}

@@ -58,6 +58,16 @@ logger = logging.getLogger(__name__)
 
 Example = dict[str, str]
 
+
+class DataError(ValueError):
+    """The data set or its settings cannot give the probes what they need; the message says
+    what to change (a field mapping, a size, a larger data set)."""
+
+
+class DataSourceUnavailableError(ConnectionError):
+    """A hub data set was named but cannot be loaded from here (hub offline or wrong id)."""
+
+
 BUILTIN_SOURCES = ("wordnet", "manpages")
 WORDNET_DIR = Path("/usr/share/wordnet")
 MAN_DIR = Path("/usr/share/man")
@@ -150,7 +160,7 @@ def load_wordnet(
     examples: list[Example] = []
     for pos in parts_of_speech:
         if pos not in _WORDNET_POS:
-            raise ValueError(
+            raise DataError(
                 f"unknown WordNet part of speech {pos!r}; choose from {sorted(_WORDNET_POS)}"
             )
         path = wordnet_dir / f"data.{pos}"
@@ -416,10 +426,10 @@ def _template_fields(template: str) -> list[str]:
     try:
         names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as err:
-        raise ValueError(f"template {template!r} is not a valid format string: {err}") from err
+        raise DataError(f"template {template!r} is not a valid format string: {err}") from err
     bad = [name for name in names if not name.isidentifier() or name == ""]
     if bad:
-        raise ValueError(
+        raise DataError(
             f"template {template!r} may only use named placeholders like '{{question}}'; "
             f"got {bad}; write literal braces as '{{{{' and '}}}}'"
         )
@@ -462,14 +472,14 @@ def examples_from_rows(
 
     Raises
     ------
-    ValueError
-        When a field is missing, or when more than 5 % of rows have an empty prompt or target
-        (fewer are dropped with a warning).
+    DataError
+        (a ``ValueError``) When a field is missing, or when more than 5 % of rows have an
+        empty prompt or target (fewer are dropped with a warning).
     """
     if target_field is None:
-        raise ValueError(f"{source}: set target_field to the column holding the target text")
+        raise DataError(f"{source}: set target_field to the column holding the target text")
     if (prompt_field is None) == (template is None):
-        raise ValueError(
+        raise DataError(
             f"{source}: set exactly one of prompt_field (a column) or template (a format string "
             f"with {{field}} placeholders); got prompt_field={prompt_field!r}, "
             f"template={template!r}"
@@ -482,7 +492,7 @@ def examples_from_rows(
     for role, fields in wanted.items():
         for field in fields:
             if field not in rows:
-                raise ValueError(
+                raise DataError(
                     f"{source}: {role} {field!r} is not a column (missing in all {n_rows} rows); "
                     f"available columns: {sorted(rows)}"
                 )
@@ -491,7 +501,7 @@ def examples_from_rows(
     for field, values in columns.items():
         n_empty = sum(not value.strip() for value in values)
         if n_empty and n_empty > MAX_EMPTY_FRACTION * n_rows:
-            raise ValueError(
+            raise DataError(
                 f"{source}: field {field!r} is missing or empty in {n_empty} of {n_rows} rows "
                 f"(more than {MAX_EMPTY_FRACTION:.0%}); fix the data or map another field"
             )
@@ -524,7 +534,7 @@ def file_builder(path: str | Path) -> str:
     """The ``datasets`` builder name (json, csv, parquet, text) for a file's extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in FILE_BUILDERS:
-        raise ValueError(
+        raise DataError(
             f"cannot infer the format of {path}: extension {suffix!r} is not one of "
             f"{sorted(FILE_BUILDERS)}"
         )
@@ -550,7 +560,7 @@ def load_table(source: str, *, path: str | None = None, split: str = "train") ->
     if source in builders or Path(source).suffix.lower() in FILE_BUILDERS:
         file = Path(path) if source in builders else Path(source)
         if source in builders and path is None:
-            raise ValueError(f"source {source!r} needs path= naming the data file")
+            raise DataError(f"source {source!r} needs path= naming the data file")
         if not file.is_file():
             raise FileNotFoundError(f"data file {file} does not exist")
         builder = source if source in builders else file_builder(file)
@@ -562,14 +572,14 @@ def load_table(source: str, *, path: str | None = None, split: str = "train") ->
             )
             return dataset.to_dict()
     if path is not None:
-        raise ValueError(
+        raise DataError(
             f"path={path!r} only applies to built-in sources {BUILTIN_SOURCES} and file formats "
             f"{sorted(builders)}; for the hub data set {source!r} leave it unset"
         )
     try:
         dataset = datasets.load_dataset(source, split=split)
     except (OSError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise ConnectionError(
+        raise DataSourceUnavailableError(
             f"could not load {source!r} from the Hugging Face hub: the hub is offline or "
             f"unreachable, or the id is wrong ({err}). Use a local file (.json/.jsonl/.csv/"
             f".parquet/.txt) or a built-in source ({', '.join(BUILTIN_SOURCES)})"
@@ -596,7 +606,7 @@ def load_examples(
                    "template": template, "group_field": group_field}  # fmt: skip
         given = [name for name, value in mapping.items() if value is not None]
         if given:
-            raise ValueError(
+            raise DataError(
                 f"built-in source {source!r} has fixed fields; unset {', '.join(given)}"
             )
         if source == "wordnet":
@@ -620,7 +630,7 @@ def load_examples(
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+        raise DataError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
 
 def _take_groups(
@@ -653,7 +663,7 @@ def split_examples(
         index.setdefault(example["group"], []).append(i)
     groups = list(index)
     if val_size + test_size >= len(examples):
-        raise ValueError(
+        raise DataError(
             f"val_size={val_size} + test_size={test_size} leaves no training examples out of "
             f"{len(examples)}; lower them or use a larger data set"
         )
@@ -674,14 +684,14 @@ def ladder_sizes(first_size: int, budget: int) -> list[int]:
     _check_int("first_size", first_size, 1)
     _check_int("budget", budget, 1)
     if budget < first_size:
-        raise ValueError(
+        raise DataError(
             f"budget={budget} is smaller than first_size={first_size}; the ladder needs "
             "budget >= first_size"
         )
     ratio, remainder = divmod(budget, first_size)
     if remainder or ratio & (ratio - 1):
         below = first_size * 2 ** (ratio.bit_length() - 1)
-        raise ValueError(
+        raise DataError(
             f"budget={budget} must be first_size={first_size} times a power of two; "
             f"use budget={below} or {below * 2}, or change first_size"
         )
@@ -696,7 +706,7 @@ def nested_subsets(
         return {}
     largest = max(sizes)
     if len(train) < largest:
-        raise ValueError(
+        raise DataError(
             f"the train split has {len(train)} examples but the ladder needs {largest} "
             f"(budget); lower budget to at most {len(train)} (first_size * 2**k) or use a "
             "larger data set (or a larger max_examples, or smaller val_size/test_size)"
@@ -779,7 +789,7 @@ def prepare_data(
     if max_examples is not None:
         _check_int("max_examples", max_examples, 1)
         if max_examples < val_size + test_size + budget:
-            raise ValueError(
+            raise DataError(
                 f"max_examples={max_examples} is below val_size + test_size + budget = "
                 f"{val_size + test_size + budget}; raise max_examples or lower the others"
             )
@@ -791,7 +801,7 @@ def prepare_data(
         examples = _limit_examples(examples, max_examples, seed)
     needed = val_size + test_size + budget
     if len(examples) < needed:
-        raise ValueError(
+        raise DataError(
             f"data set {source!r} has {len(examples)} examples but val_size={val_size} + "
             f"test_size={test_size} + budget={budget} needs {needed}; lower budget or "
             "val_size/test_size, or use a larger data set"

@@ -14,6 +14,7 @@ from prefect import task  # noqa: E402
 
 from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw  # noqa: E402
 from lens_model.selectors import SELECTORS, Selection, TableProbes  # noqa: E402
+from tasks.live_probes import ProbeDivergedError  # noqa: E402
 
 RANK_KEYS = {"bits_per_byte": "test_bits_per_byte", "loss_per_token": "test_loss"}
 
@@ -32,6 +33,29 @@ def curve_matrix(probes: dict[str, list[dict]], key: str) -> tuple[list[int], np
             if value is not None and not p.get("diverged") and np.isfinite(value) and value > 0:
                 table[row, sizes.index(p["subset_size"])] = value
     return sizes, table
+
+
+def exclusion_reason(runs: list[dict], key: str) -> str | None:
+    """Why a candidate's curve cannot be ranked (which probes failed, what to do), or None."""
+    bad, diverged = [], None
+    for p in sorted(runs, key=lambda p: p["subset_size"]):
+        value = p.get(key)
+        if p.get("diverged") or value is None or not np.isfinite(value) or value <= 0:
+            bad.append(int(p["subset_size"]))
+            if p.get("diverged") and diverged is None:
+                diverged = p
+    if not bad:
+        return None
+    sizes = ", ".join("0 (zero-shot)" if d == 0 else str(d) for d in bad)
+    reason = f"excluded: no finite {key} at {sizes} examples"
+    if diverged is not None:
+        reason += (
+            f" (fine-tuning on {diverged['subset_size']} examples diverged: training loss "
+            f"{diverged.get('train_loss_last')} at step {diverged.get('steps')})"
+        )
+    if bad[0] == 0:
+        return reason + "; the untrained model's loss is not finite: check its weights"
+    return reason + "; lower probe.learning_rate"
 
 
 def fit_and_select(
@@ -75,19 +99,30 @@ def fit_and_select(
         )
         usable = (np.isfinite(table) | ~probed).all(axis=1)
     excluded = {
-        n: "a probe diverged or produced no finite loss"
+        n: exclusion_reason(probes[n], key) or "a probe produced no finite loss"
         for n, ok in zip(names, usable, strict=True)
         if not ok
     }
     keep = [i for i, ok in enumerate(usable) if ok]
-    if len(keep) < 1:
-        raise ValueError("no candidate has a complete, finite curve: nothing to select from")
+    if not keep:
+        raise ProbeDivergedError(
+            "every candidate has a diverged or non-finite probe, nothing to select from: "
+            + " | ".join(f"{n}: {reason}" for n, reason in excluded.items())
+        )
     weights = np.array([n_params[names[i]] for i in keep], dtype=float)
     source = TableProbes(sizes, table[keep], weights, max_size=budget)
+    selector_obj = None
     if adaptive is None:
-        sel = SELECTORS.get(selector)().select(source, budget=budget, target_size=target_size)
+        selector_obj = SELECTORS.get(selector)()
+        sel = selector_obj.select(source, budget=budget, target_size=target_size)
     else:
         sel = _adaptive_selection(adaptive, [names[i] for i in keep])
+    if not np.isfinite(sel.scores[sel.selected]):
+        raise ValueError(
+            f"selector {selector} gave no finite score to any candidate "
+            f"({dict(zip([names[i] for i in keep], sel.scores.tolist(), strict=True))}); "
+            "choose another selector or a longer ladder"
+        )
     f_keep = None
     if f_terms and all(names[i] in f_terms for i in keep):
         f_keep = np.array([f_terms[names[i]] for i in keep], dtype=float)
@@ -100,7 +135,9 @@ def fit_and_select(
             "score": float(sel.scores[j]),
             "dropped": sel.dropped.get(j),
             "laws": {law: {k: v[j] for k, v in vals.items()} for law, vals in laws.items()},
+            **_fit_flags(selector, selector_obj, j, laws, float(sel.scores[j])),
         }
+    _warn_fit_problems(candidates)
     for name, reason in excluded.items():
         candidates[name] = {
             "predicted_loss": float("nan"),
@@ -109,6 +146,8 @@ def fit_and_select(
             "dropped": None,
             "excluded": reason,
             "laws": {},
+            "fit_converged": None,
+            "fit_warnings": [],
         }
     order = sel.ranking()
     if adaptive is not None:  # survivors first: a dropped candidate saw less data
@@ -128,12 +167,44 @@ def fit_and_select(
     }
 
 
+def _fit_flags(selector: str, selector_obj, j: int, laws: dict, score: float) -> dict:
+    """``fit_converged`` (the selector's own law fit; None for selectors that fit no law) and
+    ``fit_warnings``: every fit of candidate ``j`` that did not converge, and a score that is
+    not a number (ranked last). Non-convergence keeps the best fit found, flagged, never a
+    substitute value."""
+    converged = getattr(selector_obj, "converged_", None)
+    fit_converged = None if converged is None else bool(converged[j])
+    notes = []
+    if fit_converged is False:
+        notes.append(
+            f"the {selector} law fit did not converge; its prediction is the best fit found"
+        )
+    if not np.isfinite(score):
+        notes.append(f"{selector} gave no finite score (ranked last)")
+    for law, vals in laws.items():
+        if not vals["converged"][j]:
+            notes.append(f"the reported {law} law fit did not converge")
+    return {"fit_converged": fit_converged, "fit_warnings": notes}
+
+
+def _warn_fit_problems(candidates: dict[str, dict]) -> None:
+    """One ``FitWarning`` naming every candidate with a flagged fit (never silent)."""
+    flagged = {n: c["fit_warnings"] for n, c in candidates.items() if c["fit_warnings"]}
+    if flagged:
+        warnings.warn(
+            "fit problems (flagged in the result as fit_warnings): "
+            + "; ".join(f"{n}: {', '.join(notes)}" for n, notes in flagged.items()),
+            FitWarning,
+            stacklevel=3,
+        )
+
+
 def _adaptive_selection(adaptive: dict, names: list[str]) -> Selection:
     """The adaptive selector's decision as a ``Selection`` over ``names`` (indices by position);
-    like ``Selector.select``, a dropped candidate is never selected."""
+    like ``Selector.select``, a dropped candidate or a NaN prediction is never selected."""
     pred = np.array([adaptive["predictions"][n] for n in names], dtype=float)
     dropped = {j: adaptive["dropped"][n] for j, n in enumerate(names) if n in adaptive["dropped"]}
-    key = np.where(np.isin(np.arange(len(names)), list(dropped)), np.inf, pred)
+    key = np.where(np.isin(np.arange(len(names)), list(dropped)) | np.isnan(pred), np.inf, pred)
     index = {n: j for j, n in enumerate(names)}
     return Selection(
         scores=pred,

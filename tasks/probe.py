@@ -16,6 +16,7 @@ tokenizers; ``bits_per_byte = loss_per_byte / ln 2``.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import math
@@ -26,6 +27,8 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,45 @@ FLOPS_FORMULA = (
 )
 IGNORE_INDEX = -100
 _LOAD_LOCK = threading.Lock()
+_OOM_MARKERS = ("out of memory", "not enough memory", "can't allocate memory")
+
+
+class ProbeOutOfMemoryError(RuntimeError):
+    """A probe ran out of memory; the message names the probe and the settings to lower."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for torch's CUDA ``OutOfMemoryError``, Python's ``MemoryError`` and the CPU
+    allocator's ``RuntimeError`` ("DefaultCPUAllocator: not enough memory" / "can't allocate
+    memory")."""
+    if isinstance(err, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(m in str(err).lower() for m in _OOM_MARKERS)
+
+
+@contextmanager
+def _explain_out_of_memory(
+    doing: str, *, device: torch.device, batch_size: int, max_seq_len: int, eval_batch: int
+) -> Iterator[None]:
+    """Turn an out-of-memory error while ``doing`` into a ``ProbeOutOfMemoryError`` that says
+    what to lower; the original error stays chained. Other errors pass through unchanged.
+    Never retried: the same probe on the same device runs out of memory again."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, ProbeOutOfMemoryError) or not is_out_of_memory(err):
+            raise
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ProbeOutOfMemoryError(
+            f"out of memory on {device} while {doing} (probe.batch_size={batch_size}, "
+            f"probe.max_seq_len={max_seq_len}, evaluation batch {eval_batch}): "
+            f"lower probe.batch_size or probe.max_seq_len, e.g. --set probe.batch_size="
+            f"{max(1, batch_size // 2)} or --set probe.max_seq_len={max(8, max_seq_len // 2)}, "
+            f"or use a smaller candidate [{type(err).__name__}: {detail}]"
+        ) from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,56 +634,66 @@ def run_probe(
     lr = DEFAULT_LEARNING_RATE[method] if learning_rate is None else float(learning_rate)
     dev, autocast_dtype, dtype_label = select_device(device)
     n_threads = configure_cpu(threads) if dev.type == "cpu" or threads else None
-
-    model, tokenizer, forward_params = prepare_model(
-        model_dir,
-        method=method if train else "none",
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=target_modules,
+    name, eval_batch = Path(model_dir).name, max(batch_size, 16)
+    oom = functools.partial(
+        _explain_out_of_memory,
         device=dev,
-        seed=seed,
-        trust_remote_code=trust_remote_code,
+        batch_size=batch_size,
+        max_seq_len=max_seq_len,
+        eval_batch=eval_batch,
     )
+
+    with oom(f"loading candidate {name!r}"):
+        model, tokenizer, forward_params = prepare_model(
+            model_dir,
+            method=method if train else "none",
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            target_modules=target_modules,
+            device=dev,
+            seed=seed,
+            trust_remote_code=trust_remote_code,
+        )
     train_enc = encode_examples(tokenizer, train, max_seq_len)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total_steps = (max_steps if max_steps is not None else epochs * steps_per_epoch) if train else 0
     history: list[dict] = []
     t_train = time.perf_counter()
     torch.manual_seed(seed)
-    outcome = (
-        _train(
-            model,
-            tokenizer,
-            train_enc,
-            val if train else [],
-            learning_rate=lr,
-            total_steps=total_steps,
-            batch_size=batch_size,
-            max_seq_len=max_seq_len,
-            patience=early_stopping_patience,
-            eval_every=eval_every or max(1, steps_per_epoch),
-            seed=seed,
-            autocast_dtype=autocast_dtype,
-            progress=progress,
-            history=history,
-        )
-        if total_steps
-        else _TrainOutcome()
-    )
+    outcome = _TrainOutcome()
+    if total_steps:
+        with oom(f"fine-tuning candidate {name!r} on {len(train)} examples"):
+            outcome = _train(
+                model,
+                tokenizer,
+                train_enc,
+                val,
+                learning_rate=lr,
+                total_steps=total_steps,
+                batch_size=batch_size,
+                max_seq_len=max_seq_len,
+                patience=early_stopping_patience,
+                eval_every=eval_every or max(1, steps_per_epoch),
+                seed=seed,
+                autocast_dtype=autocast_dtype,
+                progress=progress,
+                history=history,
+            )
     train_time = time.perf_counter() - t_train
 
     t_eval = time.perf_counter()
     eval_kw = {
-        "batch_size": max(batch_size, 16),
+        "batch_size": eval_batch,
         "max_seq_len": max_seq_len,
         "autocast_dtype": autocast_dtype,
     }
     val_loss = outcome.best_val
-    if val and not total_steps:
-        val_loss = float(evaluate_loss(model, tokenizer, val, **eval_kw)["loss"])
-    test_metrics = evaluate_loss(model, tokenizer, test, **eval_kw)
+    stage = f"{len(train)} examples" if train else "zero-shot"
+    with oom(f"evaluating candidate {name!r} ({stage})"):
+        if val and not total_steps:
+            val_loss = float(evaluate_loss(model, tokenizer, val, **eval_kw)["loss"])
+        test_metrics = evaluate_loss(model, tokenizer, test, **eval_kw)
     eval_time = time.perf_counter() - t_eval
     saved = (
         save_finetuned_model(
@@ -695,4 +747,6 @@ def run_probe(
     return result
 
 
+# No retries: a probe computes on a resolved local folder, so its failures (bad input, out of
+# memory, a bug) repeat on a retry; a diverged or NaN probe is a result, flagged, not an error.
 probe_task = task(name="probe")(run_probe)
