@@ -74,7 +74,7 @@ def _deploy(args: argparse.Namespace) -> int:
         print(f"created work pool {POOL!r} (process)")
     for name, dep_id in result["deployments"].items():
         print(f"deployment {name} ({dep_id})")
-    print(f"result storage block {result['result_storage']} (workers persist task results in S3)")
+    print(f"result storage block {result['result_storage']} (results: local cache + S3 mirror)")
     print(
         "start a worker with `lensllm worker`; run one with e.g.\n"
         "  prefect deployment run select-model/weekly-selection"

@@ -8,6 +8,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from infra.stack import (
     BUCKET,
@@ -20,6 +21,9 @@ from infra.stack import (
     status,
     urls,
 )
+
+if TYPE_CHECKING:
+    from prefect_aws import S3Bucket
 
 POOL = "lensllm-pool"
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
@@ -75,20 +79,16 @@ def ensure_pool(env: dict[str, str], timeout: float = 120.0) -> bool:
     return True
 
 
-def save_result_storage(root: str | os.PathLike | None = None) -> str:
-    """Save the S3 result storage block on the stack's Prefect server; returns its slug.
+def result_storage_block(root: str | os.PathLike | None = None) -> S3Bucket:
+    """The stack's S3 result storage as an (unsaved) ``prefect_aws.S3Bucket`` block.
 
-    An ``S3Bucket`` block (``prefect-aws``) named ``lensllm-results``: bucket ``lensllm``,
-    folder ``prefect-results``, the stack's S3 keys and the SeaweedFS endpoint (SigV4,
-    path-style). The keys live only in the server's block store (as secrets); workers load the
-    block by slug, so they never see the keys in their environment. Re-running overwrites it.
+    Bucket ``lensllm``, folder ``prefect-results``, the stack's S3 keys and the SeaweedFS
+    endpoint (SigV4, path-style).
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect_aws import AwsClientParameters, AwsCredentials, S3Bucket
 
     creds = credentials(root)
-    u = urls(root)
-    block = S3Bucket(
+    return S3Bucket(
         bucket_name=BUCKET,
         bucket_folder=RESULTS_FOLDER,
         credentials=AwsCredentials(
@@ -96,13 +96,25 @@ def save_result_storage(root: str | os.PathLike | None = None) -> str:
             aws_secret_access_key=creds["secret_key"],
             region_name=REGION,
             aws_client_parameters=AwsClientParameters(
-                endpoint_url=u["s3"],
+                endpoint_url=urls(root)["s3"],
                 config={"signature_version": "s3v4", "s3": {"addressing_style": "path"}},
             ),
         ),
     )
-    with temporary_settings({PREFECT_API_URL: u["prefect"]}):
-        block.save(RESULTS_BLOCK, overwrite=True)
+
+
+def save_result_storage(root: str | os.PathLike | None = None) -> str:
+    """Save the S3 result storage block on the stack's Prefect server; returns its slug.
+
+    An ``S3Bucket`` block named ``lensllm-results`` (:func:`result_storage_block`). The keys
+    live only in the server's block store (as secrets); workers load the block by slug, so they
+    never see the keys in their environment. Re-running overwrites it. Flows wrap it in
+    ``tasks.result_storage.WriteThroughResultStorage`` (local first, S3 mirrored).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: urls(root)["prefect"]}):
+        result_storage_block(root).save(RESULTS_BLOCK, overwrite=True)
     return RESULT_STORAGE
 
 
@@ -137,8 +149,8 @@ def worker_command(
 ) -> tuple[list[str], dict[str, str], Path]:
     """``(argv, env, cwd)`` of a process worker on ``lensllm-pool`` pointed at the stack.
 
-    Its flow runs persist task results in the S3 block saved by :func:`deploy`
-    (``LENSLLM_RESULT_STORAGE``).
+    Its flow runs persist task results locally and in the S3 block saved by :func:`deploy`
+    (``LENSLLM_RESULT_STORAGE``; see ``tasks.result_storage``).
     """
     cmd = [_executable("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
     env = client_env(root)

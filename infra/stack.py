@@ -395,13 +395,18 @@ def up(
     *,
     ports: dict[str, int] | None = None,
     timeout: float = 180.0,
+    services: tuple[str, ...] = SERVICES,
 ) -> dict:
     """Start whatever part of the stack is not running and wait until every server is healthy.
 
-    ``ports`` (``{"s3", "mlflow", "prefect"}``) change the saved ports. Returns
+    ``ports`` (``{"s3", "mlflow", "prefect"}``) change the saved ports. ``services`` limits
+    what is started, e.g. ``("s3",)`` alone; S3 is always started (the others need it). Returns
     ``{"started": [...], "already_running": [...], "seconds": time to healthy, "status": ...}``.
     On a failed start the servers started by this call are stopped again.
     """
+    unknown = set(services) - set(SERVICES)
+    if unknown:
+        raise ValueError(f"unknown service(s) {sorted(unknown)}; use {list(SERVICES)}")
     base = stack_root(root)
     started_at = time.perf_counter()
     running = [s for s in SERVICES if _process(base, s) is not None]
@@ -419,11 +424,12 @@ def up(
             started.append("s3")
         _wait_healthy(["s3"], base, timeout)
         _ensure_bucket(base, cfg["bucket"])
-        rest = [s for s in SERVICES[1:] if s not in running]
-        for service in rest:
-            _start(service, base, cfg)
-            started.append(service)
-        _wait_healthy(list(SERVICES[1:]), base, timeout)
+        wanted = [s for s in SERVICES[1:] if s in services]
+        for service in wanted:
+            if service not in running:
+                _start(service, base, cfg)
+                started.append(service)
+        _wait_healthy(wanted, base, timeout)
     except BaseException:
         for service in reversed(started):
             _stop(base, service, 15.0)

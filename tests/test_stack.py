@@ -5,13 +5,16 @@ selection deployment (configs/tiny.yaml) through a process worker, and checks wh
 would: runs in the MLflow server, artifacts as S3 objects, a champion that loads through the
 server's proxied artifact store, S3 rejecting wrong keys, loopback-only listeners, a working
 rollback, and everything still there after ``stack down`` + ``stack up``. Prefect's persisted
-probe results are S3 objects too, and a re-run after the restart takes every probe from them.
+probe results are local files and identical S3 objects (write-through), a re-run after the
+restart with the local copies deleted takes every probe from S3, and the S3 keys appear nowhere
+(MLflow, bucket objects, Prefect API, logs, files) but in the stack's credentials files.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -331,22 +334,199 @@ def test_everything_survives_restart(deployed, tmp_path):
     assert json.loads((root / "last_up.json").read_text())["seconds_to_healthy"] > 0
 
 
-def test_probe_results_are_objects_in_the_bucket(deployed):
-    keys = _objects(deployed["root"], f"{deploy_mod.RESULTS_FOLDER}/")
+def test_probe_results_are_on_local_disk_and_in_the_bucket(deployed):
+    """Write-through: every result record is a local file and an identical S3 object."""
+    root = deployed["root"]
+    folder = f"{deploy_mod.RESULTS_FOLDER}/"
+    keys = _objects(root, folder)
     states = _probe_states(deployed["env"]["PREFECT_API_URL"], deployed["flow_run"].id)
     assert len(states) == 8 and set(states) == {"Completed"}, states  # 2 candidates x 4 sizes
     # one result record per probe and per NTK spectrum (plus any other persisted results)
     assert len(keys) >= len(states) + 2, keys
     local = deployed["tmp"] / "cache" / "results"
-    assert not local.exists() or not any(local.iterdir()), "results were written locally"
+    files = {p.name: p for p in local.iterdir() if p.is_file()}
+    assert set(files) == {k.removeprefix(folder) for k in keys}
+    client = stack.s3_client(root)
+    for key in keys:
+        body = client.get_object(Bucket=stack.BUCKET, Key=key)["Body"].read()
+        assert body == files[key.removeprefix(folder)].read_bytes(), key
 
 
 def test_rerun_after_restart_takes_every_probe_from_s3(deployed):
-    """Runs after test_everything_survives_restart (file order): the cache outlives the servers."""
+    """Runs after test_everything_survives_restart (file order): the cache outlives the servers.
+
+    The local result copies are deleted first, as on another worker machine: every hit comes
+    from S3, and the records are copied back to local disk.
+    """
     root, tmp = deployed["root"], deployed["tmp"]
     stack.up(root, timeout=240)  # idempotent; starts nothing when the restart test left it up
+    local = tmp / "cache" / "results"
+    shutil.rmtree(local)
     flow_run, seconds, log_text = _run_selection(root, deployed["overrides"], tmp / "worker2.log")
     print(f"\nselection re-run from the S3 cache: COMPLETED in {seconds:.1f} s")
     states = _probe_states(deployed["env"]["PREFECT_API_URL"], flow_run.id)
     assert len(states) == 8 and set(states) == {"Cached"}, states
+    assert len(list(local.iterdir())) >= 8, "S3 hits were not copied to local disk"
     assert stack.credentials(root)["secret_key"] not in log_text
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets: searched everywhere the stack and a selection run write to
+# --------------------------------------------------------------------------------------------
+def _mlflow_places(uri: str, dest: Path):
+    """``(where, bytes)`` for every experiment, run, registered model and run artifact."""
+    from mlflow.entities import ViewType
+
+    client = tracking.get_client(uri)
+    experiments = client.search_experiments(view_type=ViewType.ALL)
+    for exp in experiments:
+        yield f"mlflow experiment {exp.name}", json.dumps([exp.name, exp.tags]).encode()
+    runs = client.search_runs(
+        [e.experiment_id for e in experiments], run_view_type=ViewType.ALL, max_results=5000
+    )
+    for run in runs:
+        where = f"mlflow run {run.info.run_id}"
+        yield f"{where} params/tags", json.dumps([run.data.params, run.data.tags]).encode()
+        folder = Path(client.download_artifacts(run.info.run_id, "", str(dest / run.info.run_id)))
+        for path in (p for p in folder.rglob("*") if p.is_file()):
+            yield f"{where} artifact {path.relative_to(folder)}", path.read_bytes()
+    for model in client.search_registered_models():
+        yield f"mlflow model {model.name}", json.dumps([model.description, model.tags]).encode()
+        for v in client.search_model_versions(f"name = '{model.name}'"):
+            text = json.dumps([v.description, v.tags, v.source, v.run_link])
+            yield f"mlflow model {model.name} v{v.version}", text.encode()
+
+
+def _bucket_places(root: Path):
+    """Every object in the stack's bucket: MLflow artifacts, models, Prefect result records."""
+    client = stack.s3_client(root)
+    for key in _objects(root, ""):
+        yield (
+            f"s3://{stack.BUCKET}/{key}",
+            client.get_object(Bucket=stack.BUCKET, Key=key)["Body"].read(),
+        )
+
+
+def _prefect_places(api_url: str):
+    """Logs (flow runs, task runs, workers), runs, artifacts, deployments, variables and block
+    documents as the API serves them by default (secrets obfuscated)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def pages(read):
+        offset = 0
+        while batch := read(offset):
+            yield from batch
+            offset += len(batch)
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            for log in pages(lambda o: client.read_logs(limit=200, offset=o)):
+                run = log.task_run_id or log.flow_run_id or log.worker_id
+                yield f"prefect log {log.name} {run}", log.message.encode()
+            groups = {
+                "flow runs": pages(lambda o: client.read_flow_runs(limit=200, offset=o)),
+                "task runs": pages(lambda o: client.read_task_runs(limit=200, offset=o)),
+                "artifacts": client.read_artifacts(),
+                "deployments": client.read_deployments(),
+                "variables": client.read_variables(),
+                "block documents": client.read_block_documents(include_secrets=False),
+            }
+            for name, objects in groups.items():
+                for obj in objects:
+                    yield f"prefect {name} {getattr(obj, 'id', '')}", obj.model_dump_json().encode()
+
+
+def _file_places(folders: list[Path], excluded: set[Path]):
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if path.resolve() not in excluded:
+                yield str(path), path.read_bytes()
+
+
+def _config_places():
+    """Files tracked by git and the project's Prefect home (``.prefect``)."""
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=stack.PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    for name in tracked:
+        path = stack.PROJECT_ROOT / name
+        if path.is_file():
+            yield f"git {name}", path.read_bytes()
+    yield from _file_places([stack.PROJECT_ROOT / ".prefect"], set())
+
+
+def _search(deployed, needles: list[str], dest: Path) -> dict[str, set[str]]:
+    """``{place: needles found there}`` over every place the stack stores data (all searched)."""
+    root = deployed["root"]
+    # the only files meant to hold the keys: credentials.json and SeaweedFS's identity file
+    excluded = {(root / "credentials.json").resolve(), (root / "s3.json").resolve()}
+    places = [
+        _mlflow_places(deployed["uri"], dest),
+        _bucket_places(root),
+        _prefect_places(deployed["env"]["PREFECT_API_URL"]),
+        _file_places([deployed["tmp"]], excluded),  # stack root: logs, run, data; worker logs
+        _config_places(),
+    ]
+    found = {}
+    for source in places:
+        for where, data in source:
+            found[where] = {n for n in needles if n.encode() in data}
+    return found
+
+
+def test_secrets_appear_nowhere_but_the_credentials_files(deployed, tmp_path):
+    """Runs last: after the restart and the re-run, so their logs and records are searched too.
+
+    Searched: MLflow experiments, runs (params, tags, every artifact), registered models and
+    versions; every object in the bucket (artifacts, models, Prefect result records); Prefect
+    logs (flow runs, task runs, workers), runs, artifacts, deployments, variables and block
+    documents; every file under the test folder (stack root with logs, pid files, SQLite
+    databases and SeaweedFS data; worker logs; local result cache); git-tracked files and
+    ``.prefect``. Not searched: ``credentials.json`` and SeaweedFS's ``s3.json``, the files
+    meant to hold the keys. A canary string planted where a leak would land (an MLflow tag, a
+    Prefect log line, an S3 object, a stack log file) must be found, so the search is known to
+    look in those places.
+    """
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import LogCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root, uri = deployed["root"], deployed["uri"]
+    creds = stack.credentials(root)
+    secrets_ = [creds["access_key"], creds["secret_key"]]
+    canary = "canary-" + os.urandom(8).hex()
+    run_id = _selection_runs(tracking.get_client(uri), uri)[0].info.run_id
+    tracking.get_client(uri).set_tag(run_id, "leak-canary", canary)
+    stack.s3_client(root).put_object(Bucket=stack.BUCKET, Key="canary.txt", Body=canary.encode())
+    log = LogCreate(
+        name="canary",
+        level=20,
+        message=canary,
+        timestamp=datetime.now(UTC),
+        flow_run_id=deployed["flow_run"].id,
+    )
+    with temporary_settings({PREFECT_API_URL: deployed["env"]["PREFECT_API_URL"]}):
+        with get_client(sync_client=True) as client:
+            client.create_logs([log])
+    with open(root / "logs" / "s3.log", "a") as server_log:
+        server_log.write(f"{canary}\n")
+
+    found = _search(deployed, [*secrets_, canary], tmp_path)
+    canary_at = {where for where, needles in found.items() if canary in needles}
+    print(f"\nsecret search: {len(found)} places (runs, artifacts, objects, logs, files)")
+    assert f"mlflow run {run_id} params/tags" in canary_at
+    assert f"s3://{stack.BUCKET}/canary.txt" in canary_at
+    assert any(where.startswith("prefect log canary") for where in canary_at)
+    assert str(root / "logs" / "s3.log") in canary_at
+    # The Prefect block store is where workers get the S3 keys from (deploy.save_result_storage):
+    # it serves the secret key obfuscated; the access key id is a plain AwsCredentials field.
+    block_store = {creds["access_key"], canary}
+    leaks = sorted(
+        f"{where}: {'secret key' if creds['secret_key'] in needles else 'access key'}"
+        for where, needles in found.items()
+        if needles - (block_store if where.startswith("prefect block documents") else {canary})
+    )
+    assert leaks == [], f"S3 keys found in: {leaks}"
