@@ -165,29 +165,12 @@ def _add_stack_commands(sub) -> None:
     add_commands(sub)
 
 
-def _check_before_start(cfg) -> None:
-    """What the config alone decides, checked before Prefect starts and any probe is spent:
-    the selector's name and, for adaptive runs, that the compute cap fits the ladder."""
-    from flows.config import ConfigError
-    from tasks.live_probes import adaptive_settings
-
-    _check_selector(cfg.selector, "selector")
-    if cfg.adaptive.enabled:
-        sizes = cfg.ladder.sizes()
-        fraction = cfg.adaptive.ladder_fraction(cfg.target_size, sizes)
-        try:
-            adaptive_settings(sizes, cfg.ladder.budget, fraction)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-
-
 def _select(args: argparse.Namespace) -> int:
     from flows.config import load_config
     from flows.select import flow_with_runner
 
     overrides = list(args.set or [])
     cfg = load_config(args.config, overrides)  # fail on a bad config before starting Prefect
-    _check_before_start(cfg)
     with _no_tracebacks_for_input_errors():
         summary = flow_with_runner(cfg)(config_path=args.config, overrides=overrides)
     print("\nRanking (" + summary["rank_on"] + ", predicted at the target size):")

@@ -215,7 +215,23 @@ class SelectionConfig(_Strict):
                 f"target_size ({self.target_size}) is smaller than ladder.budget "
                 f"({self.ladder.budget}); the target is the full data size to predict"
             )
+        self._check_selection_settings()
         return self
+
+    def _check_selection_settings(self) -> None:
+        """The selector exists and an adaptive cap fits the ladder (deployment runs, which
+        skip the CLI, get the same errors before any probe)."""
+        from lens_model.selectors import SELECTORS
+        from tasks.live_probes import adaptive_settings
+
+        try:
+            SELECTORS.get(self.selector)
+        except KeyError as err:
+            raise ValueError(f"selector: {err.args[0]}") from None
+        if self.adaptive.enabled:
+            sizes = self.ladder.sizes()
+            fraction = self.adaptive.ladder_fraction(self.target_size, sizes)
+            adaptive_settings(sizes, self.ladder.budget, fraction)
 
     def data_kwargs(self) -> dict:
         """Keyword arguments of ``tasks.data.prepare_data`` for this config."""

@@ -19,15 +19,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.config import SelectionConfig, load_config
 from flows.register import register_flow
 from flows.runners import build_task_runner, probe_threads
-from lens_model.ntk import f_term_from_spectrum
+from lens_model.ntk import NonFiniteKernelError, f_term_from_spectrum
 from tasks import tracking
 from tasks.data import prepare_data_task
 from tasks.fit import RANK_KEYS, fit_and_select_task, plot_selection, plot_spectra
-from tasks.live_probes import LiveProbes, budget_accounting, run_adaptive
+from tasks.live_probes import budget_accounting, run_adaptive_excluding_diverged
 from tasks.locks import held, lock_path
 from tasks.models import describe_candidate, resolve_candidate_task
 from tasks.ntk import ntk_task
-from tasks.probe import probe_task
+from tasks.probe import is_out_of_memory, probe_task
 from tasks.result_storage import result_storage
 
 
@@ -243,9 +243,23 @@ def _run_ntk(cfg, data, models, settings, cache: Path) -> dict[str, dict]:
     examples = data["train"][: cfg.ntk.n_examples]
     out = {}
     for name, path in models.items():
-        feats = task(
-            path, examples, trust_remote_code=_trust(cfg, name), **ntk_kwargs(cfg, settings)
-        )
+        try:
+            feats = task(
+                path, examples, trust_remote_code=_trust(cfg, name), **ntk_kwargs(cfg, settings)
+            )
+        except Exception as err:
+            if not (isinstance(err, NonFiniteKernelError) or is_out_of_memory(err)):
+                raise
+            # F is optional: the laws without it still rank every candidate.
+            logger.warning(
+                "NTK features of %s skipped (%s); the selection goes on without the F term%s",
+                name,
+                err,
+                ": lower ntk.n_examples or probe.max_seq_len, or set ntk.projection_dim"
+                if is_out_of_memory(err)
+                else "",
+            )
+            continue
         logger.info(
             "NTK %-28s n=%d effective rank %.2f, ||r0||^2 %.3g, %.1f s",
             name,
@@ -363,10 +377,11 @@ def _run_probes(cfg, data, models, settings, cache: Path) -> dict[str, list[dict
 
 
 def _run_adaptive(cfg, data, models, n_params, settings, cache: Path):
-    """``Lens`` decides which probes run, within the adaptive compute cap (see AdaptiveConfig)."""
+    """``Lens`` decides which probes run, within the adaptive compute cap (see AdaptiveConfig);
+    a candidate whose probe diverges is excluded and Lens starts again on the others."""
     probe = _probe_task(cache)
     names = list(models)
-    source = LiveProbes(
+    probes, adaptive, excluded = run_adaptive_excluding_diverged(
         names,
         [n_params[n] for n in names],
         data["sizes"],
@@ -377,22 +392,20 @@ def _run_adaptive(cfg, data, models, n_params, settings, cache: Path):
             size,
         ),
         metric_key=RANK_KEYS[cfg.rank_on],
-    )
-    for i in range(len(names)):  # zero-shot anchors the laws and the plot; it costs nothing
-        source.loss(i, 0)
-    adaptive = run_adaptive(
-        source,
         budget=cfg.ladder.budget,
         target_size=cfg.target_size,
         fraction=cfg.adaptive.ladder_fraction(cfg.target_size, data["sizes"]),
     )
-    get_run_logger().info(
+    logger = get_run_logger()
+    for name, reason in excluded.items():
+        logger.warning("adaptive: %s excluded: %s", name, reason)
+    logger.info(
         "adaptive: Lens %s ran %d probes; dropped %s",
         adaptive["settings"],
         len(adaptive["probes"]),
         adaptive["dropped"] or "none",
     )
-    return source.results(), adaptive
+    return probes, adaptive
 
 
 def _subset_fingerprint(data: dict, size: int) -> str | None:
@@ -439,6 +452,8 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk
             "rank": result["ranking"].index(name) + 1,
             "dropped": cand.get("dropped"),
             "excluded": cand.get("excluded"),
+            "fit_converged": cand.get("fit_converged"),
+            "fit_warnings": cand.get("fit_warnings"),
             "laws": cand["laws"],
         }
         clean = [{k: v for k, v in p.items() if k not in ("history", "save_dir")} for p in runs]
@@ -462,7 +477,7 @@ def _track(cfg, data, probes, result, n_params, tracking_uri, out_dir: Path, ntk
             "interval_high": round(result["candidates"][name]["interval"][1], 5),
             "note": result["candidates"][name].get("dropped")
             or result["candidates"][name].get("excluded")
-            or "",
+            or "; ".join(result["candidates"][name].get("fit_warnings") or []),
         }
         for i, name in enumerate(result["ranking"])
     ]

@@ -40,6 +40,11 @@ import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
+
+class NonFiniteKernelError(ValueError):
+    """The kernel or the initial residual has NaN or inf entries (a broken model)."""
+
+
 IGNORE_INDEX = -100
 DEFAULT_MAX_JACOBIAN_BYTES = 2 * 1024**3  # exact (unprojected) Gram: per-example gradients kept
 
@@ -313,7 +318,10 @@ def _as_numpy(theta: Any, residual: Any) -> tuple[np.ndarray, np.ndarray]:
     if t.ndim != 2 or t.shape[0] != t.shape[1] or t.shape[0] != r.shape[0]:
         raise ValueError(f"theta must be (n, n) and residual (n,); got {t.shape} and {r.shape}.")
     if not (np.all(np.isfinite(t)) and np.all(np.isfinite(r))):
-        raise ValueError("theta and residual must be finite (got NaN or inf).")
+        raise NonFiniteKernelError(
+            "theta and residual must be finite (got NaN or inf): the model's outputs or "
+            "gradients on the probe set are not finite."
+        )
     return 0.5 * (t + t.T), r
 
 

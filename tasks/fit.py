@@ -98,6 +98,8 @@ def fit_and_select(
             [[any(p["subset_size"] == d for p in probes[n]) for d in sizes] for n in names]
         )
         usable = (np.isfinite(table) | ~probed).all(axis=1)
+        # a candidate the adaptive run excluded (a diverged probe) has no prediction
+        usable &= np.array([n in adaptive["predictions"] for n in names])
     excluded = {
         n: exclusion_reason(probes[n], key) or "a probe produced no finite loss"
         for n, ok in zip(names, usable, strict=True)

@@ -10,6 +10,7 @@ A diverged probe (``diverged`` or a non-finite ranking metric) raises ``ProbeDiv
 ``Lens`` ranks by an extrapolated loss and has no honest value to rank a diverged curve by, and
 a made-up number would bias the halving. The message names the candidate, the size and how to
 fix it (a lower ``probe.learning_rate``, or dropping the candidate from the config).
+``run_adaptive_excluding_diverged`` excludes that candidate and goes on with the others.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from lens_model.tradeoff import FIRST_TOPS, first_round, lens_settings
 
 
 class ProbeDivergedError(ValueError):
-    """A probe read by the adaptive selector diverged: there is no loss to rank it by."""
+    """A probe read by the adaptive selector diverged: there is no loss to rank it by.
+
+    ``candidate`` and ``size`` name the probe when known.
+    """
+
+    def __init__(self, message: str, *, candidate: str | None = None, size: int | None = None):
+        super().__init__(message)
+        self.candidate = candidate
+        self.size = size
 
 
 class LiveProbes:
@@ -75,7 +84,9 @@ class LiveProbes:
             raise ProbeDivergedError(
                 f"the probe of candidate {self.names[model]!r} at {size} examples diverged "
                 f"({self.metric_key}={value}); lower probe.learning_rate or remove the "
-                "candidate from the config"
+                "candidate from the config",
+                candidate=self.names[model],
+                size=size,
             )
         return float(value)
 
@@ -147,6 +158,56 @@ def run_adaptive(source: LiveProbes, *, budget: int, target_size: int, fraction:
         "dropped": {names[i]: reason for i, reason in sel.dropped.items()},
         "probes": sorted([names[m], int(d)] for m, d in sel.probes),
     }
+
+
+def run_adaptive_excluding_diverged(
+    names: Sequence[str],
+    n_params: Sequence[int],
+    sizes: Sequence[int],
+    submit: Callable[[str, int], object],
+    *,
+    metric_key: str,
+    budget: int,
+    target_size: int,
+    fraction: float,
+) -> tuple[dict[str, list[dict]], dict, dict[str, str]]:
+    """:func:`run_adaptive` that excludes a candidate whose probe diverges and starts again
+    on the others (their probes come back from ``submit``'s cache, not recomputed), as the
+    full-ladder path does. Zero-shot probes of every candidate are read first (they are free
+    and anchor the laws and the plot).
+
+    Returns ``(probes, adaptive, excluded)``: every probe read, by candidate (the excluded
+    candidates' included: they were spent); ``run_adaptive``'s result over the remaining
+    candidates; and candidate -> why it was excluded. Raises ``ProbeDivergedError`` when every
+    candidate diverges. The cap applies to each attempt; the excluded candidates' probes
+    come on top of it.
+    """
+    active = list(names)
+    params = dict(zip(names, n_params, strict=True))
+    spent: dict[str, list[dict]] = {}
+    excluded: dict[str, str] = {}
+    while active:
+        source = LiveProbes(
+            active, [params[n] for n in active], sizes, submit, metric_key=metric_key
+        )
+        try:
+            for i in range(len(active)):
+                source.loss(i, 0)
+            adaptive = run_adaptive(
+                source, budget=budget, target_size=target_size, fraction=fraction
+            )
+        except ProbeDivergedError as err:
+            if err.candidate not in active:
+                raise
+            spent[err.candidate] = source.results()[err.candidate]
+            excluded[err.candidate] = str(err)
+            active.remove(err.candidate)
+            continue
+        return {**source.results(), **spent}, adaptive, excluded
+    raise ProbeDivergedError(
+        "every candidate has a diverged probe, nothing to select from: "
+        + " | ".join(f"{n}: {reason}" for n, reason in excluded.items())
+    )
 
 
 def budget_accounting(

@@ -150,18 +150,42 @@ def unreachable_error(tracking_uri: str, timeout: float = 5.0) -> TrackingUnavai
 
     if urlparse(tracking_uri).scheme not in ("http", "https"):
         return None
+    base = tracking_uri.rstrip("/")
     try:
-        response = requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout)
-        if response.ok:
-            return None
-        why = f"HTTP {response.status_code}"
+        response = requests.get(base + "/health", timeout=timeout)
+        why = None if response.ok else f"HTTP {response.status_code}"
     except requests.RequestException as err:
         why = type(err).__name__
+    if why is None:
+        return _artifact_store_error(base, timeout)
     return TrackingUnavailableError(
         f"MLflow tracking server {_display_uri(tracking_uri)} is unreachable ({why}). "
         "Start it (`lensllm stack up`) or fix tracking.uri / MLFLOW_TRACKING_URI, then run the "
         "same command again: finished probes stay in the local cache, nothing is recomputed, "
         "and they are logged then."
+    )
+
+
+def _artifact_store_error(base: str, timeout: float) -> TrackingUnavailableError | None:
+    """A server that proxies artifacts (``mlflow server --artifacts-destination``, as on the
+    stack) is only usable when its artifact store answers: list the store's root once. A
+    server that does not proxy artifacts answers 404 here and is not checked further."""
+    import requests
+
+    try:
+        response = requests.get(
+            base + "/api/2.0/mlflow-artifacts/artifacts", timeout=max(timeout, 15.0)
+        )
+        if response.status_code < 500:
+            return None
+        why = f"HTTP {response.status_code}"
+    except requests.RequestException as err:
+        why = type(err).__name__
+    return TrackingUnavailableError(
+        f"MLflow tracking server {_display_uri(base)} answers, but its artifact store does not "
+        f"({why}): check the S3 server behind it (`lensllm stack status`), then run the same "
+        "command again: finished probes stay in the local cache, nothing is recomputed, and "
+        "they are logged then."
     )
 
 

@@ -102,12 +102,14 @@ def test_unknown_size_is_refused():
 
 
 def test_budget_as_a_fraction_of_full_finetuning_converts_to_the_ladder():
-    from flows.config import load_config
+    from flows.config import ConfigError, load_config
 
-    base = ["candidates=[a, b]", "adaptive.enabled=true", "target_size=4096"]
-    cfg = load_config(None, [*base, "adaptive.fraction_of_full_finetune=0.02"])
-    ladder = [32, 64, 128]  # 224 examples per candidate; 2 % of 4096 is 81.92
-    assert cfg.adaptive.ladder_fraction(4096, ladder) == pytest.approx(81.92 / 224)
+    base = ["candidates=[a, b]", "adaptive.enabled=true", "target_size=4096", "ladder.budget=128"]
+    cfg = load_config(None, [*base, "adaptive.fraction_of_full_finetune=0.03"])
+    ladder = [32, 64, 128]  # 224 examples per candidate; 3 % of 4096 is 122.88
+    assert cfg.adaptive.ladder_fraction(4096, ladder) == pytest.approx(122.88 / 224)
+    with pytest.raises(ConfigError, match="too small for the ladder"):  # 2 %: no round fits
+        load_config(None, [*base, "adaptive.fraction_of_full_finetune=0.02"])
     assert load_config(None, base).adaptive.ladder_fraction(4096, ladder) == 0.5
     big = load_config(None, [*base, "adaptive.fraction_of_full_finetune=0.5"])
     assert big.adaptive.ladder_fraction(4096, ladder) == 1.0  # capped at the whole ladder
@@ -160,3 +162,58 @@ def test_select_flow_adaptive_spends_less_and_shares_the_probe_cache(prefect_har
     assert state2.is_completed()
     states = [r.state.name for r in _probe_task_runs(flow_run_id2, full)]
     assert states.count("Cached") == b["n_probes"] and len(states) == full, states
+
+
+def test_a_diverged_candidate_is_excluded_and_lens_goes_on_with_the_others():
+    from tasks.live_probes import run_adaptive_excluding_diverged
+
+    calls: list = []
+    names, submit = _fake_submit(calls, diverge=("m2", 64))  # m2 is the best at the target
+    probes, adaptive, excluded = run_adaptive_excluding_diverged(
+        names,
+        N_PARAMS,
+        LADDER,
+        submit,
+        metric_key="test_bits_per_byte",
+        budget=LADDER[-1],
+        target_size=TARGET,
+        fraction=0.5,
+    )
+    assert list(excluded) == ["m2"] and "'m2' at 64 examples diverged" in excluded["m2"]
+    assert "m2" not in adaptive["predictions"]
+    assert any(p["subset_size"] == 64 and p["diverged"] for p in probes["m2"])  # spent, kept
+    n_params = dict(zip(names, N_PARAMS, strict=True))
+    result = fit_and_select(
+        probes,
+        n_params,
+        target_size=TARGET,
+        budget=LADDER[-1],
+        selector="Lens",
+        adaptive=adaptive,
+    )
+    assert result["selected"] != "m2" and result["ranking"][-1] == "m2"
+    assert "excluded" in str(result["candidates"]["m2"].get("excluded"))
+    # the other candidates' probes were read again for the second attempt: same calls,
+    # which the real pipeline answers from Prefect's cache
+    assert len(set(calls)) < len(calls)
+
+
+def test_every_candidate_diverging_adaptively_is_a_clear_error():
+    from tasks.live_probes import run_adaptive_excluding_diverged
+
+    names = ["a", "b"]
+
+    def submit(name, size):
+        return {"subset_size": size, "test_bits_per_byte": float("nan"), "diverged": True}
+
+    with pytest.raises(ProbeDivergedError, match="every candidate has a diverged probe"):
+        run_adaptive_excluding_diverged(
+            names,
+            [1, 1],
+            LADDER,
+            submit,
+            metric_key="test_bits_per_byte",
+            budget=LADDER[-1],
+            target_size=TARGET,
+            fraction=0.5,
+        )

@@ -350,11 +350,15 @@ def test_nan_score_is_never_selected():
 @pytest.mark.integration
 @pytest.mark.slow
 def test_cli_diverged_candidate_is_excluded_and_the_other_registered(
-    prefect_harness, tmp_path, capfd
+    prefect_harness, tmp_path, capfd, console
 ):
-    config = _config(tmp_path, ["tiny-llama", _nan_model(tmp_path, "nan-model")])
+    # NTK on: the broken model's kernel is not finite; its features are skipped, not fatal
+    config = _config(
+        tmp_path, ["tiny-llama", _nan_model(tmp_path, "nan-model")], ntk={"enabled": True}
+    )
     rc, out, err = _cli(capfd, ["select", "--config", _write(tmp_path / "c.yaml", config)])
     assert rc == 0, err
+    assert f"NTK features of {config['candidates'][1]} skipped" in console.getvalue()
     rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("  ")}
     nan_row = rows[config["candidates"][1]]
     assert nan_row.lstrip().startswith("2.") and " nan " in nan_row

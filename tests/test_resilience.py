@@ -369,6 +369,24 @@ def test_mlflow_down_mid_selection_then_the_same_command_logs_everything(
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_an_mlflow_server_whose_s3_store_is_down_is_one_clear_error(mlflow_server):
+    from infra import stack
+
+    root, uri = mlflow_server["root"], mlflow_server["uri"]
+    tracking.check_reachable(uri)
+    stack._stop(root, "s3", 15.0)  # MLflow itself stays up and healthy
+    try:
+        start = time.perf_counter()
+        with pytest.raises(tracking.TrackingUnavailableError, match="its artifact store does not"):
+            tracking.check_reachable(uri)
+        print(f"\nartifact store down: reported in {time.perf_counter() - start:.1f} s")
+    finally:
+        stack.up(root, timeout=240)
+    tracking.check_reachable(uri)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_concurrent_selections_of_one_task_keep_the_registry_consistent(mlflow_server, tmp_path):
     from tests.test_select_flow import MODEL_NAME, _second_candidate
 
