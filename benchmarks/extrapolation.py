@@ -1,14 +1,15 @@
 """Extrapolation error of each law on real probes: predict 4D and 8D from the ladder up to D.
 
 usage: python benchmarks/extrapolation.py [--config configs/demo.yaml] [--first 16] [--d 64]
-                                          [--out out/extrapolation]
+                                          [--out out/extrapolation] [--set key=value ...]
 
 Probes every candidate of the config (same probe settings) on the ladder first..8D plus the
 zero-shot point, through the pipeline's cached probe task (a re-run recomputes nothing), and
 computes the NTK spectrum of each candidate. Then, using only the probes up to D, every law
 predicts the loss (bits per byte) at 4D and 8D:
   vanilla, rectified (with zero-shot), AtS (power-phase line), local slope (Lens's
-  extrapolation), LensLLM law with F(eta, t) and a scale shared across the candidates.
+  extrapolation), LensLLM law with F(eta, t) and a scale shared across the candidates, and
+  the Lens selector at budget D without F and with F (what the pipeline ranks by).
 Prints |ln(pred / measured)| per model and law, the mean per law, and whether each law ranked
 the candidates at 8D correctly; writes the table to OUT/extrapolation.csv and .md.
 """
@@ -33,14 +34,18 @@ from flows.config import load_config  # noqa: E402
 from flows.select import _attach_f_terms, _probe_settings, _run_ntk, _run_probes  # noqa: E402
 from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw  # noqa: E402
 from lens_model.phase import local_slope_prediction, power_phase_prediction  # noqa: E402
+from lens_model.selectors import Lens, TableProbes  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.fit import curve_matrix  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 
 
 @flow(name="extrapolation-benchmark", task_runner=ThreadPoolTaskRunner(max_workers=1))
-def measure(config: str, first: int, d: int) -> tuple[dict, dict, list[int]]:
-    cfg = load_config(config, [f"ladder.first_size={first}", f"ladder.budget={8 * d}"])
+def measure(
+    config: str, first: int, d: int, overrides: list[str] | None = None
+) -> tuple[dict, dict, list[int]]:
+    ladder = [f"ladder.first_size={first}", f"ladder.budget={8 * d}"]
+    cfg = load_config(config, [*(overrides or []), *ladder])
     cache = Path(cfg.cache_dir).resolve()
     data = prepare_data(**cfg.data_kwargs())
     models = {
@@ -56,9 +61,10 @@ def measure(config: str, first: int, d: int) -> tuple[dict, dict, list[int]]:
 
 
 def predictions(
-    sizes: np.ndarray, table: np.ndarray, f: np.ndarray, d: int, targets: list[int]
+    sizes: np.ndarray, table: np.ndarray, f: np.ndarray | None, d: int, targets: list[int]
 ) -> dict[str, np.ndarray]:
-    """law name -> (N, len(targets)) predicted losses from the points with size <= d."""
+    """law name -> (N, len(targets)) predicted losses from the points with size <= d
+    (the laws that need F are left out when ``f`` is None)."""
     seen = sizes <= d
     pos = seen & (sizes > 0)
     out = {}
@@ -66,15 +72,33 @@ def predictions(
         warnings.simplefilter("ignore", FitWarning)
         out["vanilla"] = VanillaLaw().fit(sizes[pos], table[:, pos]).predict(targets)
         out["rectified"] = RectifiedLaw().fit(sizes[seen], table[:, seen]).predict(targets)
-        out["lens_law_F"] = (
-            LensLaw(scale="shared").fit(sizes[seen], table[:, seen], f_term=f).predict(targets)
-        )
+        if f is not None:
+            out["lens_law_F"] = (
+                LensLaw(scale="shared").fit(sizes[seen], table[:, seen], f_term=f).predict(targets)
+            )
     out["AtS"] = np.array(
         [[power_phase_prediction(sizes[pos], row[pos], t)[0] for t in targets] for row in table]
     )
     out["local_slope"] = np.array(
         [[local_slope_prediction(sizes[pos], row[pos], t)[0] for t in targets] for row in table]
     )
+    # The Lens selector at budget D, as the pipeline runs it: without F (local slope) and with
+    # F (the LensLLM law, shared scale, on its sparse first round plus zero-shot).
+    variants = {"Lens_selector": None, "Lens_selector_F": f} if f is not None else {}
+    for label, f_terms in variants.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)
+            cols = [
+                Lens()
+                .select(
+                    TableProbes(sizes, table, np.ones(len(table)), max_size=d, f_terms=f_terms),
+                    budget=d,
+                    target_size=t,
+                )
+                .predictions
+                for t in targets
+            ]
+        out[label] = np.stack(cols, axis=1)
     return out
 
 
@@ -84,14 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=16)
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--out", default=str(ROOT / "out" / "extrapolation"))
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
+    )
     args = parser.parse_args(argv)
-    probes, ntk, _ = measure(args.config, args.first, args.d)
+    probes, ntk, _ = measure(args.config, args.first, args.d, args.set)
     names = list(probes)
     sizes, table = curve_matrix(probes, "test_bits_per_byte")
     sizes = np.array(sizes, dtype=float)
     targets = [4 * args.d, 8 * args.d]
     truth = np.stack([table[:, list(sizes).index(t)] for t in targets], axis=1)
-    f = np.array([ntk[n]["f_term"] for n in names]) if ntk else np.ones(len(names))
+    f = np.array([ntk[n]["f_term"] for n in names]) if ntk else None
     rows = []
     for law, pred in predictions(sizes, table, f, args.d, targets).items():
         err = np.abs(np.log(pred / truth))
@@ -121,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         best_8D=("best_8D_correct", "first"),
     )
     lines = [
+        f"config {Path(args.config).name} {' '.join(args.set)}".rstrip(),
+        "",
         f"D = {args.d} (ladder {args.first}..{args.d} + zero-shot), targets 4D = "
         f"{targets[0]}, 8D = {targets[1]}; bits per byte; |ln(pred/measured)|",
         "",

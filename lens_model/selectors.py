@@ -27,6 +27,8 @@ class ProbeSource(Protocol):
 
     sizes: np.ndarray  # the ladder a selector may probe, increasing, 0 = zero-shot
     model_sizes: np.ndarray  # parameter count per candidate
+    # optional NTK term F(eta, t) per candidate (``lens_model.ntk``); None when not computed
+    f_terms: np.ndarray | None
 
     def loss(self, model: int, size: int) -> float: ...
 
@@ -47,12 +49,15 @@ class TableProbes:
         Parameter counts.
     max_size : float
         No size above this may be read (the target size itself, in the replay protocol).
+    f_terms : array_like, shape (N,), optional
+        NTK term F(eta, t) of each model (``lens_model.ntk.f_term``), when computed.
     """
 
-    def __init__(self, sizes, losses, model_sizes, *, max_size: float) -> None:
+    def __init__(self, sizes, losses, model_sizes, *, max_size: float, f_terms=None) -> None:
         self._all_sizes = np.asarray(sizes, dtype=float)
         self._losses = np.asarray(losses, dtype=float)
         self.model_sizes = np.asarray(model_sizes, dtype=float)
+        self.f_terms = None if f_terms is None else np.asarray(f_terms, dtype=float)
         self.max_size = max_size
         self.sizes = self._all_sizes[self._all_sizes <= max_size]
         self._probes: set[tuple[int, int]] = set()
@@ -243,6 +248,17 @@ class AtS(Selector):
         return out[:, 0], out[:, 0], out[:, 1], out[:, 2], {}
 
 
+PREDICTORS = ("auto", "local_slope", "power_phase", "lens_law")
+
+
+def _usable_f_terms(source: ProbeSource) -> np.ndarray | None:
+    f = getattr(source, "f_terms", None)
+    if f is None:
+        return None
+    f = np.asarray(f, dtype=float)
+    return f if f.shape == (len(source.model_sizes),) and np.all(np.isfinite(f) & (f > 0)) else None
+
+
 @SELECTORS.register("Lens")
 class Lens(Selector):
     """LensLLM's adaptive selector: a sparse ladder for everyone, then successive halving.
@@ -252,12 +268,16 @@ class Lens(Selector):
     defaults). The prediction extrapolates the log-log slope between a candidate's two largest
     probes (``predictor="local_slope"``; fine-tuning curves steepen as they leave the
     pre-power phase, so AtS's line through earlier points is biased towards flat slopes), or
-    AtS's power-phase line (``"power_phase"``). Each later round ranks the candidates still
-    running by predicted target loss, keeps the better ``keep`` fraction and probes them at
-    ``spacing`` times their largest size (above the budget if need be, never at the target),
-    trimming the worst survivors so that the total stays within ``cost_fraction`` of what AtS
-    spends at the same budget. Dropped candidates keep their last prediction and the reason;
-    the selection is the best predicted survivor.
+    AtS's power-phase line (``"power_phase"``), or the LensLLM law fitted jointly to the
+    candidates still running with their NTK terms F and one shared scale, plus the (free)
+    zero-shot point (``"lens_law"``; a candidate whose fit gives no finite prediction falls
+    back to the local slope). ``"auto"`` (the default) is ``"lens_law"`` when the probe
+    source carries F for every candidate and ``"local_slope"`` otherwise. Each later round
+    ranks the candidates still running by predicted target loss, keeps the better ``keep``
+    fraction and probes them at ``spacing`` times their largest size (above the budget if need
+    be, never at the target), trimming the worst survivors so that the total stays within
+    ``cost_fraction`` of what AtS spends at the same budget. Dropped candidates keep their
+    last prediction and the reason; the selection is the best predicted survivor.
     """
 
     def __init__(
@@ -270,7 +290,7 @@ class Lens(Selector):
         min_size: int | None = None,
         k: int = 3,
         delta: float = 5.0,
-        predictor: str = "local_slope",
+        predictor: str = "auto",
     ) -> None:
         if not 0 < cost_fraction <= 1:
             raise ValueError(f"cost_fraction must be in (0, 1], got {cost_fraction}")
@@ -285,8 +305,8 @@ class Lens(Selector):
         self.min_size = min_size
         self.k = k
         self.delta = delta
-        if predictor not in ("local_slope", "power_phase"):
-            raise ValueError(f"predictor must be 'local_slope' or 'power_phase', got {predictor!r}")
+        if predictor not in PREDICTORS:
+            raise ValueError(f"predictor must be one of {PREDICTORS}, got {predictor!r}")
         self.predictor = predictor
 
     def _score(self, source, budget, target_size):
@@ -312,9 +332,18 @@ class Lens(Selector):
             )
         points = {i: list(first) for i in range(n)}
         losses = {(i, d): source.loss(i, d) for i in range(n) for d in points[i]}
+        f_terms = _usable_f_terms(source)
+        self.predictor_ = self.predictor
+        if self.predictor == "auto":
+            self.predictor_ = "lens_law" if f_terms is not None else "local_slope"
+        if self.predictor_ == "lens_law":
+            if f_terms is None:
+                raise ValueError("predictor 'lens_law' needs F for every candidate (f_terms)")
+            self._f_terms = f_terms
+            losses.update({(i, 0): source.loss(i, 0) for i in range(n)})  # zero-shot is free
         active = list(range(n))
         dropped: dict[int, str] = {}
-        pred = self._predict(points, losses, target_size, active)
+        pred, lo, hi = self._predict(points, losses, target_size, active)
         while len(active) > 1:
             order = sorted(active, key=lambda i: pred[i])
             survivors = order[: max(1, int(np.ceil(len(active) * self.keep)))]
@@ -338,22 +367,50 @@ class Lens(Selector):
                 losses[(i, size)] = source.loss(i, size)
             spent += size * w[survivors].sum()
             active = survivors
-            pred[active] = self._predict(points, losses, target_size, active)[active]
-        lo, hi = _nan(n), _nan(n)
-        for i in range(n):
-            _, lo[i], hi[i] = self._extrapolate(points[i], losses, i, target_size)
+            new_pred, new_lo, new_hi = self._predict(points, losses, target_size, active)
+            pred[active], lo[active], hi[active] = (
+                new_pred[active],
+                new_lo[active],
+                new_hi[active],
+            )
         return pred, pred, lo, hi, dropped
 
     def _extrapolate(self, points, losses, i, target_size) -> tuple[float, float, float]:
         sizes = [d for d in points if d > 0]
         ys = [losses[(i, d)] for d in sizes]
-        if self.predictor == "local_slope":
+        if self.predictor_ in ("local_slope", "lens_law"):
             return local_slope_prediction(sizes, ys, target_size)
         return power_phase_prediction(sizes, ys, target_size, k=self.k, delta=self.delta)
 
-    def _predict(self, points, losses, target_size, models) -> np.ndarray:
-        """Predicted target loss of ``models`` (NaN elsewhere)."""
-        out = np.full(len(points), np.nan)
+    def _predict(self, points, losses, target_size, models):
+        """Predicted target loss of ``models`` and its interval (NaN elsewhere)."""
+        pred, lo, hi = _nan(len(points)), _nan(len(points)), _nan(len(points))
+        law = None
+        if self.predictor_ == "lens_law" and len(models) >= 2:
+            law = self._lens_law(points, losses, target_size, models)
         for i in models:
-            out[i] = self._extrapolate(points[i], losses, i, target_size)[0]
+            if law is not None and np.isfinite(law[0][i]):
+                pred[i], lo[i], hi[i] = law[0][i], law[1][i], law[2][i]
+            else:
+                pred[i], lo[i], hi[i] = self._extrapolate(points[i], losses, i, target_size)
+        return pred, lo, hi
+
+    def _lens_law(self, points, losses, target_size, models):
+        """The LensLLM law (shared scale of F) fitted to ``models``' probes and zero-shot."""
+        from lens_model.laws import LensLaw
+
+        models = list(models)
+        sizes = sorted({0, *(d for i in models for d in points[i])})
+        table = np.array([[losses.get((i, d), np.nan) for d in sizes] for i in models])
+        law = LensLaw(scale="shared")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)  # unconverged curves fall back below
+            law.fit(np.array(sizes, dtype=float), table, f_term=self._f_terms[models])
+            centre = law.predict([target_size])[:, 0]
+            low, high = (v[:, 0] for v in law.predict_interval([target_size]))
+        ok = np.asarray(law.converged_, dtype=bool) & np.isfinite(centre)
+        out = [_nan(len(points)) for _ in range(3)]
+        for j, i in enumerate(models):
+            if ok[j]:
+                out[0][i], out[1][i], out[2][i] = centre[j], low[j], high[j]
         return out

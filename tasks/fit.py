@@ -82,7 +82,7 @@ def fit_and_select(
         ``bits_per_byte`` (tokenizer-independent, the default) or ``loss_per_token``.
     f_terms
         Candidate name -> NTK term F(eta, t); adds the LensLLM law (shared scale) to the laws
-        reported per candidate.
+        reported per candidate, and ``Lens`` predicts with it (``predictor="auto"``).
     adaptive
         The result of ``tasks.live_probes.run_adaptive`` (predictions, intervals, drop reasons
         and probes by candidate name): used instead of re-running ``selector``; candidates may
@@ -112,7 +112,10 @@ def fit_and_select(
             + " | ".join(f"{n}: {reason}" for n, reason in excluded.items())
         )
     weights = np.array([n_params[names[i]] for i in keep], dtype=float)
-    source = TableProbes(sizes, table[keep], weights, max_size=budget)
+    f_keep = None  # F of every remaining candidate, or none: the shared scale needs them all
+    if f_terms and all(names[i] in f_terms for i in keep):
+        f_keep = np.array([f_terms[names[i]] for i in keep], dtype=float)
+    source = TableProbes(sizes, table[keep], weights, max_size=budget, f_terms=f_keep)
     selector_obj = None
     if adaptive is None:
         selector_obj = SELECTORS.get(selector)()
@@ -125,9 +128,6 @@ def fit_and_select(
             f"({dict(zip([names[i] for i in keep], sel.scores.tolist(), strict=True))}); "
             "choose another selector or a longer ladder"
         )
-    f_keep = None
-    if f_terms and all(names[i] in f_terms for i in keep):
-        f_keep = np.array([f_terms[names[i]] for i in keep], dtype=float)
     laws = _law_predictions(np.array(sizes, dtype=float), table[keep], target_size, seed, f_keep)
     candidates = {}
     for j, i in enumerate(keep):
@@ -157,6 +157,8 @@ def fit_and_select(
     ranking = [names[keep[j]] for j in order] + list(excluded)
     return {
         "selector": selector,
+        # how Lens predicted: "lens_law" (with the NTK term F) or "local_slope" (without)
+        "predictor": getattr(selector_obj, "predictor_", None),
         "rank_on": rank_on,
         "metric_key": key,
         "target_size": target_size,

@@ -125,3 +125,42 @@ def test_bad_input():
         LensLaw(log_scale_bounds=(1.0, 1.0)).fit(SIZES, losses, f_term=f)
     with pytest.raises(RuntimeError, match="not fitted"):
         LensLaw().predict([1.0])
+
+
+def test_lens_selector_uses_f_when_every_candidate_has_it(synthetic_table):
+    """With F present, ``Lens`` predicts with the LensLLM law (shared scale, zero-shot
+    included); without F it keeps the local slope; F built from each curve's true knee
+    makes the law fit the rectified curves."""
+    from lens_model.selectors import Lens, TableProbes
+    from tests.conftest import LADDER, TARGET_SIZE
+
+    t = synthetic_table
+    budget = 25_600
+    # F proportional to each model's true pre-learned size D_l: the ideal kernel feature
+    f = np.asarray(t["params"]["d_l"]) * 3.0
+    with_f = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=budget, f_terms=f)
+    without = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=budget)
+    lens_f, lens = Lens(), Lens()
+    sel_f = lens_f.select(with_f, budget=budget, target_size=TARGET_SIZE)
+    sel = lens.select(without, budget=budget, target_size=TARGET_SIZE)
+    assert (lens_f.predictor_, lens.predictor_) == ("lens_law", "local_slope")
+    assert all(d == 0 or (m, 0) in with_f.probes for m, d in with_f.probes)  # zero-shot read
+    true = np.asarray(t["losses"])[:, list(LADDER).index(TARGET_SIZE)]
+    err_f = np.abs(np.log(sel_f.predictions / true)).mean()
+    err = np.abs(np.log(sel.predictions / true)).mean()
+    assert err_f < err  # the right F and a shared scale beat the local slope here
+    assert np.all(sel_f.lower <= sel_f.predictions) and np.all(sel_f.predictions <= sel_f.upper)
+    # zero-shot costs nothing: the F path spends what the plain one does
+    w = np.asarray(t["model_sizes"])
+    assert sel_f.cost(w, TARGET_SIZE) == pytest.approx(sel.cost(w, TARGET_SIZE))
+
+
+def test_lens_selector_refuses_lens_law_without_f(synthetic_table):
+    from lens_model.selectors import Lens, TableProbes
+
+    t = synthetic_table
+    source = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=25_600)
+    with pytest.raises(ValueError, match="needs F for every candidate"):
+        Lens(predictor="lens_law").select(source, budget=25_600, target_size=1_638_400)
+    with pytest.raises(ValueError, match="predictor must be one of"):
+        Lens(predictor="ntk")
