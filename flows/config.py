@@ -93,6 +93,9 @@ class NtkConfig(_Strict):
     enabled: bool = True
     n_examples: int = Field(32, ge=2, description="probe-set size for the kernel")
     projection_dim: int | None = Field(None, ge=1, description="needed for method: full")
+    rank_with_f: bool = Field(
+        True, description="Lens ranks with the LensLLM law and F (else F is only reported)"
+    )
 
 
 class AdaptiveConfig(_Strict):

@@ -134,6 +134,7 @@ def _select(cfg, data, models, n_params, tracking_uri: str, cache: Path, key: st
         probes,
         n_params,
         f_terms={name: feats["f_term"] for name, feats in ntk.items()} or None,
+        rank_with_f=cfg.ntk.rank_with_f,
         target_size=cfg.target_size,
         budget=cfg.ladder.budget,
         selector=cfg.selector,

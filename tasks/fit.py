@@ -68,6 +68,7 @@ def fit_and_select(
     rank_on: str = "bits_per_byte",
     seed: int = 0,
     f_terms: dict[str, float] | None = None,
+    rank_with_f: bool = True,
     adaptive: dict | None = None,
 ) -> dict:
     """Rank candidates by predicted target loss; returns plain data for logging and registry.
@@ -82,7 +83,8 @@ def fit_and_select(
         ``bits_per_byte`` (tokenizer-independent, the default) or ``loss_per_token``.
     f_terms
         Candidate name -> NTK term F(eta, t); adds the LensLLM law (shared scale) to the laws
-        reported per candidate, and ``Lens`` predicts with it (``predictor="auto"``).
+        reported per candidate, and ``Lens`` predicts with it (``predictor="auto"``) unless
+        ``rank_with_f`` is False.
     adaptive
         The result of ``tasks.live_probes.run_adaptive`` (predictions, intervals, drop reasons
         and probes by candidate name): used instead of re-running ``selector``; candidates may
@@ -115,7 +117,9 @@ def fit_and_select(
     f_keep = None  # F of every remaining candidate, or none: the shared scale needs them all
     if f_terms and all(names[i] in f_terms for i in keep):
         f_keep = np.array([f_terms[names[i]] for i in keep], dtype=float)
-    source = TableProbes(sizes, table[keep], weights, max_size=budget, f_terms=f_keep)
+    source = TableProbes(
+        sizes, table[keep], weights, max_size=budget, f_terms=f_keep if rank_with_f else None
+    )
     selector_obj = None
     if adaptive is None:
         selector_obj = SELECTORS.get(selector)()

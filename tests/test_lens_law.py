@@ -164,3 +164,31 @@ def test_lens_selector_refuses_lens_law_without_f(synthetic_table):
         Lens(predictor="lens_law").select(source, budget=25_600, target_size=1_638_400)
     with pytest.raises(ValueError, match="predictor must be one of"):
         Lens(predictor="ntk")
+
+
+def test_selection_ranks_with_f_unless_the_config_says_not(synthetic_table):
+    from tasks.fit import fit_and_select
+
+    t = synthetic_table
+    probes = {
+        name: [
+            {"subset_size": int(d), "test_bits_per_byte": float(loss)}
+            for d, loss in zip(t["sizes"], row, strict=True)
+            if d <= 25_600
+        ]
+        for name, row in zip(t["models"], t["losses"], strict=True)
+    }
+    n_params = dict(zip(t["models"], t["model_sizes"], strict=True))
+    f_terms = {name: 3.0 * d_l for name, d_l in zip(t["models"], t["params"]["d_l"], strict=True)}
+    kwargs = {"target_size": 1_638_400, "budget": 25_600, "selector": "Lens", "f_terms": f_terms}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert fit_and_select(probes, n_params, **kwargs)["predictor"] == "lens_law"
+        off = fit_and_select(probes, n_params, rank_with_f=False, **kwargs)
+        assert off["predictor"] == "local_slope"
+        assert "lens" in next(iter(off["candidates"].values()))["laws"]  # F still reported
+        partial = dict(list(f_terms.items())[:-1])  # one candidate without F: none use it
+        assert (
+            fit_and_select(probes, n_params, **{**kwargs, "f_terms": partial})["predictor"]
+            == "local_slope"
+        )

@@ -219,7 +219,9 @@ def test_parent_run_artifacts_and_tags(selection, tmp_path):
     local = Path(client.download_artifacts(run_id, "", str(tmp_path)))
     assert (local / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ranking = json.loads((local / "ranking.json").read_text())
-    assert "selected" in json.loads((local / "fit_params.json").read_text())
+    fit_params = json.loads((local / "fit_params.json").read_text())
+    assert "selected" in fit_params
+    assert fit_params["predictor"] == "lens_law"  # NTK on: Lens ranks with F
     assert selection["summary"]["selected"] in json.dumps(ranking)
     cfg = load_config(selection["config_path"])
     resolved = load_config(str(local / "config" / "resolved.yaml"))
