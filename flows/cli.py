@@ -177,7 +177,7 @@ def _select(args: argparse.Namespace) -> int:
     for row in summary["ranking"]:
         print(
             f"  {row['rank']}. {row['candidate']:<28} {row['predicted_loss']:.4f} "
-            f"[{row['interval_low']:.4f}, {row['interval_high']:.4f}] {row['note']}"
+            f"[{row['interval_low']:.4g}, {row['interval_high']:.4g}] {row['note']}"
         )
     print(f"Selected: {summary['selected']}")
     b = summary.get("budget")

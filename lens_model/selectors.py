@@ -272,7 +272,8 @@ class Lens(Selector):
     candidates still running with their NTK terms F and one shared scale, plus the (free)
     zero-shot point (``"lens_law"``; a candidate whose fit gives no finite prediction falls
     back to the local slope). ``"auto"`` (the default) is ``"lens_law"`` when the probe
-    source carries F for every candidate and ``"local_slope"`` otherwise. Each later round
+    source carries F for every candidate and the first round has at least 3 sizes (fewer
+    leave the law no residual degree of freedom), and ``"local_slope"`` otherwise. Each later round
     ranks the candidates still running by predicted target loss, keeps the better ``keep``
     fraction and probes them at ``spacing`` times their largest size (above the budget if need
     be, never at the target), trimming the worst survivors so that the total stays within
@@ -333,12 +334,23 @@ class Lens(Selector):
         points = {i: list(first) for i in range(n)}
         losses = {(i, d): source.loss(i, d) for i in range(n) for d in points[i]}
         f_terms = _usable_f_terms(source)
+        # The law has 3 parameters per curve plus the shared scale: with zero-shot and fewer
+        # than 3 first-round sizes it has no residual degree of freedom (an exact fit, an
+        # unbounded interval), and F decides nothing the data could check.
+        determined = len(first) >= 3
         self.predictor_ = self.predictor
         if self.predictor == "auto":
-            self.predictor_ = "lens_law" if f_terms is not None else "local_slope"
+            use_f = f_terms is not None and determined
+            self.predictor_ = "lens_law" if use_f else "local_slope"
         if self.predictor_ == "lens_law":
             if f_terms is None:
                 raise ValueError("predictor 'lens_law' needs F for every candidate (f_terms)")
+            if not determined:
+                raise ValueError(
+                    f"predictor 'lens_law' needs at least 3 first-round sizes, got {first}: "
+                    "lengthen the ladder (or use predictor 'auto', which then uses the local "
+                    "slope)"
+                )
             self._f_terms = f_terms
             losses.update({(i, 0): source.loss(i, 0) for i in range(n)})  # zero-shot is free
         active = list(range(n))
@@ -409,6 +421,7 @@ class Lens(Selector):
             centre = law.predict([target_size])[:, 0]
             low, high = (v[:, 0] for v in law.predict_interval([target_size]))
         ok = np.asarray(law.converged_, dtype=bool) & np.isfinite(centre)
+        ok &= np.isfinite(low) & np.isfinite(high)
         out = [_nan(len(points)) for _ in range(3)]
         for j, i in enumerate(models):
             if ok[j]:

@@ -192,3 +192,25 @@ def test_selection_ranks_with_f_unless_the_config_says_not(synthetic_table):
             fit_and_select(probes, n_params, **{**kwargs, "f_terms": partial})["predictor"]
             == "local_slope"
         )
+
+
+def test_lens_keeps_the_local_slope_when_the_law_with_f_would_be_underdetermined(
+    synthetic_table,
+):
+    """Two first-round sizes + zero-shot = 3 points per curve for 3 parameters per curve plus
+    the shared scale: an exact fit with an unbounded interval, so F is not used."""
+    from lens_model.selectors import Lens, TableProbes
+
+    t = synthetic_table
+    budget = 3_200  # first round 3200 and 800 (200 x 4 = 800, 800 / 4 = 200 -> 3 sizes)
+    f = np.asarray(t["params"]["d_l"])
+    short = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=800, f_terms=f)
+    lens = Lens()
+    lens.select(short, budget=800, target_size=1_638_400)  # first round 200, 800
+    assert lens.predictor_ == "local_slope"
+    with pytest.raises(ValueError, match="at least 3 first-round sizes"):
+        Lens(predictor="lens_law").select(short, budget=800, target_size=1_638_400)
+    longer = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=budget, f_terms=f)
+    sel = (lens := Lens()).select(longer, budget=budget, target_size=1_638_400)
+    assert lens.predictor_ == "lens_law"
+    assert np.all(np.isfinite(sel.lower)) and np.all(np.isfinite(sel.upper))

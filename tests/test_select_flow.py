@@ -221,7 +221,8 @@ def test_parent_run_artifacts_and_tags(selection, tmp_path):
     ranking = json.loads((local / "ranking.json").read_text())
     fit_params = json.loads((local / "fit_params.json").read_text())
     assert "selected" in fit_params
-    assert fit_params["predictor"] == "lens_law"  # NTK on: Lens ranks with F
+    # NTK on, but Lens's first round (16, 64) is too short for the law with F to be determined
+    assert fit_params["predictor"] == "local_slope"
     assert selection["summary"]["selected"] in json.dumps(ranking)
     cfg = load_config(selection["config_path"])
     resolved = load_config(str(local / "config" / "resolved.yaml"))
