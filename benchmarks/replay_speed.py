@@ -26,8 +26,10 @@ from tasks.tables import load_loss_table  # noqa: E402
 
 
 def main() -> int:
-    table_path = sys.argv[1] if len(sys.argv) > 1 else str(
-        ROOT.parent / "shared" / "benchmarks" / "flan.csv"
+    table_path = (
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else str(ROOT.parent / "shared" / "benchmarks" / "flan.csv")
     )
     if not Path(table_path).is_file():
         print(f"no table at {table_path}; pass one as the first argument")
@@ -40,16 +42,31 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         out = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "benchmark", "--table", table_path, "--out",
-             f"{tmp}/out", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"],
-            cwd=ROOT, capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "benchmark",
+                "--table",
+                table_path,
+                "--out",
+                f"{tmp}/out",
+                "--tracking-uri",
+                f"sqlite:///{tmp}/mlflow.db",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         cli = time.perf_counter() - start
     flow = float(out.stdout.split(" in ")[-1].split(" s")[0])
     print("| table | models | methods | budgets | compute s | flow s | cli s |")
     print("|---|---|---|---|---|---|---|")
-    print(f"| {table['name']} | {len(table['models'])} | {len(DEFAULT_METHODS)} | 7 "
-          f"| {compute:.2f} | {flow:.2f} | {cli:.1f} |")
+    print(
+        f"| {table['name']} | {len(table['models'])} | {len(DEFAULT_METHODS)} | 7 "
+        f"| {compute:.2f} | {flow:.2f} | {cli:.1f} |"
+    )
     return 0
 
 

@@ -82,7 +82,13 @@ def _log_xy(sizes, losses) -> tuple[np.ndarray, np.ndarray]:
 
 
 def power_phase_prediction(
-    sizes, losses, target_size: float, *, k: int = 3, delta: float = 5.0, level: float = 0.9,
+    sizes,
+    losses,
+    target_size: float,
+    *,
+    k: int = 3,
+    delta: float = 5.0,
+    level: float = 0.9,
     noise_floor: float = 0.005,
 ) -> tuple[float, float, float]:
     """AtS prediction at ``target_size`` with a regression prediction interval.
