@@ -295,11 +295,13 @@ def _probe_task(cache: Path):
     )
 
 
-def _submit_probe(probe, cfg, data, name: str, path: str, size: int, settings: dict):
-    """Submit one probe; the single place its arguments are built, so the full ladder and the
-    adaptive path share cache keys. The budget-sized probe saves its weights for the registry."""
-    save_dir = None
-    if size == cfg.ladder.budget:
+def _submit_probe(
+    probe, cfg, data, name: str, path: str, size: int, settings: dict, save_dir: str | None = None
+):
+    """Submit one probe; the single place its arguments are built, so the full ladder, the
+    adaptive path and the registry fine-tune share cache keys. The budget-sized probe (or one
+    given ``save_dir``) saves its weights for the registry."""
+    if save_dir is None and size == cfg.ladder.budget:
         save_dir = _finetuned_dir(cfg, name, data["fingerprint"], settings)
     task = probe
     if save_dir and not Path(save_dir).is_dir():
@@ -322,19 +324,9 @@ def _finetune_for_registry(cfg, data, name, path, largest, settings, cache) -> d
     if size == 0:
         raise ValueError(f"{name} was never fine-tuned (only zero-shot): nothing to register")
     save_dir = _finetuned_dir(cfg, name, data["fingerprint"], settings, size)
-    probe = _probe_task(cache)
-    if not Path(save_dir).is_dir():
-        probe = probe.with_options(refresh_cache=True)  # the weights must exist
     get_run_logger().info("fine-tuning %s on %d examples for the registry", name, size)
-    res = probe.submit(
-        path,
-        data["train"][:size],
-        data["val"],
-        data["test"],
-        save_dir=save_dir,
-        replace_save_dir=True,
-        trust_remote_code=_trust(cfg, name),
-        **settings,
+    res = _submit_probe(
+        _probe_task(cache), cfg, data, name, path, size, settings, save_dir=save_dir
     ).result()
     return _annotate(res, data, name, size)
 
