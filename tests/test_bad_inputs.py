@@ -72,22 +72,22 @@ def _select(probes: dict, selector: str, **kw) -> dict:
 
 
 def _config(tmp: Path, candidates: list[str], **changes) -> dict:
-    """A tiny offline selection (tiny-llama, WordNet, SQLite MLflow), as in test_select_flow."""
-    data = {
-        "name": "bad-input",
-        "dataset": {"source": "wordnet", "val_size": 16, "test_size": 16, "max_examples": 2000},
-        "candidates": candidates,
-        "probe": {"epochs": 1, "batch_size": 8, "max_seq_len": 32, "learning_rate": 0.01},
-        "ladder": {"first_size": LADDER[0], "budget": LADDER[-1]},
-        "target_size": TARGET,
-        "selector": "AtS",
-        "ntk": {"enabled": False},
-        "cache_dir": str(tmp / "cache"),
-        "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bad-input"},
-        "registry": {"model_name": "bad-input-model"},
-    }
-    data.update(changes)
-    return data
+    """test_select_flow's tiny offline selection (tiny-llama, WordNet, SQLite MLflow), ranked
+    by AtS with NTK off, in its own experiment and registered model."""
+    from tests.test_select_flow import _config as tiny_selection
+
+    return tiny_selection(
+        tmp,
+        candidates,
+        **{
+            "name": "bad-input",
+            "selector": "AtS",
+            "ntk": {"enabled": False},
+            "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "bad-input"},
+            "registry": {"model_name": "bad-input-model"},
+            **changes,
+        },
+    )
 
 
 def _write(path: Path, data: dict) -> str:
