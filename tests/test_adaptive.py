@@ -217,3 +217,38 @@ def test_every_candidate_diverging_adaptively_is_a_clear_error():
             target_size=TARGET,
             fraction=0.5,
         )
+
+
+def test_a_probe_flagged_diverged_with_a_finite_loss_is_excluded_too():
+    """Training can diverge while the restored best weights still give a finite test loss:
+    the flag alone excludes the candidate, in the adaptive run and in the final fit."""
+    from tasks.live_probes import run_adaptive_excluding_diverged
+
+    names, fake = _fake_submit([])
+
+    def submit(name: str, size: int) -> dict:
+        res = fake(name, size)
+        if (name, size) == ("m2", 64):
+            res["diverged"] = True  # the metric stays finite
+        return res
+
+    probes, adaptive, excluded = run_adaptive_excluding_diverged(
+        names,
+        N_PARAMS,
+        LADDER,
+        submit,
+        metric_key="test_bits_per_byte",
+        budget=LADDER[-1],
+        target_size=TARGET,
+        fraction=0.5,
+    )
+    assert list(excluded) == ["m2"]
+    result = fit_and_select(
+        probes,
+        dict(zip(names, N_PARAMS, strict=True)),
+        target_size=TARGET,
+        budget=LADDER[-1],
+        selector="Lens",
+        adaptive=adaptive,
+    )
+    assert result["selected"] != "m2" and result["candidates"]["m2"].get("excluded")
