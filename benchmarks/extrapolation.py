@@ -31,33 +31,40 @@ from prefect import flow  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from flows.config import load_config  # noqa: E402
-from flows.select import _attach_f_terms, _probe_settings, _run_ntk, _run_probes  # noqa: E402
+from flows.runners import probe_threads  # noqa: E402
+from flows.select import f_terms_of  # noqa: E402
 from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw  # noqa: E402
 from lens_model.phase import local_slope_prediction, power_phase_prediction  # noqa: E402
 from lens_model.selectors import Lens, TableProbes  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.fit import curve_matrix  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
+from tasks.ntk import candidate_ntk  # noqa: E402
+from tasks.probing import ProbePlan  # noqa: E402
+from tasks.result_storage import result_storage  # noqa: E402
 
 
 @flow(name="extrapolation-benchmark", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def measure(
     config: str, first: int, d: int, overrides: list[str] | None = None
-) -> tuple[dict, dict, list[int]]:
+) -> tuple[dict, dict[str, float]]:
+    """Every candidate's probes on first..8D (cached) and its F at budget D."""
     ladder = [f"ladder.first_size={first}", f"ladder.budget={8 * d}"]
     cfg = load_config(config, [*(overrides or []), *ladder])
     cache = Path(cfg.cache_dir).resolve()
-    data = prepare_data(**cfg.data_kwargs())
+    data = prepare_data(cfg.dataset, cfg.ladder)
     models = {
         c.name: resolve_candidate(c.name, cache_dir=str(cache / "models")) for c in cfg.candidates
     }
-    settings = _probe_settings(cfg, threads=None)
-    ntk = _run_ntk(cfg, data, models, settings, cache)
-    probes = _run_probes(cfg, data, models, settings, cache)
+    threads = probe_threads(cfg.runner)
+    plan = ProbePlan(data, models, cfg.trust(), cfg.probe, threads, cache, result_storage(cache))
+    ntk = candidate_ntk(
+        models, cfg.trust(), data.train, cfg.probe, cfg.ntk, threads=threads, storage=plan.storage
+    )
+    probes = plan.ladder()
     # F uses only what a selection at budget D would know: the steps of the probe at D.
-    known = {n: [p for p in runs if p["subset_size"] <= d] for n, runs in probes.items()}
-    _attach_f_terms(ntk, known, settings["learning_rate"])
-    return probes, ntk, data["sizes"]
+    known = {n: [p for p in runs if p.size <= d] for n, runs in probes.items()}
+    return probes, f_terms_of(ntk, known, cfg.probe.learning_rate)
 
 
 def predictions(
@@ -112,13 +119,13 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="config override"
     )
     args = parser.parse_args(argv)
-    probes, ntk, _ = measure(args.config, args.first, args.d, args.set)
+    probes, f_terms = measure(args.config, args.first, args.d, args.set)
     names = list(probes)
-    sizes, table = curve_matrix(probes, "test_bits_per_byte")
+    sizes, table = curve_matrix(probes, "bits_per_byte")
     sizes = np.array(sizes, dtype=float)
     targets = [4 * args.d, 8 * args.d]
     truth = np.stack([table[:, list(sizes).index(t)] for t in targets], axis=1)
-    f = np.array([ntk[n]["f_term"] for n in names]) if ntk else None
+    f = np.array([f_terms[n] for n in names]) if f_terms else None
     rows = []
     for law, pred in predictions(sizes, table, f, args.d, targets).items():
         err = np.abs(np.log(pred / truth))
@@ -166,12 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{s.mean_err_8D:.3f} | {'yes' if s.ranking_8D else 'no'} | "
             f"{'yes' if s.best_8D else 'no'} |"
         )
-    if ntk:
-        lines += [
-            "",
-            "F(eta, t) per model: "
-            + ", ".join(f"{n} {ntk[n]['f_term']:.4g} (t={ntk[n]['t']:.0f})" for n in names),
-        ]
+    if f_terms:
+        lines += ["", "F(eta, t) per model: " + ", ".join(f"{n} {f_terms[n]:.4g}" for n in names)]
     text = "\n".join(lines)
     (out / "extrapolation.md").write_text(text + "\n")
     print(text)

@@ -35,8 +35,9 @@ import torch  # noqa: E402
 
 from lens_model.ntk import empirical_ntk, ntk_spectrum, per_example_outputs  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
-from tasks.models import DEFAULT_CACHE_DIR  # noqa: E402
-from tasks.probe import (  # noqa: E402
+from tasks.models.store import DEFAULT_CACHE_DIR  # noqa: E402
+from tasks.records import DataSpec, Ladder, ProbeSpec  # noqa: E402
+from tasks.training import (  # noqa: E402
     collate,
     configure_cpu,
     encode_examples,
@@ -123,14 +124,13 @@ def main(argv: list[str] | None = None) -> dict:
     threads = configure_cpu(args.threads) if device.type == "cpu" else None
     n_max = max(args.sizes)
     data = prepare_data(
-        "wordnet", val_size=8, test_size=8, first_size=n_max, budget=n_max, seed=0,
-        max_examples=2000,
-    )  # fmt: skip
-    model, tokenizer, _ = prepare_model(str(model_dir), method="lora", device=device, seed=0)
+        DataSpec(val_size=8, test_size=8, max_examples=2000), Ladder(first_size=n_max, budget=n_max)
+    )
+    model, tokenizer, _ = prepare_model(str(model_dir), ProbeSpec(), device=device)
     if args.attn:
         model.set_attn_implementation(args.attn)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = encode_examples(tokenizer, data["train"], args.max_seq_len)
+    encoded = encode_examples(tokenizer, data.train, args.max_seq_len)
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)

@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from flows.config import load_config  # noqa: E402
-from flows.select import _probe_settings, ntk_kwargs  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 from tasks.ntk import compute_ntk_features  # noqa: E402
@@ -32,27 +31,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
-    data = prepare_data(**cfg.data_kwargs())
-    settings = _probe_settings(cfg, threads=None)
+    data = prepare_data(cfg.dataset, cfg.ladder)
     # One untimed NTK on the tiny built-in: the first torch.func call of a process pays a
     # one-off warm-up (several seconds) that would otherwise be charged to the first candidate.
     tiny = resolve_candidate("tiny-llama", cache_dir=str(Path(cfg.cache_dir) / "models"))
-    compute_ntk_features(tiny, data["train"][:4], max_seq_len=settings["max_seq_len"])
+    compute_ntk_features(tiny, data.train[:4], cfg.probe)
     rows = []
     for cand in cfg.candidates:
         path = resolve_candidate(cand.name, cache_dir=str(Path(cfg.cache_dir) / "models"))
         start = time.perf_counter()
         feats = compute_ntk_features(
-            path, data["train"][: cfg.ntk.n_examples], **ntk_kwargs(cfg, settings)
+            path, data.train[: cfg.ntk.n_examples], cfg.probe, projection_dim=cfg.ntk.projection_dim
         )
         ntk_s = time.perf_counter() - start
         start = time.perf_counter()
-        for size in [0, *data["sizes"]]:
-            run_probe(
-                path, data["train"][:size], data["val"], data["test"], progress=False, **settings
-            )
+        for size in [0, *data.sizes]:
+            run_probe(path, data.for_probe(size), cfg.probe, progress=False)
         ladder_s = time.perf_counter() - start
-        rows.append((cand.name, feats["n"], ntk_s, ladder_s, feats["peak_rss_mb"]))
+        rows.append((cand.name, feats.n, ntk_s, ladder_s, feats.peak_rss_mb))
         print(f"{cand.name}: NTK {ntk_s:.1f} s, ladder {ladder_s:.1f} s", flush=True)
     print("\n| candidate | NTK n | NTK s | ladder s | NTK / ladder | peak RSS MB |")
     print("|---|---|---|---|---|---|")

@@ -1,11 +1,12 @@
 """Orchestration + tracking overhead of one probe: the pipeline's task path vs a bare loop.
 
-Task path: what ``flows/select.py`` does per probe: the cached ``probe_task`` (INPUTS +
-TASK_SOURCE, persisted result, here with ``refresh_cache=True`` so it is really computed)
-submitted inside a Prefect flow, then the result logged to MLflow (``tasks.tracking.log_probe``
-on a run). Bare loop: the same steps written directly with the building blocks of
-``tasks/probe.py`` (``prepare_model``, ``encode_examples``, ``train_batches``/``collate``,
-``train_step``, ``evaluate_loss``) on the same model, data and settings.
+Task path: what the select flow does per probe: the cached ``probe_task`` (inputs + code
+version, persisted result, here with ``refresh_cache=True`` so it is really computed)
+submitted inside a Prefect flow, then the result logged to MLflow
+(``tasks.tracking.runs.log_probe`` on a run). Bare loop: the same steps written directly with
+the building blocks of ``tasks/training.py`` (``prepare_model``, ``encode_examples``,
+``train_batches``/``collate``, ``train_step``, ``evaluate_loss``) on the same model, data and
+settings.
 
 Both sides run ``--repeats`` times, interleaved, in one process after one untimed warm-up of
 each (imports, Prefect's temporary API, the SQLite schema); the fastest repeat of each side
@@ -35,17 +36,21 @@ sys.path.insert(0, str(PROJECT))
 
 import torch  # noqa: E402
 from prefect import flow  # noqa: E402
-from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 
-from tasks import tracking  # noqa: E402
+from tasks.cache import cached  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
-from tasks.models import DEFAULT_CACHE_DIR, resolve_candidate  # noqa: E402
-from tasks.probe import (  # noqa: E402
+from tasks.models import resolve_candidate  # noqa: E402
+from tasks.models.store import DEFAULT_CACHE_DIR  # noqa: E402
+from tasks.probe import probe_task  # noqa: E402
+from tasks.probing import NOT_IN_CACHE_KEY  # noqa: E402
+from tasks.records import DataSpec, Ladder, PreparedData, ProbeSpec  # noqa: E402
+from tasks.tracking.client import Tracker  # noqa: E402
+from tasks.tracking.runs import log_probe  # noqa: E402
+from tasks.training import (  # noqa: E402
     configure_cpu,
     encode_examples,
     evaluate_loss,
     prepare_model,
-    probe_task,
     train_batches,
     train_step,
 )
@@ -58,92 +63,64 @@ def default_model() -> str:
     return "smollm2-135m-l8" if (DEFAULT_CACHE_DIR / "smollm2-135m-l8").is_dir() else "tiny-llama"
 
 
-def probe_settings(args: argparse.Namespace) -> dict:
-    """The keyword settings the select flow passes to ``probe_task`` (see ``_probe_settings``)."""
-    return {
-        "method": "lora",
-        "lora_r": 8,
-        "lora_alpha": 16,
-        "lora_dropout": 0.0,
-        "target_modules": ["q_proj", "v_proj"],
-        "learning_rate": args.learning_rate,
-        "max_steps": None,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "max_seq_len": args.max_seq_len,
-        "early_stopping_patience": 2,
-        "seed": 0,
-        "device": "cpu",
-        "threads": args.threads,
-    }
+def probe_spec(args: argparse.Namespace) -> ProbeSpec:
+    """The probe recipe both sides run (LoRA r = 8 on q_proj/v_proj, CPU)."""
+    return ProbeSpec(
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_seq_len=args.max_seq_len,
+        device="cpu",
+    )
 
 
 @flow(name="probe-overhead")
 def task_path_flow(
-    model_dir: str, data: dict, settings: dict, result_dir: str, tracking_uri: str, run_id: str
+    model_dir: str,
+    data: PreparedData,
+    spec: ProbeSpec,
+    threads: int,
+    result_dir: str,
+    tracking_uri: str,
+    run_id: str,
 ) -> dict:
     """One probe as the select flow runs it: cached probe task, then MLflow logging."""
-    task = probe_task.with_options(
-        cache_policy=INPUTS + TASK_SOURCE,
-        persist_result=True,
-        result_storage=Path(result_dir),
-        refresh_cache=True,  # really compute it every time
-    )
+    task = cached(probe_task, Path(result_dir), exclude=NOT_IN_CACHE_KEY, refresh=True)
     start = time.perf_counter()
-    result = dict(
-        task.submit(model_dir, data["train"], data["val"], data["test"], **settings).result()
-    )
-    result.update(
-        subset_size=len(data["train"]),
-        subset_fingerprint=data["subset_fingerprints"][len(data["train"])],
-        test_fingerprint=data["test_fingerprint"],
-        test_size=len(data["test"]),
-        dataset_name="wordnet",
-        dataset_source="wordnet",
-    )
-    tracking.log_probe(
-        tracking_uri, run_id, {k: v for k, v in result.items() if k not in ("history",)}
-    )
-    result["per_probe_s"] = time.perf_counter() - start
-    return result
+    size = data.sizes[-1]
+    result = task.submit(model_dir, data.for_probe(size), spec, threads=threads).result()
+    log_probe(Tracker(tracking_uri), run_id, result, data)
+    return {**result.model_dump(), "per_probe_s": time.perf_counter() - start}
 
 
-def bare_loop(model_dir: str, data: dict, settings: dict) -> dict:
+def bare_loop(model_dir: str, data: PreparedData, spec: ProbeSpec, threads: int) -> dict:
     """The probe's steps written out: load + LoRA, validate, train, validate, restore, test."""
     start = time.perf_counter()
-    configure_cpu(settings["threads"])
-    model, tokenizer, _ = prepare_model(
-        model_dir,
-        method=settings["method"],
-        lora_r=settings["lora_r"],
-        lora_alpha=settings["lora_alpha"],
-        lora_dropout=settings["lora_dropout"],
-        target_modules=settings["target_modules"],
-        device="cpu",
-        seed=settings["seed"],
-    )
+    configure_cpu(threads)
+    model, tokenizer, _ = prepare_model(model_dir, spec, device="cpu")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    seq, bs = settings["max_seq_len"], settings["batch_size"]
-    eval_kw = {"batch_size": max(bs, 16), "max_seq_len": seq}
-    encoded = encode_examples(tokenizer, data["train"], seq)
+    eval_kw = {"batch_size": spec.eval_batch_size, "max_seq_len": spec.max_seq_len}
+    encoded = encode_examples(tokenizer, data.train, spec.max_seq_len)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings["learning_rate"], weight_decay=0.0)
-    torch.manual_seed(settings["seed"])
-    best_val = evaluate_loss(model, tokenizer, data["val"], **eval_kw)["loss"]
+    optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
+    torch.manual_seed(spec.seed)
+    best_val = evaluate_loss(model, tokenizer, data.val, **eval_kw)["loss"]
     best = [p.detach().clone() for p in params]
     steps = 0
-    for epoch in range(settings["epochs"]):
-        batches = train_batches(encoded, bs, seed=settings["seed"], epoch=epoch, pad_token_id=pad)
+    for epoch in range(spec.epochs):
+        batches = train_batches(
+            encoded, spec.batch_size, seed=spec.seed, epoch=epoch, pad_token_id=pad
+        )
         for batch in batches:
             train_step(model, batch, optimizer)
             steps += 1
-        val = evaluate_loss(model, tokenizer, data["val"], **eval_kw)["loss"]
+        val = evaluate_loss(model, tokenizer, data.val, **eval_kw)["loss"]
         if val < best_val:
             best_val, best = val, [p.detach().clone() for p in params]
     with torch.no_grad():
         for p, saved in zip(params, best, strict=True):
             p.copy_(saved)
-    test = evaluate_loss(model, tokenizer, data["test"], **eval_kw)
+    test = evaluate_loss(model, tokenizer, data.test, **eval_kw)
     return {
         "test_bits_per_byte": test["bits_per_byte"],
         "steps": steps,
@@ -151,7 +128,7 @@ def bare_loop(model_dir: str, data: dict, settings: dict) -> dict:
     }
 
 
-def bare_loop_in_thread(model_dir: str, data: dict, settings: dict) -> dict:
+def bare_loop_in_thread(model_dir: str, data: PreparedData, spec: ProbeSpec, threads: int):
     """:func:`bare_loop` on a fresh thread, as Prefect's thread pool runs the probe task.
 
     ``configure_cpu`` flushes denormals, a per-thread CPU flag that OpenMP worker threads
@@ -161,7 +138,7 @@ def bare_loop_in_thread(model_dir: str, data: dict, settings: dict) -> dict:
     sides run on a thread that sets the flag before its first parallel region.
     """
     out: dict = {}
-    worker = threading.Thread(target=lambda: out.update(bare_loop(model_dir, data, settings)))
+    worker = threading.Thread(target=lambda: out.update(bare_loop(model_dir, data, spec, threads)))
     worker.start()
     worker.join()
     if not out:
@@ -203,28 +180,31 @@ def main(argv: list[str] | None = None) -> dict:
     uri = f"sqlite:///{work / 'mlflow.db'}"
     model_dir = resolve_candidate(args.model)
     data = prepare_data(
-        "wordnet", val_size=args.val_size, test_size=args.test_size, first_size=args.size,
-        budget=args.size, seed=0, max_examples=2000,
-    )  # fmt: skip
-    settings = probe_settings(args)
-    run_id = tracking.start_run(uri, "probe-overhead", f"overhead-{args.model}")
+        DataSpec(val_size=args.val_size, test_size=args.test_size, max_examples=2000),
+        Ladder(first_size=args.size, budget=args.size),
+    )
+    spec = probe_spec(args)
+    tracker = Tracker(uri)
+    run_id = tracker.create_run("probe-overhead", f"overhead-{args.model}")
 
     def task_side() -> tuple[float, float, dict]:
         start = time.perf_counter()
-        res = task_path_flow(model_dir, data, settings, str(work / "results"), uri, run_id)
+        res = task_path_flow(
+            model_dir, data, spec, args.threads, str(work / "results"), uri, run_id
+        )
         return res["per_probe_s"], time.perf_counter() - start, res
 
     print(f"model {args.model}, {args.size} train / {args.val_size} val / {args.test_size} test, "
           f"{args.epochs} epoch(s), batch {args.batch_size}, seq {args.max_seq_len}, "
           f"{args.threads} threads; warm-up ...", flush=True)  # fmt: skip
     task_side()
-    bare_loop_in_thread(model_dir, data, settings)
+    bare_loop_in_thread(model_dir, data, spec, args.threads)
     task_probe, task_flow, bare = [], [], []
     for i in range(args.repeats):
         time.sleep(args.settle)
         per_probe, per_flow, res = task_side()
         time.sleep(args.settle)
-        out = bare_loop_in_thread(model_dir, data, settings)
+        out = bare_loop_in_thread(model_dir, data, spec, args.threads)
         task_probe.append(per_probe)
         task_flow.append(per_flow)
         bare.append(out["wall_time_s"])
@@ -236,7 +216,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{'' if same else '  (DIFFERENT)'}",
             flush=True,
         )
-    tracking.end_run(uri, run_id)
+    tracker.end_run(run_id)
     med = {
         "task": statistics.median(task_probe),
         "flow": statistics.median(task_flow),

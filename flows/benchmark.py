@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from lens_model.selectors import SELECTORS
+from flows.config import check_selector
 from tasks.replay import (
     SELECTION_COLUMNS,
     cost_accuracy_task,
@@ -21,7 +21,9 @@ from tasks.replay import (
     write_report,
 )
 from tasks.tables import load_loss_table_task
-from tasks.tracking import default_tracking_uri, log_benchmark_run
+from tasks.tracking import tags as T
+from tasks.tracking.client import Tracker
+from tasks.tracking.runs import log_benchmark_run
 
 DEFAULT_METHODS = [
     "ZeroShot",
@@ -53,10 +55,10 @@ def benchmark_flow(
     logger = get_run_logger()
     methods = list(methods or DEFAULT_METHODS)
     for name in methods:
-        SELECTORS.get(name)  # unknown names fail here, with suggestions, before any work
+        check_selector(name, "methods")  # fails here, with suggestions, before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tracking_uri = tracking_uri or default_tracking_uri()
+    tracker = Tracker(tracking_uri) if tracking_uri else Tracker.local()
     started = time.perf_counter()
     selection, fit_error, tradeoff, runs = [], [], [], {}
     for path in tables:
@@ -92,11 +94,11 @@ def benchmark_flow(
             for name, col in (("Cost", "cost"), ("PearCorr", "pear_corr"), ("RelAcc", "rel_acc"))
         ]
         runs[dataset] = log_benchmark_run(
-            tracking_uri=tracking_uri,
+            tracker,
             experiment=experiment,
             run_name=f"replay-{dataset}",
             params={"methods": ",".join(methods), "dataset": dataset},
-            tags={"lensllm.kind": "replay-benchmark"},
+            tags={T.TASK: f"replay-{dataset}"},
             metrics=metrics,
             artifacts_dir=str(out),
         )

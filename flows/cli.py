@@ -3,40 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import linecache
 import logging
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-_PROJECT_PACKAGES = ("flows", "tasks", "lens_model", "infra")
-_PROJECT_DIRS = tuple(
-    f"{Path(__file__).resolve().parents[1] / package}{os.sep}" for package in _PROJECT_PACKAGES
+from tasks.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, LensLLMUserError
+
+EXIT_CODES_HELP = (
+    f"exit status: 0 success, 1 a bug (with its traceback), {EXIT_BAD_INPUT} bad input "
+    f"(config, data, candidates, tables), {EXIT_UNREACHABLE} a server that should answer does not "
+    "(MLflow, S3, the hub): start it and run the same command again"
 )
 
 
 def is_input_error(err: BaseException) -> bool:
-    """True when ``err``'s message is written for the user: one line, exit status 2.
-
-    That is an exception class of this project (``ConfigError``, ``CandidateError``,
-    ``HubUnavailableError``, ``DataError``, ``LossTableError``, ``ProbeDivergedError``,
-    ``ProbeOutOfMemoryError``, ...), or a plain ``ValueError`` / ``FileNotFoundError`` that a
-    ``raise`` statement of this project's code raised (the codebase's convention for a bad
-    value). Anything else, such as a library's ``ValueError``, a ``KeyError`` or a ``ValueError``
-    from a builtin call in our code, is unexpected and keeps its traceback.
-    """
-    if type(err).__module__.split(".")[0] in _PROJECT_PACKAGES:
-        return True
-    if type(err) not in (ValueError, FileNotFoundError) or err.__traceback__ is None:
-        return False
-    tb = err.__traceback__
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    file = tb.tb_frame.f_code.co_filename
-    line = linecache.getline(file, tb.tb_lineno).lstrip()
-    return file.startswith(_PROJECT_DIRS) and line.startswith("raise ")
+    """True when ``err`` was written for the user (a :class:`LensLLMUserError`): one line, its
+    ``exit_code``. Anything else is a bug and keeps its traceback."""
+    return isinstance(err, LensLLMUserError)
 
 
 class _InputErrorWithoutTraceback(logging.Filter):
@@ -72,24 +57,14 @@ def _no_tracebacks_for_input_errors() -> Iterator[None]:
             handler.removeFilter(flt)
 
 
-def _check_selector(name: str, where: str) -> None:
-    """An unknown selector name as a ``ConfigError`` (the registry raises a ``KeyError``)."""
-    from flows.config import ConfigError
-    from lens_model.selectors import SELECTORS
-
-    try:
-        SELECTORS.get(name)
-    except KeyError as err:
-        raise ConfigError(f"{where}: {err.args[0]}") from None
-
-
 def _benchmark(args: argparse.Namespace) -> int:
     from flows.benchmark import benchmark_flow
+    from flows.config import check_selector
     from tasks.tables import load_loss_table
 
     # Bad names and bad tables fail here, with one clear line, before Prefect starts.
     for name in args.methods or []:
-        _check_selector(name, "--methods")
+        check_selector(name, "--methods")
     for path in args.table:
         load_loss_table(path)
 
@@ -108,7 +83,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from tasks.tracking import default_tracking_uri
+    from tasks.tracking.client import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     cmd = [
@@ -130,7 +105,9 @@ def _ui(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lensllm", description="Select the open LLM to fine-tune from cheap probes."
+        prog="lensllm",
+        description="Select the open LLM to fine-tune from cheap probes.",
+        epilog=EXIT_CODES_HELP,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -173,42 +150,57 @@ def _select(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides)  # fail on a bad config before starting Prefect
     with _no_tracebacks_for_input_errors():
         summary = flow_with_runner(cfg)(config_path=args.config, overrides=overrides)
-    print("\nRanking (" + summary["rank_on"] + ", predicted at the target size):")
-    for row in summary["ranking"]:
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary) -> None:
+    """What ``lensllm select`` prints at the end: ranking, compute, registry, where to look."""
+    result = summary.result
+    print("\nRanking (" + result.rank_on + ", predicted at the target size):")
+    for row in result.ranking_rows():
         print(
             f"  {row['rank']}. {row['candidate']:<28} {row['predicted_loss']:.4f} "
             f"[{row['interval_low']:.4g}, {row['interval_high']:.4g}] {row['note']}"
         )
-    print(f"Selected: {summary['selected']}")
-    b = summary.get("budget")
-    if b:
-        mode = "adaptive (Lens)" if summary.get("adaptive") else "full ladder"
-        print(
-            f"Probe compute ({mode}, parameters x examples): {b['compute_spent']:.4g} spent, "
-            f"{b['compute_spent'] / b['compute_full_ladder']:.1%} of the full ladder "
-            f"({b['compute_full_ladder']:.4g}), "
-            f"{b['compute_spent'] / b['compute_full_finetune_all']:.2%} of fine-tuning every "
-            f"candidate on the target ({b['compute_full_finetune_all']:.4g}); "
-            f"{b['n_probes']} probes, {b['flops_spent']:.3g} FLOPs"
-        )
-    reg = summary.get("registry")
-    if reg and reg.get("skipped"):
-        print(f"Registry skipped: {reg['skipped']}")
-    elif reg:
-        print(f"Registered version {reg.get('version')} with aliases {reg.get('aliases')}")
-        print(f"  promoted to champion: {reg.get('promoted')} ({reg.get('reason')})")
-    print(f"Curve plot: {summary['plot']}")
+    print(f"Selected: {result.selected}")
+    b = summary.budget
+    mode = "adaptive (Lens)" if summary.adaptive else "full ladder"
     print(
-        f"MLflow run {summary['run_id']}: open the UI with `lensllm ui` "
-        f"(store {summary['tracking_uri']})"
+        f"Probe compute ({mode}, parameters x examples): {b.compute_spent:.4g} spent, "
+        f"{b.ladder_share:.1%} of the full ladder ({b.compute_full_ladder:.4g}), "
+        f"{b.full_finetune_share:.2%} of fine-tuning every candidate on the target "
+        f"({b.compute_full_finetune_all:.4g}); {b.n_probes} probes, {b.flops_spent:.3g} FLOPs"
     )
+    reg = summary.registration
+    if reg is None:
+        print("Registry: disabled (registry.enabled: false)")
+    else:
+        print(f"Registered version {reg.version} with aliases {reg.aliases}")
+        print(f"  promoted to champion: {reg.promoted} ({reg.reason})")
+    print(f"Curve plot: {summary.plot}")
+    from tasks.tracking.secrets import display_uri
+
+    print(
+        f"MLflow run {summary.run_id}: open the UI with `lensllm ui` "
+        f"(store {display_uri(summary.tracking_uri)})"
+    )
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from tasks.models import BUILTIN
+
+    for name in BUILTIN.names():
+        family = BUILTIN.get(name)
+        print(f"{', '.join(family.examples):<58} {family.source}")
     return 0
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
     from tasks.models import prepare
 
-    for info in prepare(args.names or ["smollm2-135m"]):
+    names = args.names or ["smollm2-135m"]
+    for info in prepare(names):
         print(info)
     return 0
 
@@ -229,20 +221,20 @@ def _add_pipeline_commands(sub) -> None:
     prep = msub.add_parser("prepare", help="install and convert built-in models (offline cache)")
     prep.add_argument("names", nargs="*", help="built-in names (default: smollm2-135m)")
     prep.set_defaults(func=_models_prepare)
+    listing = msub.add_parser("list", help="the built-in candidates and where they come from")
+    listing.set_defaults(func=_models_list)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a ``lensllm`` command. Bad input (see :func:`is_input_error`) prints one
-    ``lensllm: error:`` line saying what to fix and returns 2; other errors propagate with
-    their traceback."""
+    """Run a ``lensllm`` command. An error written for the user (:func:`is_input_error`)
+    prints one ``lensllm: error:`` line saying what to fix and returns its exit code (2 bad
+    input, 3 a server that does not answer); other errors propagate with their traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Exception as err:
-        if not is_input_error(err):
-            raise
+    except LensLLMUserError as err:
         print(f"lensllm: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
 
 
 if __name__ == "__main__":

@@ -13,89 +13,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tasks.errors import ConfigError
+from tasks.records import DataSpec, Ladder, NtkSpec, ProbeSpec
 
-class ConfigError(ValueError):
-    """An invalid config; the message names the field and how to fix it."""
+__all__ = ["ConfigError", "SelectionConfig", "load_config", "check_selector"]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DatasetConfig(_Strict):
-    source: str = Field("wordnet", description="wordnet | manpages | local file | hub id")
-    path: str | None = None
-    prompt_field: str | None = None
-    target_field: str | None = None
-    template: str | None = None
-    group_field: str | None = None
-    val_size: int = Field(64, ge=1)
-    test_size: int = Field(64, ge=1)
-    max_examples: int | None = Field(None, ge=1)
-    seed: int = 0
-
-
 class CandidateConfig(_Strict):
     name: str
     trust_remote_code: bool = False
-
-
-class ProbeConfig(_Strict):
-    method: Literal["lora", "full"] = "lora"
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["q_proj", "v_proj"]
-    learning_rate: float = Field(2e-3, gt=0)
-    epochs: int = Field(2, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    early_stopping_patience: int = Field(2, ge=1)
-    batch_size: int = Field(8, ge=1)
-    max_seq_len: int = Field(48, ge=8)
-    seed: int = 0
-    device: str = "auto"
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu") and not v.startswith("cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {v!r}")
-        return v
-
-
-class LadderConfig(_Strict):
-    first_size: int = Field(32, ge=1)
-    budget: int = Field(256, ge=1)
-
-    @model_validator(mode="after")
-    def _doubling(self) -> LadderConfig:
-        if self.budget < self.first_size:
-            raise ValueError(
-                f"ladder.budget ({self.budget}) is smaller than ladder.first_size "
-                f"({self.first_size}); raise the budget or lower the first size"
-            )
-        ratio = self.budget // self.first_size
-        if self.budget % self.first_size or ratio & (ratio - 1):
-            raise ValueError(
-                f"ladder.budget ({self.budget}) must be ladder.first_size ({self.first_size}) "
-                "times a power of two (the ladder doubles)"
-            )
-        return self
-
-    def sizes(self) -> list[int]:
-        out = [self.first_size]
-        while out[-1] < self.budget:
-            out.append(out[-1] * 2)
-        return out
-
-
-class NtkConfig(_Strict):
-    enabled: bool = True
-    n_examples: int = Field(32, ge=2, description="probe-set size for the kernel")
-    projection_dim: int | None = Field(None, ge=1, description="needed for method: full")
-    rank_with_f: bool = Field(
-        True, description="Lens ranks with the LensLLM law and F (else F is only reported)"
-    )
 
 
 class AdaptiveConfig(_Strict):
@@ -179,11 +109,11 @@ class RunnerConfig(_Strict):
 
 class SelectionConfig(_Strict):
     name: str = Field("demo", description="task key: what the registry compares champions on")
-    dataset: DatasetConfig = DatasetConfig()
+    dataset: DataSpec = DataSpec()
     candidates: list[CandidateConfig]
-    probe: ProbeConfig = ProbeConfig()
-    ladder: LadderConfig = LadderConfig()
-    ntk: NtkConfig = NtkConfig()
+    probe: ProbeSpec = ProbeSpec()
+    ladder: Ladder = Ladder()
+    ntk: NtkSpec = NtkSpec()
     adaptive: AdaptiveConfig = AdaptiveConfig()
     target_size: int = Field(4096, ge=1)
     selector: str = "Lens"
@@ -224,35 +154,17 @@ class SelectionConfig(_Strict):
     def _check_selection_settings(self) -> None:
         """The selector exists and an adaptive cap fits the ladder (deployment runs, which
         skip the CLI, get the same errors before any probe)."""
-        from lens_model.selectors import SELECTORS
         from tasks.live_probes import adaptive_settings
 
-        try:
-            SELECTORS.get(self.selector)
-        except KeyError as err:
-            raise ValueError(f"selector: {err.args[0]}") from None
+        check_selector(self.selector, "selector")
         if self.adaptive.enabled:
             sizes = self.ladder.sizes()
             fraction = self.adaptive.ladder_fraction(self.target_size, sizes)
             adaptive_settings(sizes, self.ladder.budget, fraction)
 
-    def data_kwargs(self) -> dict:
-        """Keyword arguments of ``tasks.data.prepare_data`` for this config."""
-        d = self.dataset
-        return {
-            "source": d.source,
-            "path": d.path,
-            "prompt_field": d.prompt_field,
-            "target_field": d.target_field,
-            "template": d.template,
-            "group_field": d.group_field,
-            "val_size": d.val_size,
-            "test_size": d.test_size,
-            "first_size": self.ladder.first_size,
-            "budget": self.ladder.budget,
-            "seed": d.seed,
-            "max_examples": d.max_examples,
-        }
+    def trust(self) -> dict[str, bool]:
+        """Candidate name -> whether its own model code may run (off unless opted in)."""
+        return {c.name: c.trust_remote_code for c in self.candidates}
 
     def resolved_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -260,6 +172,18 @@ class SelectionConfig(_Strict):
     def config_hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def check_selector(name: str, where: str) -> None:
+    """The one check of a selector name: unknown names raise ``ConfigError`` naming ``where``
+    with a "did you mean" (the config, ``lensllm benchmark --methods`` and the benchmark flow
+    use it)."""
+    from lens_model.selectors import SELECTORS
+
+    try:
+        SELECTORS.get(name)
+    except KeyError as err:
+        raise ConfigError(f"{where}: {err.args[0]}") from None
 
 
 def _apply_override(data: dict, dotted: str) -> None:

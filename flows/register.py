@@ -16,18 +16,18 @@ import json
 
 from prefect import flow
 
-from tasks.registry import version_description, version_tags
-from tasks.tracking import (
-    TAG_SELECTION_KEY,
-    default_tracking_uri,
+from tasks.registration import (
     end_run_task,
-    find_model_version_task,
+    find_version_task,
     log_model_task,
-    model_version_info_task,
-    promote_task,
-    register_model_version_task,
+    promotion_gate_task,
+    register_version_task,
     start_run_task,
+    version_info_task,
 )
+from tasks.registry import version_description, version_tags
+from tasks.tracking import tags as T
+from tasks.tracking.client import default_tracking_uri
 
 
 @flow(name="register-model")
@@ -66,43 +66,35 @@ def register_flow(
         selector=selector,
         extra=tags,
     )
-    version = find_model_version_task(
-        tracking_uri, registered_name, {TAG_SELECTION_KEY: selection_key}
-    )
+    version = find_version_task(tracking_uri, registered_name, {T.SELECTION_KEY: selection_key})
     run_id = None
     if version is None:
         run_id = start_run_task(
             tracking_uri,
             experiment,
             f"register-{registered_name}",
-            tags=all_tags,
-            params={"model_dir": model_dir, "margin": margin, "max_new_tokens": max_new_tokens},
-            parent_run_id=parent_run_id,
+            {**all_tags, T.RUN_KIND: "register"},
+            {"model_dir": model_dir, "margin": margin, "max_new_tokens": max_new_tokens},
+            parent_run_id,
         )
         try:
-            logged = log_model_task(tracking_uri, run_id, model_dir, max_new_tokens=max_new_tokens)
-            version = register_model_version_task(
+            logged = log_model_task(tracking_uri, run_id, model_dir, max_new_tokens)
+            version = register_version_task(
                 tracking_uri,
                 registered_name,
-                model_uri=logged["model_uri"],
-                run_id=run_id,
-                model_id=logged["model_id"],
-                tags=all_tags,
-                description=version_description(all_tags),
+                logged,
+                run_id,
+                all_tags,
+                version_description(all_tags),
             )
         except Exception:
             end_run_task(tracking_uri, run_id, "FAILED")
             raise
         end_run_task(tracking_uri, run_id, "FINISHED")
-    decision = promote_task(
-        tracking_uri,
-        registered_name,
-        version,
-        margin=margin,
-        require_disjoint_intervals=require_disjoint_intervals,
-        lock_dir=lock_dir,
+    decision = promotion_gate_task(
+        tracking_uri, registered_name, version, margin, require_disjoint_intervals, lock_dir
     )
-    info = model_version_info_task(tracking_uri, registered_name, version)
+    info = version_info_task(tracking_uri, registered_name, version)
     return {
         "version": version,
         "aliases": info["aliases"],

@@ -94,21 +94,21 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    from tasks.tracking import default_tracking_uri, rollback
+    from tasks.tracking.client import Tracker
+    from tasks.tracking.registry import ModelRegistry
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
-    result = rollback(uri, args.name)
+    tracker = Tracker.resolve(args.tracking_uri, ".lensllm")
+    tracker.check_reachable()
+    result = ModelRegistry(tracker, args.name).rollback()
     print(
         f"{args.name}: champion moved back from v{result['rolled_back_from']} "
-        f"to v{result['champion']} ({uri})"
+        f"to v{result['champion']} ({tracker.display_uri})"
     )
     return 0
 
 
 def add_commands(sub) -> None:
     """Add ``stack``, ``deploy``, ``worker`` and ``registry`` to the ``lensllm`` parser."""
-    from infra.stack import StackError
-
     stack = sub.add_parser("stack", help="local servers: S3 (SeaweedFS), MLflow, Prefect")
     ssub = stack.add_subparsers(dest="stack_command", required=True)
     up = ssub.add_parser("up", help="start the servers on 127.0.0.1 (idempotent)")
@@ -117,23 +117,23 @@ def add_commands(sub) -> None:
     up.add_argument("--mlflow-port", type=int, help="MLflow port (default 5000)")
     up.add_argument("--prefect-port", type=int, help="Prefect port (default 4200)")
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to become healthy")
-    up.set_defaults(func=_guard(_stack_up, StackError))
+    up.set_defaults(func=_stack_up)
     down = ssub.add_parser("down", help="stop the servers (data is kept)")
     _root_arg(down)
     down.add_argument("--timeout", type=float, default=20.0, help="seconds before SIGKILL")
-    down.set_defaults(func=_guard(_stack_down, StackError))
+    down.set_defaults(func=_stack_down)
     st = ssub.add_parser("status", help="pid, port and health of each server")
     _root_arg(st)
     st.add_argument("--json", action="store_true")
-    st.set_defaults(func=_guard(_stack_status, StackError))
+    st.set_defaults(func=_stack_status)
 
     dep = sub.add_parser("deploy", help="register the Prefect deployments on the stack")
     _root_arg(dep)
-    dep.set_defaults(func=_guard(_deploy, StackError))
+    dep.set_defaults(func=_deploy)
     work = sub.add_parser("worker", help="run a Prefect process worker on lensllm-pool")
     _root_arg(work)
     work.add_argument("prefect_args", nargs="*", help="extra `prefect worker start` options")
-    work.set_defaults(func=_guard(_worker, StackError))
+    work.set_defaults(func=_worker)
 
     reg = sub.add_parser("registry", help="model registry operations")
     rsub = reg.add_subparsers(dest="registry_command", required=True)
@@ -141,16 +141,3 @@ def add_commands(sub) -> None:
     rb.add_argument("--name", required=True, help="registered model name")
     rb.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else .lensllm/mlflow.db")
     rb.set_defaults(func=_rollback)
-
-
-def _guard(func, error: type[Exception]):
-    """Print a StackError as one ``lensllm: error:`` line with exit status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except error as err:
-            print(f"lensllm: error: {err}", file=sys.stderr)
-            return 2
-
-    return run

@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tasks.errors import LensLLMUserError
+
 HOST = "127.0.0.1"
 BUCKET = "lensllm"
 REGION = "us-east-1"
@@ -54,8 +56,9 @@ WEED_INTERNAL_PORTS = (
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class StackError(RuntimeError):
-    """A stack server could not be started, checked or stopped; the message says how to fix it."""
+class StackError(LensLLMUserError, RuntimeError):
+    """A stack server could not be started, checked or stopped; the message says how to fix it
+    (exit status 2 in the CLI)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,25 +15,15 @@ fix it (a lower ``probe.learning_rate``, or dropping the candidate from the conf
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from lens_model.selectors import Lens
 from lens_model.tradeoff import FIRST_TOPS, first_round, lens_settings
-
-
-class ProbeDivergedError(ValueError):
-    """A probe read by the adaptive selector diverged: there is no loss to rank it by.
-
-    ``candidate`` and ``size`` name the probe when known.
-    """
-
-    def __init__(self, message: str, *, candidate: str | None = None, size: int | None = None):
-        super().__init__(message)
-        self.candidate = candidate
-        self.size = size
+from tasks.errors import ProbeDivergedError
+from tasks.fit import AdaptiveOutcome
+from tasks.records import RANK_KEYS, AdaptiveRun, Budget, ProbeResult
 
 
 class LiveProbes:
@@ -48,9 +38,9 @@ class LiveProbes:
     sizes : sequence of int
         Ladder sizes that may be probed, increasing; 0 (zero-shot) is added if missing.
     submit : callable
-        ``submit(name, size)`` -> a future (``.result()``) or a result dict: the probe.
-    metric_key : str
-        The probe result key ranked on (``test_bits_per_byte`` or ``test_loss``).
+        ``submit(name, size)`` -> a future (``.result()``) or a :class:`ProbeResult`.
+    rank_on : str
+        What the probes are ranked on (``bits_per_byte`` or ``loss_per_token``).
     """
 
     def __init__(
@@ -60,14 +50,14 @@ class LiveProbes:
         sizes: Sequence[int],
         submit: Callable[[str, int], object],
         *,
-        metric_key: str = "test_bits_per_byte",
+        rank_on: str = "bits_per_byte",
     ) -> None:
         self.names = list(names)
         self.model_sizes = np.asarray(n_params, dtype=float)
         self.sizes = np.array(sorted({0, *map(int, sizes)}), dtype=float)
-        self.metric_key = metric_key
+        self.rank_on = rank_on
         self._submit = submit
-        self._results: dict[tuple[int, int], dict] = {}
+        self._results: dict[tuple[int, int], ProbeResult] = {}
 
     def loss(self, model: int, size: int) -> float:
         """The ranking metric of candidate ``model`` fine-tuned on ``size`` examples."""
@@ -77,26 +67,25 @@ class LiveProbes:
         key = (int(model), size)
         if key not in self._results:
             out = self._submit(self.names[model], size)
-            self._results[key] = dict(out.result() if hasattr(out, "result") else out)
+            self._results[key] = out.result() if hasattr(out, "result") else out
         res = self._results[key]
-        value = res.get(self.metric_key)
-        if res.get("diverged") or value is None or not math.isfinite(value) or value <= 0:
+        if not res.usable(self.rank_on):
             raise ProbeDivergedError(
                 f"the probe of candidate {self.names[model]!r} at {size} examples diverged "
-                f"({self.metric_key}={value}); lower probe.learning_rate or remove the "
-                "candidate from the config",
+                f"({RANK_KEYS[self.rank_on]}={res.value(self.rank_on)}); lower "
+                "probe.learning_rate or remove the candidate from the config",
                 candidate=self.names[model],
                 size=size,
             )
-        return float(value)
+        return res.value(self.rank_on)
 
     @property
     def probes(self) -> set[tuple[int, int]]:
         return set(self._results)
 
-    def results(self) -> dict[str, list[dict]]:
+    def results(self) -> dict[str, list[ProbeResult]]:
         """Candidate name -> the raw probe results read so far, smallest size first."""
-        out: dict[str, list[dict]] = {name: [] for name in self.names}
+        out: dict[str, list[ProbeResult]] = {name: [] for name in self.names}
         for (model, _), res in sorted(self._results.items()):
             out[self.names[model]].append(res)
         return out
@@ -137,27 +126,25 @@ def adaptive_settings(ladder: Sequence[int], budget: int, fraction: float) -> di
     )
 
 
-def run_adaptive(source: LiveProbes, *, budget: int, target_size: int, fraction: float) -> dict:
+def run_adaptive(
+    source: LiveProbes, *, budget: int, target_size: int, fraction: float
+) -> AdaptiveOutcome:
     """Run ``Lens`` on ``source`` under ``fraction`` of the full ladder's compute.
 
     Lens caps its spend at ``cost_fraction`` x AtS's cost, and AtS reads every positive ladder
     size up to the budget: exactly the full ladder's compute without the (free) zero-shot
-    probes. So ``cost_fraction = fraction``. Returns plain data keyed by candidate name:
-    ``predictions``, ``lower``, ``upper``, ``dropped`` (reason), ``probes`` and ``settings``.
+    probes. So ``cost_fraction = fraction``.
     """
     ladder = source.sizes[source.sizes > 0].astype(int).tolist()
     settings = adaptive_settings(ladder, budget, fraction)
-    lens = Lens(**settings)
-    sel = lens.select(source, budget=int(budget), target_size=int(target_size))
+    sel = Lens(**settings).select(source, budget=int(budget), target_size=int(target_size))
     names = source.names
-    return {
-        "settings": settings,
-        "predictions": {n: float(sel.predictions[i]) for i, n in enumerate(names)},
-        "lower": {n: float(sel.lower[i]) for i, n in enumerate(names)},
-        "upper": {n: float(sel.upper[i]) for i, n in enumerate(names)},
-        "dropped": {names[i]: reason for i, reason in sel.dropped.items()},
-        "probes": sorted([names[m], int(d)] for m, d in sel.probes),
-    }
+    run = AdaptiveRun(
+        settings=settings,
+        probes=sorted((names[m], int(d)) for m, d in sel.probes),
+        dropped={names[i]: reason for i, reason in sel.dropped.items()},
+    )
+    return AdaptiveOutcome(selection=sel, names=list(names), run=run)
 
 
 def run_adaptive_excluding_diverged(
@@ -166,34 +153,32 @@ def run_adaptive_excluding_diverged(
     sizes: Sequence[int],
     submit: Callable[[str, int], object],
     *,
-    metric_key: str,
+    rank_on: str,
     budget: int,
     target_size: int,
     fraction: float,
-) -> tuple[dict[str, list[dict]], dict, dict[str, str]]:
+) -> tuple[dict[str, list[ProbeResult]], AdaptiveOutcome]:
     """:func:`run_adaptive` that excludes a candidate whose probe diverges and starts again
     on the others (their probes come back from ``submit``'s cache, not recomputed), as the
     full-ladder path does. Zero-shot probes of every candidate are read first (they are free
     and anchor the laws and the plot).
 
-    Returns ``(probes, adaptive, excluded)``: every probe read, by candidate (the excluded
-    candidates' included: they were spent); ``run_adaptive``'s result over the remaining
-    candidates; and candidate -> why it was excluded. Raises ``ProbeDivergedError`` when every
-    candidate diverges. The cap applies to each attempt; the excluded candidates' probes
+    Returns ``(probes, outcome)``: every probe read, by candidate (the excluded candidates'
+    included: they were spent), and Lens's decision over the remaining candidates, whose
+    ``run.excluded`` says why each excluded candidate was. Raises ``ProbeDivergedError`` when
+    every candidate diverges. The cap applies to each attempt; the excluded candidates' probes
     come on top of it.
     """
     active = list(names)
     params = dict(zip(names, n_params, strict=True))
-    spent: dict[str, list[dict]] = {}
+    spent: dict[str, list[ProbeResult]] = {}
     excluded: dict[str, str] = {}
     while active:
-        source = LiveProbes(
-            active, [params[n] for n in active], sizes, submit, metric_key=metric_key
-        )
+        source = LiveProbes(active, [params[n] for n in active], sizes, submit, rank_on=rank_on)
         try:
             for i in range(len(active)):
                 source.loss(i, 0)
-            adaptive = run_adaptive(
+            outcome = run_adaptive(
                 source, budget=budget, target_size=target_size, fraction=fraction
             )
         except ProbeDivergedError as err:
@@ -203,7 +188,9 @@ def run_adaptive_excluding_diverged(
             excluded[err.candidate] = str(err)
             active.remove(err.candidate)
             continue
-        return {**source.results(), **spent}, adaptive, excluded
+        run = outcome.run.model_copy(update={"excluded": excluded})
+        outcome = AdaptiveOutcome(selection=outcome.selection, names=outcome.names, run=run)
+        return {**source.results(), **spent}, outcome
     raise ProbeDivergedError(
         "every candidate has a diverged probe, nothing to select from: "
         + " | ".join(f"{n}: {reason}" for n, reason in excluded.items())
@@ -211,24 +198,20 @@ def run_adaptive_excluding_diverged(
 
 
 def budget_accounting(
-    probes: dict[str, list[dict]],
+    probes: dict[str, list[ProbeResult]],
     n_params: dict[str, int],
     ladder: Sequence[int],
     target_size: int,
-) -> dict:
-    """Probe compute in parameter x example units (the replay Cost's numerator), plus FLOPs.
-
-    ``compute_spent``: sum over the probes run of n_params x subset size (zero-shot is free);
-    ``compute_full_ladder``: every candidate at every positive ladder size;
-    ``compute_full_finetune_all``: every candidate fine-tuned on ``target_size`` examples;
-    ``flops_spent``: sum of the probes' measured ``flops``; ``n_probes``: probes run.
-    """
-    spent = sum(n_params[n] * int(p["subset_size"]) for n, runs in probes.items() for p in runs)
+) -> Budget:
+    """Probe compute in parameter x example units (the replay Cost's numerator), plus FLOPs:
+    the probes run (zero-shot is free), every candidate at every positive ladder size, and
+    every candidate fine-tuned on ``target_size`` examples."""
+    spent = sum(n_params[n] * p.size for n, runs in probes.items() for p in runs)
     positive = sum(int(d) for d in ladder if d > 0)
-    return {
-        "compute_spent": float(spent),
-        "compute_full_ladder": float(sum(n_params.values()) * positive),
-        "compute_full_finetune_all": float(sum(n_params.values()) * target_size),
-        "flops_spent": float(sum(float(p.get("flops") or 0.0) for r in probes.values() for p in r)),
-        "n_probes": sum(len(r) for r in probes.values()),
-    }
+    return Budget(
+        compute_spent=float(spent),
+        compute_full_ladder=float(sum(n_params.values()) * positive),
+        compute_full_finetune_all=float(sum(n_params.values()) * target_size),
+        flops_spent=float(sum(p.flops for runs in probes.values() for p in runs)),
+        n_probes=sum(len(runs) for runs in probes.values()),
+    )

@@ -1,7 +1,7 @@
 """Registry policy: the promotion gate that decides whether a challenger becomes champion.
 
-Pure policy on plain values: no MLflow here (``tasks/tracking.py`` reads the registry, calls
-:func:`decide_promotion` and moves the aliases).
+Pure policy on plain values: no MLflow here (``tasks/tracking/registry.py`` reads the
+registry, calls :func:`decide_promotion` and moves the aliases).
 
 The rule
 --------
@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
+from tasks.tracking import tags as T
 
 
 @dataclass(frozen=True)
@@ -174,12 +176,12 @@ def version_tags(
     tags = {str(k): str(v) for k, v in (extra or {}).items()}
     tags.update(
         {
-            "lensllm.task_key": task_key,
-            "lensllm.selection_key": selection_key,
-            "lensllm.predicted_loss": repr(float(predicted_loss)),
-            "lensllm.interval_low": repr(low),
-            "lensllm.interval_high": repr(high),
-            "lensllm.selector": selector,
+            T.TASK: task_key,
+            T.SELECTION_KEY: selection_key,
+            T.PREDICTED_LOSS: repr(float(predicted_loss)),
+            T.INTERVAL_LOW: repr(low),
+            T.INTERVAL_HIGH: repr(high),
+            T.SELECTOR: selector,
         }
     )
     return tags
@@ -187,19 +189,19 @@ def version_tags(
 
 def version_description(tags: dict[str, str]) -> str:
     """A readable description of a registered version from its tags."""
-    pred = float(tags["lensllm.predicted_loss"])
-    low, high = float(tags["lensllm.interval_low"]), float(tags["lensllm.interval_high"])
+    pred = float(tags[T.PREDICTED_LOSS])
+    low, high = float(tags[T.INTERVAL_LOW]), float(tags[T.INTERVAL_HIGH])
     lines = [
-        f"Selected by {tags['lensllm.selector']} for task {tags['lensllm.task_key']!r}.",
+        f"Selected by {tags[T.SELECTOR]} for task {tags[T.TASK]!r}.",
         f"Predicted target loss {pred:.4f} (interval {low:.4f} .. {high:.4f}).",
-        f"Selection key: {tags['lensllm.selection_key']}.",
+        f"Selection key: {tags[T.SELECTION_KEY]}.",
     ]
     provenance = [
         f"{label} {tags[key]}"
         for key, label in (
-            ("lensllm.git_commit", "git commit"),
-            ("lensllm.config_hash", "config hash"),
-            ("lensllm.data_fingerprint", "data fingerprint"),
+            (T.GIT_COMMIT, "git commit"),
+            (T.CONFIG_HASH, "config hash"),
+            (T.DATA_FINGERPRINT, "data fingerprint"),
         )
         if tags.get(key)
     ]

@@ -26,6 +26,8 @@ from prefect.utilities.asyncutils import run_sync_in_worker_thread
 from prefect_aws import S3Bucket
 from pydantic import Field
 
+from tasks.errors import ConfigError
+
 #: Set by ``lensllm worker`` to the slug of the stack's S3 result storage block.
 RESULT_STORAGE_ENV = "LENSLLM_RESULT_STORAGE"
 # An unreachable S3 must cost seconds, not botocore's default minutes of retries.
@@ -57,7 +59,7 @@ def result_storage(cache: Path) -> Path | WritableFileSystem:
     except ValueError:  # no such block (Prefect's error for a missing or malformed slug)
         remote = None
     if not isinstance(remote, S3Bucket):
-        raise ValueError(
+        raise ConfigError(
             f"{RESULT_STORAGE_ENV}={slug!r} names no S3Bucket block on the Prefect server; "
             "run `lensllm deploy` (it saves the block) or unset the variable for local results"
         )

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
+from tasks.errors import LossTableError, MissingFileError
 
-class LossTableError(ValueError):
-    """A loss table that the replay benchmark cannot use; the message says what to fix."""
+__all__ = ["LossTableError", "load_loss_table", "load_loss_table_task"]
 
 
 def load_loss_table(path: str) -> dict:
@@ -29,7 +29,7 @@ def load_loss_table(path: str) -> dict:
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"loss table {str(file)!r} does not exist")
+        raise MissingFileError(f"loss table {str(file)!r} does not exist")
     try:
         frame = pd.read_csv(file)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:

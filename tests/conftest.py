@@ -1,9 +1,13 @@
-"""Shared fixtures: a Prefect test harness and a small synthetic loss table."""
+"""Shared fixtures: a Prefect test harness, a small synthetic loss table, probe results."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+
+from tasks.records import ProbeResult
 
 TARGET_SIZE = 1_638_400
 LADDER = np.array([0] + [200 * 2**i for i in range(14)], dtype=float)  # 0, 200, ..., 1638400
@@ -14,6 +18,31 @@ def rectified_loss(sizes, b, d_l, beta, e) -> np.ndarray:
     d = np.asarray(sizes, dtype=float)[None, :]
     b, d_l, beta, e = (np.asarray(v, dtype=float)[:, None] for v in (b, d_l, beta, e))
     return b / (d_l + d**beta) + e
+
+
+def probe_result(name: str, size: int, loss: float, **changes) -> ProbeResult:
+    """A measured probe of ``name`` at ``size`` examples with ``loss`` bits per byte (the other
+    fields plausible); ``changes`` override any field (e.g. ``diverged=True``)."""
+    values = {
+        "candidate": name,
+        "size": size,
+        "test_bits_per_byte": loss,
+        "test_loss_per_byte": loss * math.log(2),
+        "test_loss": loss * 1.3,
+        "test_tokens": 100,
+        "test_bytes": 130,
+        "train_loss_last": loss,
+        "steps": size // 8,
+        "forward_params": 1000,
+        "method": "lora" if size else "zero-shot",
+        "learning_rate": 2e-3,
+        "n_train": size,
+        "n_val": 16,
+        "n_test": 16,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+    return ProbeResult(**{**values, **changes})
 
 
 @pytest.fixture(scope="session")

@@ -12,14 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tasks.errors import ProbeDivergedError
 from tasks.fit import fit_and_select
-from tasks.live_probes import (
-    LiveProbes,
-    ProbeDivergedError,
-    adaptive_settings,
-    budget_accounting,
-    run_adaptive,
-)
+from tasks.live_probes import LiveProbes, adaptive_settings, budget_accounting, run_adaptive
+from tests.conftest import probe_result
 
 LADDER = [32, 64, 128, 256, 512, 1024]
 TARGET = 16384
@@ -36,16 +32,12 @@ def _curve(i: int, d: int) -> float:
 def _fake_submit(calls: list, diverge: tuple | None = None):
     names = [f"m{i}" for i in range(len(CURVES))]
 
-    def submit(name: str, size: int) -> dict:
+    def submit(name: str, size: int):
         i = names.index(name)
         calls.append((name, size))
         bad = diverge == (name, size)
-        return {
-            "subset_size": size,
-            "test_bits_per_byte": float("nan") if bad else _curve(i, size),
-            "diverged": bad,
-            "flops": 6.0 * N_PARAMS[i] * size,
-        }
+        loss = float("nan") if bad else _curve(i, size)
+        return probe_result(name, size, loss, diverged=bad, flops=6.0 * N_PARAMS[i] * size)
 
     return names, submit
 
@@ -58,27 +50,26 @@ def test_adaptive_spends_within_the_fraction_and_drops_with_reasons():
     probes = source.results()
     n_params = dict(zip(names, N_PARAMS, strict=True))
     acct = budget_accounting(probes, n_params, LADDER, TARGET)
-    assert acct["compute_full_ladder"] == sum(N_PARAMS) * sum(LADDER)
-    assert acct["compute_full_finetune_all"] == sum(N_PARAMS) * TARGET
-    assert 0 < acct["compute_spent"] <= 0.5 * acct["compute_full_ladder"]
-    assert acct["n_probes"] < len(names) * len(LADDER)
-    assert acct["flops_spent"] == pytest.approx(6.0 * acct["compute_spent"])
+    assert acct.compute_full_ladder == sum(N_PARAMS) * sum(LADDER)
+    assert acct.compute_full_finetune_all == sum(N_PARAMS) * TARGET
+    assert 0 < acct.compute_spent <= 0.5 * acct.compute_full_ladder
+    assert acct.n_probes < len(names) * len(LADDER)
+    assert acct.flops_spent == pytest.approx(6.0 * acct.compute_spent)
     # every probe is submitted once (memoised), and the accounting counts exactly those
-    assert len(calls) == len(set(calls)) == acct["n_probes"]
-    assert out["dropped"] and all("dropped after size" in r for r in out["dropped"].values())
+    assert len(calls) == len(set(calls)) == acct.n_probes
+    dropped = out.run.dropped
+    assert dropped and all("dropped after size" in r for r in dropped.values())
     result = fit_and_select(
         probes, n_params, target_size=TARGET, budget=LADDER[-1], selector="Lens", adaptive=out
     )
     truth = {n: _curve(i, TARGET) for i, n in enumerate(names)}
-    assert result["selected"] == min(truth, key=truth.get) == "m2"
-    assert result["ranking"][0] == "m2"
-    for name, reason in out["dropped"].items():
-        cand = result["candidates"][name]
-        assert cand["dropped"] == reason and np.isfinite(cand["predicted_loss"])
+    assert result.selected == min(truth, key=truth.get) == "m2"
+    assert result.ranking[0] == "m2"
+    for name, reason in dropped.items():
+        cand = result.candidates[name]
+        assert cand.dropped == reason and np.isfinite(cand.predicted_loss)
     # fit_and_select's Cost is the spend relative to fine-tuning everyone on the target
-    assert result["cost"] == pytest.approx(
-        acct["compute_spent"] / acct["compute_full_finetune_all"]
-    )
+    assert result.cost == pytest.approx(acct.compute_spent / acct.compute_full_finetune_all)
 
 
 def test_settings_for_a_short_doubling_ladder_and_a_too_small_fraction():
@@ -128,7 +119,7 @@ def test_config_validates_the_fraction():
 @pytest.mark.integration
 @pytest.mark.slow
 def test_select_flow_adaptive_spends_less_and_shares_the_probe_cache(prefect_harness, tmp_path):
-    from tasks import tracking
+    from tasks.tracking.client import Tracker
     from tests.test_select_flow import LADDER as FLOW_LADDER
     from tests.test_select_flow import _config, _probe_task_runs, _run, _second_candidate, _write
 
@@ -138,21 +129,21 @@ def test_select_flow_adaptive_spends_less_and_shares_the_probe_cache(prefect_har
     summary = state.result()
     full = len(cfg["candidates"]) * (len(FLOW_LADDER) + 1)
     runs = _probe_task_runs(flow_run_id, None)
-    b = summary["budget"]
+    b = summary.budget
     # the selection's probes, plus one fine-tune of the winner that saves weights to register
-    assert len(runs) == b["n_probes"] + 1
-    assert 0 < b["n_probes"] < full
-    assert 0 < b["compute_spent"] <= 0.5 * b["compute_full_ladder"]
-    assert b["flops_spent"] > 0
-    assert summary["selected"] in cfg["candidates"]
-    assert summary["ranking"][0]["candidate"] == summary["selected"]
+    assert len(runs) == b.n_probes + 1
+    assert 0 < b.n_probes < full
+    assert 0 < b.compute_spent <= 0.5 * b.compute_full_ladder
+    assert b.flops_spent > 0
+    assert summary.selected in cfg["candidates"]
+    assert summary.result.ranking[0] == summary.selected
     # half the ladder never reaches the budget: the winner is fine-tuned again on its largest
     # probed subset with the weights saved, and that model is registered
-    assert summary["registry_finetune_size"] < FLOW_LADDER[-1]
-    assert summary["registry"]["version"] == "1"
-    assert "champion" in summary["registry"]["aliases"]
-    parent = tracking.get_client(cfg["tracking"]["uri"]).get_run(summary["run_id"])
-    assert parent.data.metrics["compute_spent"] == b["compute_spent"]
+    assert summary.registration.finetune_size < FLOW_LADDER[-1]
+    assert summary.registration.version == "1"
+    assert "champion" in summary.registration.aliases
+    parent = Tracker(cfg["tracking"]["uri"]).client.get_run(summary.run_id)
+    assert parent.data.metrics["compute_spent"] == b.compute_spent
     assert parent.data.params["adaptive"] == "true"
 
     # the full ladder afterwards reuses every adaptive probe from the cache
@@ -161,7 +152,7 @@ def test_select_flow_adaptive_spends_less_and_shares_the_probe_cache(prefect_har
     state2, flow_run_id2 = _run(_write(tmp_path / "full.yaml", cfg))
     assert state2.is_completed()
     states = [r.state.name for r in _probe_task_runs(flow_run_id2, full)]
-    assert states.count("Cached") == b["n_probes"] and len(states) == full, states
+    assert states.count("Cached") == b.n_probes and len(states) == full, states
 
 
 def test_a_diverged_candidate_is_excluded_and_lens_goes_on_with_the_others():
@@ -169,19 +160,20 @@ def test_a_diverged_candidate_is_excluded_and_lens_goes_on_with_the_others():
 
     calls: list = []
     names, submit = _fake_submit(calls, diverge=("m2", 64))  # m2 is the best at the target
-    probes, adaptive, excluded = run_adaptive_excluding_diverged(
+    probes, adaptive = run_adaptive_excluding_diverged(
         names,
         N_PARAMS,
         LADDER,
         submit,
-        metric_key="test_bits_per_byte",
+        rank_on="bits_per_byte",
         budget=LADDER[-1],
         target_size=TARGET,
         fraction=0.5,
     )
+    excluded = adaptive.run.excluded
     assert list(excluded) == ["m2"] and "'m2' at 64 examples diverged" in excluded["m2"]
-    assert "m2" not in adaptive["predictions"]
-    assert any(p["subset_size"] == 64 and p["diverged"] for p in probes["m2"])  # spent, kept
+    assert "m2" not in adaptive.names
+    assert any(p.size == 64 and p.diverged for p in probes["m2"])  # spent, kept
     n_params = dict(zip(names, N_PARAMS, strict=True))
     result = fit_and_select(
         probes,
@@ -191,8 +183,8 @@ def test_a_diverged_candidate_is_excluded_and_lens_goes_on_with_the_others():
         selector="Lens",
         adaptive=adaptive,
     )
-    assert result["selected"] != "m2" and result["ranking"][-1] == "m2"
-    assert "excluded" in str(result["candidates"]["m2"].get("excluded"))
+    assert result.selected != "m2" and result.ranking[-1] == "m2"
+    assert "excluded" in str(result.candidates["m2"].excluded)
     # the other candidates' probes were read again for the second attempt: same calls,
     # which the real pipeline answers from Prefect's cache
     assert len(set(calls)) < len(calls)
@@ -204,7 +196,7 @@ def test_every_candidate_diverging_adaptively_is_a_clear_error():
     names = ["a", "b"]
 
     def submit(name, size):
-        return {"subset_size": size, "test_bits_per_byte": float("nan"), "diverged": True}
+        return probe_result(name, size, float("nan"), diverged=True)
 
     with pytest.raises(ProbeDivergedError, match="every candidate has a diverged probe"):
         run_adaptive_excluding_diverged(
@@ -212,7 +204,7 @@ def test_every_candidate_diverging_adaptively_is_a_clear_error():
             [1, 1],
             LADDER,
             submit,
-            metric_key="test_bits_per_byte",
+            rank_on="bits_per_byte",
             budget=LADDER[-1],
             target_size=TARGET,
             fraction=0.5,
@@ -226,23 +218,23 @@ def test_a_probe_flagged_diverged_with_a_finite_loss_is_excluded_too():
 
     names, fake = _fake_submit([])
 
-    def submit(name: str, size: int) -> dict:
+    def submit(name: str, size: int):
         res = fake(name, size)
         if (name, size) == ("m2", 64):
-            res["diverged"] = True  # the metric stays finite
+            res = res.model_copy(update={"diverged": True})  # the metric stays finite
         return res
 
-    probes, adaptive, excluded = run_adaptive_excluding_diverged(
+    probes, adaptive = run_adaptive_excluding_diverged(
         names,
         N_PARAMS,
         LADDER,
         submit,
-        metric_key="test_bits_per_byte",
+        rank_on="bits_per_byte",
         budget=LADDER[-1],
         target_size=TARGET,
         fraction=0.5,
     )
-    assert list(excluded) == ["m2"]
+    assert list(adaptive.run.excluded) == ["m2"]
     result = fit_and_select(
         probes,
         dict(zip(names, N_PARAMS, strict=True)),
@@ -251,4 +243,4 @@ def test_a_probe_flagged_diverged_with_a_finite_loss_is_excluded_too():
         selector="Lens",
         adaptive=adaptive,
     )
-    assert result["selected"] != "m2" and result["candidates"]["m2"].get("excluded")
+    assert result.selected != "m2" and result.candidates["m2"].excluded

@@ -25,11 +25,18 @@ import yaml
 from flows import cli
 from lens_model.laws import FitWarning, RectifiedLaw
 from lens_model.selectors import SELECTORS, RectifiedFit, TableProbes, ZeroShot
-from tasks import probe as probe_module
+from tasks import training as training_module
+from tasks.errors import (
+    CandidateError,
+    HubUnavailableError,
+    ProbeDivergedError,
+    ProbeOutOfMemoryError,
+)
 from tasks.fit import fit_and_select
-from tasks.live_probes import ProbeDivergedError
-from tasks.models import CandidateError, HubUnavailableError, resolve_candidate
-from tasks.probe import ProbeOutOfMemoryError, probe_task, run_probe
+from tasks.models import resolve_candidate
+from tasks.probe import probe_task, run_probe
+from tasks.records import ProbeData, ProbeResult, ProbeSpec
+from tests.conftest import probe_result
 
 LADDER = [16, 32, 64]
 TARGET = 1024
@@ -44,27 +51,18 @@ def _curve(scale: float) -> list[float]:
     return (scale * (1.0 + 3.0 / (1.0 + (sizes / 20.0) ** 0.6))).tolist()
 
 
-def _probes(curves: dict[str, list[float]], **broken: dict) -> dict[str, list[dict]]:
+def _probes(curves: dict[str, list[float]], **broken: dict) -> dict[str, list[ProbeResult]]:
     """Probe results per candidate; ``broken[name] = {size: {...overrides}}``."""
-    out = {}
-    for name, losses in curves.items():
-        runs = []
-        for size, loss in zip([0, *LADDER], losses, strict=True):
-            run = {
-                "subset_size": size,
-                "test_bits_per_byte": loss,
-                "test_loss": loss * 1.3,
-                "diverged": False,
-                "train_loss_last": loss,
-                "steps": size // 8,
-            }
-            run.update(broken.get(name, {}).get(size, {}))
-            runs.append(run)
-        out[name] = runs
-    return out
+    return {
+        name: [
+            probe_result(name, size, loss, **broken.get(name, {}).get(size, {}))
+            for size, loss in zip([0, *LADDER], losses, strict=True)
+        ]
+        for name, losses in curves.items()
+    }
 
 
-def _select(probes: dict, selector: str, **kw) -> dict:
+def _select(probes: dict, selector: str, **kw):
     n_params = {name: 1_000 * (i + 1) for i, name in enumerate(probes)}
     return fit_and_select(
         probes, n_params, target_size=TARGET, budget=LADDER[-1], selector=selector, **kw
@@ -293,6 +291,42 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
     assert cli.is_input_error(CandidateError("x")) and cli.is_input_error(ProbeDivergedError("x"))
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_unreachable_tracking_server_exits_3_with_one_line(prefect_harness, tmp_path, capfd):
+    """A server that does not answer is not bad input: its own exit status (3), one line that
+    says to start it and re-run, and no probe spent."""
+    uri = f"http://127.0.0.1:{_free_port()}"
+    config = _config(tmp_path, ["tiny-llama", _tiny_copy(tmp_path)], tracking={"uri": uri})
+    rc, out, err = _cli(capfd, ["select", "--config", _write(tmp_path / "c.yaml", config)])
+    assert rc == 3, err
+    line = _error_line(err)
+    assert f"MLflow tracking server {uri} is unreachable" in line and "lensllm stack up" in line
+    assert "Traceback" not in err and "Selected:" not in out
+    assert not (tmp_path / "cache" / "results").exists()  # no probe ran
+
+
+def test_registry_command_against_a_server_that_is_down_exits_3(capfd):
+    uri = f"http://127.0.0.1:{_free_port()}"
+    rc, _, err = _cli(capfd, ["registry", "rollback", "--name", "m", "--tracking-uri", uri])
+    assert rc == 3
+    assert "is unreachable" in _error_line(err)
+
+
+def test_rollback_without_a_champion_is_bad_input(tmp_path, capfd):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc, _, err = _cli(capfd, ["registry", "rollback", "--name", "none-yet", "--tracking-uri", uri])
+    assert rc == 2
+    assert "has no champion to roll back" in _error_line(err)
+
+
 # --------------------------------------------------------------------------------------------
 # diverged / NaN probes: excluded with the reason, never ranked first, never registered
 
@@ -318,12 +352,12 @@ def test_diverged_or_nan_candidate_is_excluded_and_never_selected(selector, brok
     # "best" would win every selector (lowest losses, most parameters) if its probe counted
     curves = {"a": _curve(1.0), "b": _curve(1.2), "best": _curve(0.5)}
     result = _select(_probes(curves, best=broken), selector)
-    assert result["selected"] != "best"
-    assert result["ranking"][-1] == "best"
-    best = result["candidates"]["best"]
-    assert best["excluded"] == f"excluded: {reason}"
-    assert math.isnan(best["predicted_loss"]) and best["laws"] == {}
-    assert all("excluded" not in result["candidates"][n] for n in ("a", "b"))
+    assert result.selected != "best"
+    assert result.ranking[-1] == "best"
+    best = result.candidates["best"]
+    assert best.excluded == f"excluded: {reason}"
+    assert math.isnan(best.predicted_loss) and best.laws == {}
+    assert all(result.candidates[n].excluded is None for n in ("a", "b"))
 
 
 def test_every_candidate_diverged_is_a_clear_error():
@@ -372,7 +406,7 @@ def test_cli_diverged_candidate_is_excluded_and_the_other_registered(
 def test_cli_all_candidates_diverged_is_an_error_and_nothing_is_registered(
     prefect_harness, tmp_path, capfd, console
 ):
-    from tasks import tracking
+    from tasks.tracking.client import Tracker
 
     names = [_nan_model(tmp_path, "nan-a"), _nan_model(tmp_path, "nan-b")]
     config = _config(tmp_path, names)
@@ -383,7 +417,7 @@ def test_cli_all_candidates_diverged_is_an_error_and_nothing_is_registered(
     assert all(f"{n}: excluded" in line for n in names)
     assert "Traceback" not in err + console.getvalue() and "Selected:" not in out
     if (tmp_path / "mlflow.db").exists():
-        client = tracking.get_client(config["tracking"]["uri"])
+        client = Tracker(config["tracking"]["uri"]).client
         assert client.search_registered_models() == []
 
 
@@ -401,9 +435,7 @@ def test_selector_fit_that_does_not_converge_is_warned_and_flagged(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FitWarning)  # a converged fit warns about nothing
         good = _select(probes, "RectifiedFit")
-    assert all(
-        c["fit_converged"] is True and not c["fit_warnings"] for c in good["candidates"].values()
-    )
+    assert all(c.fit_converged is True and not c.fit_warnings for c in good.candidates.values())
 
     one_step = partial(RectifiedLaw, max_iter=1)
     monkeypatch.setattr(RectifiedFit, "law_cls", one_step)
@@ -414,18 +446,18 @@ def test_selector_fit_that_does_not_converge_is_warned_and_flagged(monkeypatch):
     with pytest.warns(FitWarning):
         expected = one_step(seed=0).fit(sizes, table).predict([TARGET])[:, 0]
     for j, name in enumerate(curves):
-        cand = bad["candidates"][name]
-        assert cand["fit_converged"] is False
-        assert "the RectifiedFit law fit did not converge" in cand["fit_warnings"][0]
+        cand = bad.candidates[name]
+        assert cand.fit_converged is False
+        assert "the RectifiedFit law fit did not converge" in cand.fit_warnings[0]
         # the best fit found, flagged; never NaN or a substitute value
-        assert cand["predicted_loss"] == pytest.approx(expected[j])
-        assert math.isfinite(cand["predicted_loss"])
-    assert bad["selected"] in curves
+        assert cand.predicted_loss == pytest.approx(expected[j])
+        assert math.isfinite(cand.predicted_loss)
+    assert bad.selected in curves
 
 
 def test_selectors_without_a_law_fit_report_no_convergence_flag():
     result = _select(_probes({"a": _curve(1.0), "b": _curve(1.2)}), "AtS")
-    assert all(c["fit_converged"] is None for c in result["candidates"].values())
+    assert all(c.fit_converged is None for c in result.candidates.values())
 
 
 # --------------------------------------------------------------------------------------------
@@ -438,7 +470,14 @@ def tiny(tmp_path_factory) -> str:
 
 
 DATA = [{"prompt": f"Q{i}: say cat", "target": " cat"} for i in range(16)]
-PROBE = {"batch_size": 4, "max_seq_len": 32, "device": "cpu", "threads": 1, "progress": False}
+SPEC = ProbeSpec(batch_size=4, max_seq_len=32, device="cpu")
+PROBE = {"threads": 1, "progress": False}
+
+
+def _data(train: list[dict]) -> ProbeData:
+    return ProbeData(source="test", train=train, val=[], test=DATA[8:12])
+
+
 OOM_ERRORS = {
     "cuda": lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
     "cpu-allocator": lambda: RuntimeError(
@@ -460,9 +499,9 @@ def _raise(make, counter: list, *args, **kwargs):
 @pytest.mark.parametrize("kind", list(OOM_ERRORS))
 def test_out_of_memory_while_training_names_the_probe_and_the_settings(tiny, monkeypatch, kind):
     calls: list = []
-    monkeypatch.setattr(probe_module, "train_step", partial(_raise, OOM_ERRORS[kind], calls))
+    monkeypatch.setattr(training_module, "train_step", partial(_raise, OOM_ERRORS[kind], calls))
     with pytest.raises(ProbeOutOfMemoryError) as err:
-        run_probe(tiny, DATA[:8], [], DATA[8:12], **PROBE)
+        run_probe(tiny, _data(DATA[:8]), SPEC, **PROBE)
     message = str(err.value)
     assert "while fine-tuning candidate 'tiny-llama' on 8 examples" in message
     assert "probe.batch_size=4, probe.max_seq_len=32" in message
@@ -473,16 +512,16 @@ def test_out_of_memory_while_training_names_the_probe_and_the_settings(tiny, mon
 
 
 def test_out_of_memory_while_evaluating_zero_shot(tiny, monkeypatch):
-    monkeypatch.setattr(probe_module, "batch_nll", partial(_raise, OOM_ERRORS["cuda"], []))
+    monkeypatch.setattr(training_module, "batch_nll", partial(_raise, OOM_ERRORS["cuda"], []))
     with pytest.raises(ProbeOutOfMemoryError, match=r"evaluating candidate 'tiny-llama' \(zero"):
-        run_probe(tiny, [], [], DATA[8:12], **PROBE)
+        run_probe(tiny, _data([]), SPEC, **PROBE)
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tiny, monkeypatch):
     shapes = partial(_raise, lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied"), [])
-    monkeypatch.setattr(probe_module, "train_step", shapes)
+    monkeypatch.setattr(training_module, "train_step", shapes)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied") as err:
-        run_probe(tiny, DATA[:8], [], DATA[8:12], **PROBE)
+        run_probe(tiny, _data(DATA[:8]), SPEC, **PROBE)
     assert not isinstance(err.value, ProbeOutOfMemoryError)
 
 
@@ -491,7 +530,7 @@ def test_cli_out_of_memory_is_one_line_naming_the_probe(
     prefect_harness, tmp_path, capfd, console, monkeypatch
 ):
     monkeypatch.setattr(
-        probe_module, "train_step", partial(_raise, OOM_ERRORS["cpu-allocator"], [])
+        training_module, "train_step", partial(_raise, OOM_ERRORS["cpu-allocator"], [])
     )
     config = _config(tmp_path, ["tiny-llama", _tiny_copy(tmp_path)])
     rc, out, err = _cli(capfd, ["select", "--config", _write(tmp_path / "c.yaml", config)])
@@ -515,8 +554,8 @@ def test_probe_failures_are_not_retried(prefect_harness, tiny, monkeypatch):
     a bug) fail the same way again, so the probe task never retries."""
     assert probe_task.retries == 0
     calls: list = []
-    monkeypatch.setattr(probe_module, "train_step", partial(_raise, OOM_ERRORS["cuda"], calls))
-    state = probe_task(tiny, DATA[:8], [], DATA[8:12], return_state=True, **PROBE)
+    monkeypatch.setattr(training_module, "train_step", partial(_raise, OOM_ERRORS["cuda"], calls))
+    state = probe_task(tiny, _data(DATA[:8]), SPEC, return_state=True, **PROBE)
     assert state.is_failed()
     assert isinstance(state.result(raise_on_failure=False), ProbeOutOfMemoryError)
     assert len(calls) == 1

@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 
 from flows.cli import main
+from tasks.tracking import tags as T
+from tasks.tracking.client import Tracker
 
 pytestmark = pytest.mark.integration
 
@@ -142,9 +144,7 @@ def test_flan_report_and_plots(flan_run):
 @pytest.mark.slow
 @needs_flan
 def test_flan_mlflow_run_has_metrics_by_ratio(flan_run):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=flan_run["uri"])
+    client = Tracker(flan_run["uri"]).client
     experiment = client.get_experiment_by_name("lensllm-replay")
     assert experiment is not None
     runs = client.search_runs([experiment.experiment_id])
@@ -152,6 +152,8 @@ def test_flan_mlflow_run_has_metrics_by_ratio(flan_run):
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.params["dataset"] == "FLAN"
+    assert run.data.tags[T.RUN_KIND] == "benchmark"  # one run-kind key (was also lensllm.kind)
+    assert "lensllm.kind" not in run.data.tags
     sel = pd.read_csv(flan_run["out"] / "selection.csv")
     for method, metric in (("AtS", "PearCorr"), ("Lens", "Cost"), ("SubTuning", "RelAcc")):
         history = client.get_metric_history(run.info.run_id, f"{method}_{metric}")
@@ -181,6 +183,11 @@ def test_cli_on_a_synthetic_table(prefect_harness, synthetic_table, tmp_path, ca
     assert sel.value.between(-1, 1).all()
     assert (out / "report.md").is_file()
     assert not list(out.glob("*.png"))  # --no-plots
+    # logged to the --tracking-uri given (not the local store): one finished benchmark run
+    client = Tracker(uri).client
+    runs = client.search_runs([client.get_experiment_by_name("lensllm-replay").experiment_id])
+    assert [r.data.tags[T.RUN_KIND] for r in runs] == ["benchmark"]
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["dataset"] == "SYNTH"
 
 
 def test_cli_unknown_method_exits_2(prefect_harness, synthetic_table, tmp_path, capsys):

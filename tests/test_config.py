@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from flows import cli
-from flows.config import ConfigError, SelectionConfig, load_config
+from flows.config import ConfigError, SelectionConfig, check_selector, load_config
+from tasks import errors
+from tasks.records import DataSpec, Ladder, ProbeSpec
 
 BASE = {
     "name": "cfg-test",
@@ -43,6 +45,16 @@ def test_valid_config_loads_with_defaults(tmp_path):
     assert cfg.probe.method == "lora" and cfg.probe.lora_r == 8  # defaults kept
     assert cfg.probe.epochs == 1  # YAML over default
     assert cfg.selector == "Lens" and cfg.rank_on == "bits_per_byte"
+    # the sections are the typed records the tasks take
+    assert isinstance(cfg.dataset, DataSpec) and cfg.dataset.max_examples == 2000
+    assert isinstance(cfg.probe, ProbeSpec) and isinstance(cfg.ladder, Ladder)
+    assert cfg.trust() == {"tiny-llama": False, "/models/other": False}
+
+
+def test_config_error_is_the_user_error_of_tasks_errors():
+    assert ConfigError is errors.ConfigError  # re-exported by flows.config
+    assert issubclass(ConfigError, errors.LensLLMUserError) and issubclass(ConfigError, ValueError)
+    assert ConfigError("x").exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -157,7 +169,7 @@ def test_override_precedence_cli_over_yaml_over_default(tmp_path):
     assert cfg.probe.max_seq_len == 32  # untouched YAML value kept
     # values are parsed as YAML scalars/lists
     cfg = load_config(path, ["probe.target_modules=[q_proj, k_proj]", "registry.enabled=false"])
-    assert cfg.probe.target_modules == ["q_proj", "k_proj"] and cfg.registry.enabled is False
+    assert cfg.probe.target_modules == ("q_proj", "k_proj") and cfg.registry.enabled is False
     # the last override of a key wins
     assert load_config(path, ["probe.epochs=5", "probe.epochs=6"]).probe.epochs == 6
 
@@ -221,3 +233,40 @@ def test_cli_set_error_exits_2(tmp_path, capsys):
     good = _write(tmp_path, BASE)
     assert cli.main(["select", "--config", good, "--set", "ladder.budget=48"]) == 2
     assert "power of two" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "close"),
+    [
+        ("Lense", "Lens"),
+        ("RectifedFit", "RectifiedFit"),
+        ("SubTunning", "SubTuning"),
+        ("Atss", "AtS"),
+        ("ZeroShoot", "ZeroShot"),
+    ],
+)
+def test_check_selector_suggests_the_close_name(name, close):
+    with pytest.raises(ConfigError) as info:
+        check_selector(name, "--methods")
+    message = str(info.value)
+    assert message.startswith(f"--methods: unknown selector '{name}'.")  # names where
+    assert f"Did you mean '{close}'?" in message
+    assert "Known selectors: ZeroShot, SubTuning, ModelSize" in message
+
+
+def test_check_selector_accepts_known_names_in_any_case():
+    for name in ("Lens", "AtS", "ats", "lens", "subtuning"):
+        check_selector(name, "selector")  # no error
+
+
+def test_check_selector_without_a_close_name_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="selector: unknown selector 'zzzz'") as info:
+        check_selector("zzzz", "selector")
+    assert "Did you mean" not in str(info.value)
+    assert "Known selectors:" in str(info.value) and "Lens" in str(info.value)
+
+
+def test_unknown_selector_in_the_config_suggests_the_close_name(tmp_path):
+    close = r"selector: unknown selector 'Lense'\. Did you mean 'Lens'"
+    with pytest.raises(ConfigError, match=close):
+        load_config(_write(tmp_path, _with(selector="Lense")))

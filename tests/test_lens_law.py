@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lens_model import LAWS, FitWarning, LensLaw, RectifiedLaw
-from tests.conftest import rectified_loss
+from tests.conftest import probe_result, rectified_loss
 
 SIZES = np.array([0] + [200 * 2**i for i in range(11)], dtype=float)  # 0, 200, ..., 204800
 FEW = np.array([0, 200, 400, 800], dtype=float)  # a cheap ladder: zero-shot + three probes
@@ -172,7 +172,7 @@ def test_selection_ranks_with_f_unless_the_config_says_not(synthetic_table):
     t = synthetic_table
     probes = {
         name: [
-            {"subset_size": int(d), "test_bits_per_byte": float(loss)}
+            probe_result(name, int(d), float(loss))
             for d, loss in zip(t["sizes"], row, strict=True)
             if d <= 25_600
         ]
@@ -183,13 +183,13 @@ def test_selection_ranks_with_f_unless_the_config_says_not(synthetic_table):
     kwargs = {"target_size": 1_638_400, "budget": 25_600, "selector": "Lens", "f_terms": f_terms}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert fit_and_select(probes, n_params, **kwargs)["predictor"] == "lens_law"
+        assert fit_and_select(probes, n_params, **kwargs).predictor == "lens_law"
         off = fit_and_select(probes, n_params, rank_with_f=False, **kwargs)
-        assert off["predictor"] == "local_slope"
-        assert "lens" in next(iter(off["candidates"].values()))["laws"]  # F still reported
+        assert off.predictor == "local_slope"
+        assert "lens" in next(iter(off.candidates.values())).laws  # F still reported
         partial = dict(list(f_terms.items())[:-1])  # one candidate without F: none use it
         assert (
-            fit_and_select(probes, n_params, **{**kwargs, "f_terms": partial})["predictor"]
+            fit_and_select(probes, n_params, **{**kwargs, "f_terms": partial}).predictor
             == "local_slope"
         )
 

@@ -1,9 +1,11 @@
 """NTK features (lens_model/ntk.py): the kernel against explicit per-example autograd gradients,
 its symmetry and PSD-ness, the seeded random projection, and F against a brute-force matrix
-exponential. Tiny Llama + LoRA built in the test (no files, no hub)."""
+exponential. Tiny Llama + LoRA built in the test (no files, no hub). Then the pipeline's task
+(tasks/ntk.py): a candidate's NtkResult from its folder and a ProbeSpec, and candidate_ntk."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -11,7 +13,14 @@ import pytest
 import scipy.linalg
 import torch
 
-from lens_model.ntk import empirical_ntk, f_term, ntk_features, ntk_spectrum, per_example_outputs
+from lens_model.ntk import (
+    NonFiniteKernelError,
+    empirical_ntk,
+    f_term,
+    ntk_features,
+    ntk_spectrum,
+    per_example_outputs,
+)
 
 N_EXAMPLES = 6
 
@@ -230,3 +239,118 @@ def test_bad_input(model, batch):
         f_term(theta, torch.ones(3), 0.1, -1.0)
     with pytest.raises(ValueError, match="theta must be"):
         f_term(theta, torch.ones(4), 0.1, 1.0)
+
+
+# --------------------------------------------------------------------------------- tasks.ntk
+
+EXAMPLES = [
+    {"prompt": f"Define word {i}:", "target": f" meaning number {i}" + " x" * (i % 3)}
+    for i in range(5)
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from tasks.models import resolve_candidate
+
+    return resolve_candidate("tiny-llama", cache_dir=tmp_path_factory.mktemp("models"))
+
+
+def test_compute_ntk_features_gives_the_probes_kernel_spectrum(tiny_dir):
+    from tasks.ntk import compute_ntk_features
+    from tasks.ntk import f_term as candidate_f_term
+    from tasks.records import NtkResult, ProbeSpec
+    from tasks.training import collate, encode_examples, pad_id, prepare_model
+
+    spec = ProbeSpec(device="cpu", lora_r=4, max_seq_len=32)
+    result = compute_ntk_features(tiny_dir, EXAMPLES, spec, threads=1)
+    assert isinstance(result, NtkResult)
+    assert result.n == len(EXAMPLES) == len(result.eigenvalues) == len(result.alignment)
+    assert result.device == "cpu" and result.projection_dim is None
+    lam = np.array(result.eigenvalues)
+    assert np.all(np.diff(lam) <= 0) and lam.min() >= 0
+    assert sum(result.alignment) == pytest.approx(1.0)
+    assert result.trace == pytest.approx(lam.sum(), rel=1e-6)
+    assert 1.0 <= result.effective_rank <= len(EXAMPLES)
+    assert result.seconds > 0 and result.peak_rss_mb > 0
+    # the same kernel as lens_model's on the probe's own adapter (seeded like the probe)
+    model, tokenizer, _ = prepare_model(tiny_dir, spec, device="cpu")
+    model.set_attn_implementation("eager")
+    batch = collate(encode_examples(tokenizer, EXAMPLES, spec.max_seq_len), pad_id(tokenizer))
+    theta = empirical_ntk(model, batch)
+    r0 = per_example_outputs(model, batch)
+    assert np.allclose(lam, np.linalg.eigvalsh(theta.numpy())[::-1], rtol=1e-5, atol=1e-9)
+    assert result.residual_norm_sq == pytest.approx(float(r0 @ r0), rel=1e-6)
+    # F from the stored spectrum is LensLLM's F on that kernel
+    assert candidate_f_term(result, 0.01, 0.0) == pytest.approx(result.residual_norm_sq)
+    want = f_term(theta, r0, 0.01, 7.0)
+    assert candidate_f_term(result, 0.01, 7.0) == pytest.approx(want, rel=1e-6)
+    assert candidate_f_term(result, 0.01, 70.0) <= candidate_f_term(result, 0.01, 7.0)
+    # deterministic, and training settings do not enter it (the cache keys on adapter_only)
+    again = compute_ntk_features(tiny_dir, EXAMPLES, spec.model_copy(update={"learning_rate": 1}))
+    assert again.eigenvalues == pytest.approx(result.eigenvalues, rel=1e-9)
+    other_seed = compute_ntk_features(tiny_dir, EXAMPLES, spec.model_copy(update={"seed": 1}))
+    assert other_seed.eigenvalues != pytest.approx(result.eigenvalues, rel=1e-6)
+
+
+def test_compute_ntk_features_projection_and_empty_input(tiny_dir):
+    from tasks.ntk import compute_ntk_features
+    from tasks.records import ProbeSpec
+
+    spec = ProbeSpec(device="cpu", max_seq_len=32)
+    projected = compute_ntk_features(tiny_dir, EXAMPLES, spec, projection_dim=4096, threads=1)
+    exact = compute_ntk_features(tiny_dir, EXAMPLES, spec, threads=1)
+    assert projected.projection_dim == 4096
+    assert projected.trace == pytest.approx(exact.trace, rel=0.1)
+    with pytest.raises(ValueError, match="probe set is empty"):
+        compute_ntk_features(tiny_dir, [], spec)
+
+
+def test_candidate_ntk_skips_broken_kernels_and_keys_on_the_adapter(tmp_path, monkeypatch, caplog):
+    import tasks.ntk
+    from tasks.records import NtkResult, NtkSpec, ProbeSpec
+
+    calls = []
+
+    def fake_task(path, examples, spec, *, projection_dim, threads, trust_remote_code):
+        calls.append((path, len(examples), spec, projection_dim, trust_remote_code))
+        if path == "nan":
+            raise NonFiniteKernelError("the kernel has NaN entries")
+        if path == "oom":
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+        if path == "bug":
+            raise KeyError("a bug")
+        return NtkResult(
+            n=len(examples),
+            eigenvalues=[1.0],
+            alignment=[1.0],
+            residual_norm_sq=1.0,
+            effective_rank=1.0,
+            participation_ratio=1.0,
+            trace=1.0,
+            seconds=0.0,
+            peak_rss_mb=0.0,
+            device="cpu",
+        )
+
+    monkeypatch.setattr(tasks.ntk, "cached", lambda task, storage, exclude=(): fake_task)
+    spec = ProbeSpec(learning_rate=0.5, epochs=9, lora_r=4)
+    ntk = NtkSpec(n_examples=3, projection_dim=16)
+    models = {"good": "good", "nan": "nan", "oom": "oom"}
+    trust = {"good": True, "nan": False, "oom": False}
+    train = [{"prompt": "p", "target": " t"}] * 10
+    with caplog.at_level(logging.WARNING):
+        out = tasks.ntk.candidate_ntk(models, trust, train, spec, ntk, threads=1, storage=tmp_path)
+    assert list(out) == ["good"] and out["good"].n == 3  # the first n_examples examples
+    assert "NTK features of nan skipped" in caplog.text
+    assert "NTK features of oom skipped" in caplog.text and "lower ntk.n_examples" in caplog.text
+    assert calls[0][1:] == (3, spec.adapter_only(), 16, True)
+    assert calls[0][2].learning_rate == ProbeSpec().learning_rate and calls[0][2].lora_r == 4
+    with pytest.raises(KeyError, match="a bug"):  # anything else is a bug, not a skipped F
+        tasks.ntk.candidate_ntk(
+            {"bug": "bug"}, {"bug": False}, train, spec, ntk, threads=1, storage=tmp_path
+        )
+    off = NtkSpec(enabled=False)
+    assert (
+        tasks.ntk.candidate_ntk(models, trust, train, spec, off, threads=1, storage=tmp_path) == {}
+    )

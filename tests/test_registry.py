@@ -11,6 +11,7 @@ from tasks.registry import (
     version_description,
     version_tags,
 )
+from tasks.tracking import tags as T
 
 
 def contender(version, loss, low=math.nan, high=math.nan, task="wordnet", rolled_back=False):
@@ -94,12 +95,18 @@ def test_version_tags_and_description():
         predicted_loss=2.25,
         interval=[2.1, 2.4],
         selector="ats",
-        extra={"lensllm.git_commit": "abc123", "lensllm.config_hash": "cfg9"},
+        extra={T.GIT_COMMIT: "abc123", T.CONFIG_HASH: "cfg9"},
     )
-    assert tags["lensllm.predicted_loss"] == "2.25"
-    assert tags["lensllm.interval_low"] == "2.1" and tags["lensllm.interval_high"] == "2.4"
+    assert tags[T.PREDICTED_LOSS] == "2.25"
+    assert tags[T.INTERVAL_LOW] == "2.1" and tags[T.INTERVAL_HIGH] == "2.4"
+    assert tags[T.SELECTION_KEY] == "sel-1" and tags[T.SELECTOR] == "ats"
+    # the task key is one tag, "lensllm.task", on runs and versions alike
+    assert tags[T.TASK] == tags["lensllm.task"] == "wordnet"
+    assert "lensllm.task_key" not in tags
+    assert tags[T.GIT_COMMIT] == "abc123" and tags[T.CONFIG_HASH] == "cfg9"
     text = version_description(tags)
     assert "ats" in text and "2.2500" in text and "abc123" in text and "cfg9" in text
+    assert "'wordnet'" in text and "sel-1" in text
     with pytest.raises(ValueError, match=r"\[low, high\]"):
         version_tags(
             task_key="t", selection_key="s", predicted_loss=1, interval=[2, 1], selector="x"

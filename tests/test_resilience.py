@@ -1,7 +1,8 @@
 """Crashes, outages and concurrency: nothing finished is lost, recomputed or logged twice.
 
 - tracking: a selection cut off while it logs resumes its MLflow parent run, so every
-  candidate keeps exactly one run; a tracking server that is down is one clear error;
+  candidate keeps exactly one run; a tracking server (or its artifact store) that is down is one
+  clear error, exit status 3 from ``lensllm select``;
 - registry: the promotion gate's read-then-write holds a lock, so two selections finishing
   at once cannot both promote against the same old champion;
 - end to end (slow): ``kill -9`` of ``lensllm select`` while it probes, then the same command:
@@ -24,8 +25,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import tracking
+from tasks.errors import TrackingUnavailableError
+from tasks.records import PreparedData, ProbeResult
 from tasks.registry import version_tags
+from tasks.tracking import tags as T
+from tasks.tracking.client import Tracker
+from tasks.tracking.registry import ModelRegistry
+from tasks.tracking.runs import log_candidate, open_selection_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,50 +45,105 @@ def uri(tmp_path) -> str:
 # Tracking: resume after a crash, unreachable server
 # --------------------------------------------------------------------------------------------
 def _open(uri: str, key: str = "k1") -> tuple[str, bool]:
-    return tracking.open_selection_run(
-        uri,
+    return open_selection_run(
+        Tracker(uri),
         "resume",
         "select-x",
-        {tracking.TAG_SELECTION_KEY: key, tracking.TAG_CONFIG_HASH: "c"},
+        {T.SELECTION_KEY: key, T.CONFIG_HASH: "c"},
         {"selector": "Lens"},
         "name: x\n",
     )
 
 
-def _probe(size: int) -> dict:
-    return {"subset_size": size, "test_bits_per_byte": 2.0 - size / 100}
+TEST_FINGERPRINT = "t" * 64
+DATA = PreparedData(  # what logging a probe reads of the data: its name and source
+    source="wordnet",
+    train=[],
+    val=[],
+    test=[],
+    sizes=[16],
+    fingerprint="f" * 16,
+    subset_fingerprints={16: "s" * 64},
+    val_fingerprint="v" * 64,
+    test_fingerprint=TEST_FINGERPRINT,
+    n_available=100,
+    n_train_available=68,
+)
+
+
+def _probe(candidate: str, size: int) -> ProbeResult:
+    loss = 2.0 - size / 100
+    return ProbeResult(
+        candidate=candidate,
+        size=size,
+        train_fingerprint=DATA.subset_fingerprints.get(size),
+        test_fingerprint=TEST_FINGERPRINT,
+        test_loss=loss * 1.3,
+        test_loss_per_byte=loss * 0.69,
+        test_bits_per_byte=loss,
+        test_tokens=100,
+        test_bytes=130,
+        forward_params=1000,
+        method="lora" if size else "zero-shot",
+        learning_rate=2e-3,
+        n_train=size,
+        n_val=16,
+        n_test=16,
+        device="cpu",
+        dtype="float32",
+    )
+
+
+def _log(tracker: Tracker, parent: str, name: str, sizes: list[int], prediction: dict) -> str:
+    probes = [_probe(name, size) for size in sizes]
+    return log_candidate(tracker, parent, name, probes, DATA, prediction=prediction, params={})
+
+
+class _Killed(BaseException):
+    """The process dies (``kill -9``): nothing after this point runs, no cleanup either."""
+
+
+def _killed(*args, **kwargs):
+    raise _Killed
 
 
 def _active_runs(uri: str) -> list:
-    client = tracking.get_client(uri)
+    client = Tracker(uri).client
     experiment = client.get_experiment_by_name("resume").experiment_id
     return client.search_runs([experiment])
 
 
 def test_a_crashed_selection_resumes_its_run_and_logs_each_candidate_once(uri):
+    tracker = Tracker(uri)
     parent, resumed = _open(uri)
     assert not resumed
-    tracking.log_candidate(uri, parent, "a", [_probe(0), _probe(16)], {"predicted_loss": 1.0}, {})
-    # the crash: b's run was created and half logged, the parent never ended
-    tracking.log_candidate(uri, parent, "b", [_probe(0)], {}, {}, finish=False)
+    _log(tracker, parent, "a", [0, 16], {"predicted_loss": 1.0})
+    # the crash: b's run was created and half logged (the process died before it ended), the
+    # parent never ended
+    dying = Tracker(uri)
+    dying.end_run = _killed
+    with pytest.raises(_Killed):
+        _log(dying, parent, "b", [0], {})
+    client = tracker.client
+    cut_off = [r for r in _active_runs(uri) if r.data.tags.get(T.CANDIDATE) == "b"]
+    assert [r.info.status for r in cut_off] == ["RUNNING"]  # the crash left b unfinished
 
     again, resumed = _open(uri)
     assert (again, resumed) == (parent, True)
-    client = tracking.get_client(uri)
-    assert client.get_run(parent).data.tags[tracking.TAG_RESUMED] == "1"
-    a_again = tracking.log_candidate(uri, parent, "a", [_probe(0), _probe(16)], {}, {})
-    tracking.log_candidate(uri, parent, "b", [_probe(0), _probe(16)], {"predicted_loss": 1.2}, {})
-    tracking.end_run(uri, parent)
+    assert client.get_run(parent).data.tags[T.RESUMED] == "1"
+    a_again = _log(tracker, parent, "a", [0, 16], {})
+    _log(tracker, parent, "b", [0, 16], {"predicted_loss": 1.2})
+    tracker.end_run(parent)
 
     runs = _active_runs(uri)
-    children = [r for r in runs if r.data.tags.get(tracking.TAG_CANDIDATE)]
-    assert sorted(r.data.tags[tracking.TAG_CANDIDATE] for r in children) == ["a", "b"]
+    children = [r for r in runs if r.data.tags.get(T.CANDIDATE)]
+    assert sorted(r.data.tags[T.CANDIDATE] for r in children) == ["a", "b"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    a_run = next(r for r in children if r.data.tags[tracking.TAG_CANDIDATE] == "a")
+    a_run = next(r for r in children if r.data.tags[T.CANDIDATE] == "a")
     assert a_again == a_run.info.run_id
     history = client.get_metric_history(a_run.info.run_id, "test_bits_per_byte")
     assert sorted(m.step for m in history) == [0, 16]  # logged once, not twice
-    b_run = next(r for r in children if r.data.tags[tracking.TAG_CANDIDATE] == "b")
+    b_run = next(r for r in children if r.data.tags[T.CANDIDATE] == "b")
     assert sorted(
         m.step for m in client.get_metric_history(b_run.info.run_id, "test_bits_per_byte")
     ) == [0, 16]
@@ -90,7 +151,7 @@ def test_a_crashed_selection_resumes_its_run_and_logs_each_candidate_once(uri):
 
 def test_a_finished_selection_is_not_resumed(uri):
     parent, _ = _open(uri)
-    tracking.end_run(uri, parent)
+    Tracker(uri).end_run(parent)
     again, resumed = _open(uri)
     assert not resumed and again != parent
     other, resumed = _open(uri, key="another-selection")
@@ -101,25 +162,27 @@ def test_an_unreachable_tracking_server_is_one_clear_error():
     from infra.stack import free_port
 
     uri = f"http://user:hunter2@127.0.0.1:{free_port()}"
-    err = tracking.unreachable_error(uri, timeout=2)
-    assert isinstance(err, tracking.TrackingUnavailableError)
+    err = Tracker(uri).unreachable_error(timeout=2)
+    assert isinstance(err, TrackingUnavailableError)
+    assert err.exit_code == 3  # a server that does not answer, not bad input (2)
     text = str(err)
     assert (
         "is unreachable" in text and "lensllm stack up" in text and "nothing is recomputed" in text
     )
     assert "hunter2" not in text  # credentials in the URI are never printed
-    with pytest.raises(tracking.TrackingUnavailableError):
-        tracking.check_reachable(uri, timeout=2)
-    tracking.check_reachable("sqlite:///nowhere/mlflow.db")  # local stores are always there
+    with pytest.raises(TrackingUnavailableError):
+        Tracker(uri).check_reachable(timeout=2)
+    Tracker("sqlite:///nowhere/mlflow.db").check_reachable()  # local stores are always there
 
 
 # --------------------------------------------------------------------------------------------
 # Registry: concurrent promotions
 # --------------------------------------------------------------------------------------------
 def _register(uri: str, tmp_path: Path, name: str, predicted: float, key: str) -> str:
-    client = tracking.get_client(uri)
-    run = tracking.start_run(uri, "registry", f"register-{key}")
-    tracking.log_text(uri, run, "weights", "model/weights.txt")
+    tracker = Tracker(uri)
+    client = tracker.client
+    run = tracker.create_run("registry", f"register-{key}")
+    tracker.log_text(run, "weights", "model/weights.txt")
     tags = version_tags(
         task_key="t",
         selection_key=key,
@@ -143,7 +206,7 @@ def _register(uri: str, tmp_path: Path, name: str, predicted: float, key: str) -
 
 def _promote_concurrently(uri, name, versions, monkeypatch, lock_dir) -> list[dict]:
     """Both gates read the champion before either writes: the window a real race needs."""
-    read = tracking.alias_version
+    read = ModelRegistry.alias_version
     barrier = threading.Barrier(len(versions), timeout=30)
 
     def slow_read(*args, **kwargs):
@@ -154,14 +217,13 @@ def _promote_concurrently(uri, name, versions, monkeypatch, lock_dir) -> list[di
             pass
         return found
 
-    monkeypatch.setattr(tracking, "alias_version", slow_read)
+    monkeypatch.setattr(ModelRegistry, "alias_version", slow_read)
     results: dict[str, dict] = {}
 
     def gate(version: str, delay: float) -> None:
         time.sleep(delay)
-        results[version] = tracking.promote_if_better(
-            uri, name, version, margin=0.0, lock_dir=lock_dir
-        )
+        registry = ModelRegistry(Tracker(uri), name)
+        results[version] = registry.promote_if_better(version, margin=0.0, lock_dir=lock_dir)
 
     # the better version starts first, so without a lock the worse one writes last
     threads = [threading.Thread(target=gate, args=(v, 0.3 * i)) for i, v in enumerate(versions)]
@@ -185,9 +247,9 @@ def test_two_gates_at_once_promote_the_better_version(uri, tmp_path, monkeypatch
     worse = _register(uri, tmp_path, name, 1.5, "sel-worse")
     lock_dir = str(tmp_path / "locks") if locked else None
     decisions = _promote_concurrently(uri, name, [better, worse], monkeypatch, lock_dir)
-    assert tracking.alias_version(uri, name, tracking.ALIAS_CHAMPION) == better
+    assert ModelRegistry(Tracker(uri), name).alias_version(T.ALIAS_CHAMPION) == better
     assert sum(d["promote"] for d in decisions) == 1  # one promotion wins
-    versions = tracking.get_client(uri).search_model_versions(f"name = '{name}'")
+    versions = Tracker(uri).client.search_model_versions(f"name = '{name}'")
     assert sorted(str(v.version) for v in versions) == sorted([better, worse])  # none lost
 
 
@@ -235,27 +297,33 @@ def _wait(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
 
 
 def _selection_state(uri: str, model_name: str) -> dict:
-    client = tracking.get_client(uri)
+    tracker = Tracker(uri)
+    client = tracker.client
     experiment = client.get_experiment_by_name("resilience").experiment_id
     runs = client.search_runs([experiment])
     versions = client.search_model_versions(f"name = '{model_name}'")
     return {
-        "selections": [r for r in runs if r.data.tags.get(tracking.TAG_RUN_KIND) == "selection"],
+        "selections": [r for r in runs if r.data.tags.get(T.RUN_KIND) == "selection"],
         "candidates": sorted(
-            r.data.tags[tracking.TAG_CANDIDATE]
-            for r in runs
-            if r.data.tags.get(tracking.TAG_RUN_KIND) == "candidate"
+            r.data.tags[T.CANDIDATE] for r in runs if r.data.tags.get(T.RUN_KIND) == "candidate"
         ),
         "versions": {
             v.version: (
-                v.tags[tracking.TAG_PREDICTED_LOSS],
-                v.tags[tracking.TAG_SELECTION_KEY],
+                v.tags[T.PREDICTED_LOSS],
+                v.tags[T.SELECTION_KEY],
                 v.source.rsplit("/", 1)[0] != "",
             )
             for v in versions
         },
-        "champion": tracking.alias_version(uri, model_name, tracking.ALIAS_CHAMPION),
+        "champion": ModelRegistry(tracker, model_name).alias_version(T.ALIAS_CHAMPION),
     }
+
+
+def _error_line(err: str) -> str:
+    """The CLI's one error line (Prefect may log after it, e.g. stopping its server)."""
+    lines = [line for line in err.splitlines() if line.startswith("lensllm: error:")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
 
 
 def _ranking(log: str) -> list[str]:
@@ -325,6 +393,14 @@ def mlflow_server(tmp_path_factory):
         stack.down(root)
 
 
+@pytest.fixture(scope="module")
+def prefect_cli(prefect_harness):
+    """The Prefect test API for in-process ``lensllm`` commands. Prefect sets up its console
+    logging when first imported, on the stderr of that moment: import it here, before a test's
+    ``capfd`` swaps stderr for a file that is closed after the test."""
+    import prefect.main  # noqa: F401
+
+
 def _probe_states(flow_run_id: str, n: int) -> list[str]:
     from tests.test_select_flow import _probe_task_runs
 
@@ -334,23 +410,32 @@ def _probe_states(flow_run_id: str, n: int) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_mlflow_down_mid_selection_then_the_same_command_logs_everything(
-    prefect_harness, mlflow_server, tmp_path, monkeypatch
+    prefect_cli, mlflow_server, tmp_path, monkeypatch, capfd
 ):
+    from flows import cli
     from infra import stack
     from tests.test_select_flow import MODEL_NAME, _run, _second_candidate
 
     root, uri = mlflow_server["root"], mlflow_server["uri"]
     other = _second_candidate(tmp_path / "models", tmp_path / "tiny-llama-seed1234")
     config = _tiny_config(tmp_path, other, tmp_path / "cache", uri, name="outage")
-    # The server passes the start check, then dies while the candidates are probed.
-    monkeypatch.setattr(tracking, "check_reachable", lambda *args, **kwargs: None)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast, not after backoff
     stack.down(root)
+    # Down at the start: `lensllm select` stops before any probe, one line, exit status 3.
+    rc = cli.main(["select", "--config", config])
+    _, stderr = capfd.readouterr()
+    assert rc == 3, stderr[-3000:]
+    line = _error_line(stderr)
+    assert "is unreachable" in line and "lensllm stack up" in line and "Traceback" not in stderr
+    assert not (tmp_path / "cache" / "results").exists()  # no probe spent
+
+    # The server passes the start check, then dies while the candidates are probed.
+    monkeypatch.setattr(Tracker, "check_reachable", lambda *args, **kwargs: None)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast, not after backoff
     state, _ = _run(config)
     assert state.is_failed()
     err = state.result(raise_on_failure=False)
-    assert isinstance(err, tracking.TrackingUnavailableError), repr(err)
-    assert "is unreachable" in str(err)
+    assert isinstance(err, TrackingUnavailableError), repr(err)
+    assert err.exit_code == 3 and "is unreachable" in str(err)
     assert len(list((tmp_path / "cache" / "results").iterdir())) >= 8  # the probes are kept
 
     monkeypatch.undo()
@@ -369,20 +454,36 @@ def test_mlflow_down_mid_selection_then_the_same_command_logs_everything(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_an_mlflow_server_whose_s3_store_is_down_is_one_clear_error(mlflow_server):
+def test_an_mlflow_server_whose_s3_store_is_down_is_one_clear_error(
+    prefect_cli, mlflow_server, tmp_path, capfd
+):
+    from flows import cli
     from infra import stack
+    from tests.test_select_flow import _second_candidate
 
     root, uri = mlflow_server["root"], mlflow_server["uri"]
-    tracking.check_reachable(uri)
+    other = _second_candidate(tmp_path / "models", tmp_path / "tiny-llama-seed1234")
+    config = _tiny_config(tmp_path, other, tmp_path / "cache", uri, name="s3-down")
+    tracker = Tracker(uri)
+    tracker.check_reachable()
     stack._stop(root, "s3", 15.0)  # MLflow itself stays up and healthy
     try:
         start = time.perf_counter()
-        with pytest.raises(tracking.TrackingUnavailableError, match="its artifact store does not"):
-            tracking.check_reachable(uri)
-        print(f"\nartifact store down: reported in {time.perf_counter() - start:.1f} s")
+        with pytest.raises(TrackingUnavailableError, match="its artifact store does not") as info:
+            tracker.check_reachable()
+        with capfd.disabled():
+            print(f"\nartifact store down: reported in {time.perf_counter() - start:.1f} s")
+        assert info.value.exit_code == 3
+        # `lensllm select` stops there: one line, exit status 3, no probe spent
+        rc = cli.main(["select", "--config", config])
+        _, stderr = capfd.readouterr()
+        assert rc == 3, stderr[-3000:]
+        assert "its artifact store does not" in _error_line(stderr)
+        assert "Traceback" not in stderr
+        assert not (tmp_path / "cache" / "results").exists()
     finally:
         stack.up(root, timeout=240)
-    tracking.check_reachable(uri)
+    tracker.check_reachable()
 
 
 @pytest.mark.integration
@@ -409,12 +510,12 @@ def test_concurrent_selections_of_one_task_keep_the_registry_consistent(mlflow_s
         assert "Selected:" in log, log[-3000:]
     assert any("waiting for selection" in log for log in logs)
 
-    client = tracking.get_client(uri)
-    versions = client.search_model_versions(f"name = '{registry['model_name']}'")
-    keys = {v.tags[tracking.TAG_SELECTION_KEY] for v in versions}
+    tracker = Tracker(uri)
+    versions = tracker.client.search_model_versions(f"name = '{registry['model_name']}'")
+    keys = {v.tags[T.SELECTION_KEY] for v in versions}
     assert len(versions) == len(keys) == 2  # one version per selection, none lost or doubled
-    predicted = {str(v.version): float(v.tags[tracking.TAG_PREDICTED_LOSS]) for v in versions}
-    champion = tracking.alias_version(uri, registry["model_name"], tracking.ALIAS_CHAMPION)
+    predicted = {str(v.version): float(v.tags[T.PREDICTED_LOSS]) for v in versions}
+    champion = ModelRegistry(tracker, registry["model_name"]).alias_version(T.ALIAS_CHAMPION)
     assert predicted[champion] == min(predicted.values())  # the gate decided, not the timing
-    reasons = [v.tags.get(tracking.TAG_GATE_REASON) for v in versions]
+    reasons = [v.tags.get(T.GATE_REASON) for v in versions]
     assert all(reasons), reasons

@@ -23,6 +23,7 @@ from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 from infra import deploy, stack
+from tasks.errors import LensLLMUserError
 from tasks.result_storage import RESULT_STORAGE_ENV, WriteThroughResultStorage, result_storage
 
 pytestmark = pytest.mark.integration
@@ -251,5 +252,8 @@ def test_without_the_stack_results_are_a_local_folder(monkeypatch, tmp_path):
 
 def test_unknown_storage_block_is_a_clear_error(prefect_harness, monkeypatch, tmp_path):
     monkeypatch.setenv(RESULT_STORAGE_ENV, "s3-bucket/no-such-block")
-    with pytest.raises(ValueError, match=r"names no S3Bucket block .*run `lensllm deploy`"):
+    with pytest.raises(ValueError, match=r"names no S3Bucket block .*run `lensllm deploy`") as info:
         result_storage(tmp_path / "cache")
+    # written for the user: `lensllm select` prints it as one line with exit status 2 (a plain
+    # ValueError would now be reported as a bug, with its traceback)
+    assert isinstance(info.value, LensLLMUserError) and info.value.exit_code == 2

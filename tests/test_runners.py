@@ -20,7 +20,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import ConfigError, RunnerConfig, load_config
 from flows.runners import build_task_runner, concurrent_probes, probe_threads
-from tasks import tracking
+from tasks.records import ProbeResult
+from tasks.tracking import tags as T
+from tasks.tracking.client import Tracker
 
 BASE = {
     "name": "tiny-runners",
@@ -189,12 +191,12 @@ def _second_candidate(models_dir: Path, dest: Path) -> str:
     return str(dest)
 
 
-def _probe_results(cache_dir: Path) -> list[dict]:
+def _probe_results(cache_dir: Path) -> list[ProbeResult]:
     """Every persisted probe result (one file per probe: nothing came from a shared cache)."""
     from prefect.results import ResultRecord
 
     records = [ResultRecord.deserialize(p.read_bytes()) for p in (cache_dir / "results").iterdir()]
-    return [r.result for r in records if isinstance(r.result, dict) and "worker" in r.result]
+    return [r.result for r in records if isinstance(r.result, ProbeResult)]
 
 
 def _probe_states(flow_run_id: str, expected: int, timeout: float = 60.0) -> list[str]:
@@ -217,21 +219,26 @@ def _probe_states(flow_run_id: str, expected: int, timeout: float = 60.0) -> lis
 
 def _test_losses(uri: str, run_id: str) -> dict[tuple[str, int], float]:
     """``test_loss`` per (candidate, subset size), as logged on the nested MLflow runs."""
-    client = tracking.get_client(uri)
+    client = Tracker(uri).client
     parent = client.get_run(run_id)
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'",
     )
     return {
-        (child.data.tags[tracking.TAG_CANDIDATE], m.step): m.value
+        (child.data.tags[T.CANDIDATE], m.step): m.value
         for child in children
         for m in client.get_metric_history(child.info.run_id, "test_loss")
     }
 
 
 def _select(tmp: Path, label: str, candidates: list[str], runner: dict | None) -> dict:
-    """The tiny selection with ``runner`` (None: the default), in its own cache and MLflow."""
+    """The tiny selection with ``runner`` (None: the default), in its own cache and MLflow.
+
+    Its own cache folder matters: ``threads`` is not in the probe cache key, so runners sharing
+    one cache would take each other's probes instead of computing them (each run's probe states
+    are checked to be Completed, none Cached).
+    """
     from flows.select import flow_with_runner
 
     root = tmp / label
@@ -254,9 +261,9 @@ def _select(tmp: Path, label: str, candidates: list[str], runner: dict | None) -
         "summary": summary,
         "seconds": seconds,
         "probe_states": _probe_states(str(state.state_details.flow_run_id), len(probes)),
-        "losses": _test_losses(summary["tracking_uri"], summary["run_id"]),
-        "workers": {p["worker"] for p in probes},
-        "threads": {p["threads"] for p in probes},
+        "losses": _test_losses(summary.tracking_uri, summary.run_id),
+        "workers": {p.worker for p in probes},
+        "threads": {p.threads for p in probes},
         "n_probes": len(probes),
     }
 
@@ -308,9 +315,11 @@ def selections(prefect_harness, tmp_path_factory):
 
 
 def _same_selection(sel: dict, base: dict) -> None:
-    assert sel["summary"]["selected"] == base["summary"]["selected"]
-    ranking = [(r["candidate"], r["predicted_loss"]) for r in sel["summary"]["ranking"]]
-    expected = [(r["candidate"], r["predicted_loss"]) for r in base["summary"]["ranking"]]
+    assert sel["summary"].selected == base["summary"].selected
+    ranking = [(r["candidate"], r["predicted_loss"]) for r in sel["summary"].result.ranking_rows()]
+    expected = [
+        (r["candidate"], r["predicted_loss"]) for r in base["summary"].result.ranking_rows()
+    ]
     assert [c for c, _ in ranking] == [c for c, _ in expected]
     for (_, loss), (_, want) in zip(ranking, expected, strict=True):
         assert math.isclose(loss, want, rel_tol=LOSS_RTOL), (ranking, expected)
@@ -325,7 +334,7 @@ def _same_selection(sel: dict, base: dict) -> None:
 @pytest.mark.slow
 def test_thread_runner_probes_every_candidate_in_the_flow_process(selections):
     sel = selections["thread"]
-    assert sel["summary"]["selected"] in selections["candidates"]
+    assert sel["summary"].selected in selections["candidates"]
     expected = {(c, size) for c in selections["candidates"] for size in LADDER}
     assert set(sel["losses"]) == expected and sel["n_probes"] == len(expected)
     assert sel["probe_states"] == ["Completed"] * len(expected)

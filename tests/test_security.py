@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.models import CandidateError, check_causal_lm, resolve_candidate
+from tasks.errors import CandidateError
+from tasks.models import check_causal_lm, resolve_candidate
+from tasks.records import ProbeSpec
 
 MARKER_CODE = """
 from pathlib import Path
@@ -55,6 +57,25 @@ def test_remote_code_is_refused_by_default_and_never_runs(tmp_path, monkeypatch)
         resolve_candidate(str(folder), cache_dir=tmp_path / "cache")
     with pytest.raises((CandidateError, ValueError), match="trust_remote_code"):
         check_causal_lm(folder)
+    assert not (folder / "CODE_RAN").exists()
+
+
+def test_probe_and_ntk_loaders_refuse_remote_code_by_default(tmp_path, monkeypatch):
+    """Even a folder that skipped resolution (a probe or an NTK task given a path) does not
+    run its code: every loader passes the candidate's trust_remote_code (default off)."""
+    from tasks.models.tiny_llama import build_byte_tokenizer
+    from tasks.ntk import compute_ntk_features
+    from tasks.training import prepare_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = _remote_code_folder(tmp_path)
+    build_byte_tokenizer().save_pretrained(folder)  # the tokenizer loads; the model must not
+    spec = ProbeSpec(device="cpu")
+    for train in (True, False):
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            prepare_model(str(folder), spec, train=train)
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        compute_ntk_features(str(folder), [{"prompt": "a", "target": " b"}] * 2, spec)
     assert not (folder / "CODE_RAN").exists()
 
 

@@ -17,7 +17,9 @@ import pytest
 import torch
 import yaml
 
-from tasks import tracking
+from tasks.tracking import tags as T
+from tasks.tracking.client import Tracker
+from tasks.tracking.models import load_transformers_components
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -106,7 +108,7 @@ def selection(prefect_harness, tmp_path_factory):
     first_s = time.perf_counter() - start
     summary = state.result()
     first_probes = _probe_task_runs(flow_run_id, n_probes)
-    client = tracking.get_client(cfg_data["tracking"]["uri"])
+    client = Tracker(cfg_data["tracking"]["uri"]).client
     versions_after_first = client.search_model_versions(f"name = '{MODEL_NAME}'")
 
     start = time.perf_counter()
@@ -137,20 +139,21 @@ def _parent_and_children(sel: dict, run_id: str):
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{run_id}' "
-        f"and tags.`{tracking.TAG_RUN_KIND}` = 'candidate'",
+        f"and tags.`{T.RUN_KIND}` = 'candidate'",
     )
     return parent, children
 
 
 def test_flow_returns_a_selected_candidate(selection):
     summary = selection["summary"]
-    assert summary["selected"] in selection["candidates"]
-    ranked = [row["candidate"] for row in summary["ranking"]]
+    assert summary.selected in selection["candidates"]
+    rows = summary.result.ranking_rows()
+    ranked = [row["candidate"] for row in rows]
     assert sorted(ranked) == sorted(selection["candidates"])
-    assert ranked[0] == summary["selected"]
-    losses = [row["predicted_loss"] for row in summary["ranking"]]
+    assert ranked[0] == summary.selected
+    losses = [row["predicted_loss"] for row in rows]
     assert losses == sorted(losses) and all(loss > 0 for loss in losses)
-    assert Path(summary["plot"]).is_file() and Path(summary["plot"]).stat().st_size > 1000
+    assert Path(summary.plot).is_file() and Path(summary.plot).stat().st_size > 1000
     # the first run really probed: every probe task ran and completed, none came from cache
     states = [r.state.name for r in selection["first_probes"]]
     assert len(states) == selection["n_probes"] and set(states) == {"Completed"}, states
@@ -158,19 +161,17 @@ def test_flow_returns_a_selected_candidate(selection):
 
 def test_mlflow_parent_run_with_one_nested_run_per_candidate(selection):
     client, uri = selection["client"], selection["uri"]
-    parent, children = _parent_and_children(selection, selection["summary"]["run_id"])
+    parent, children = _parent_and_children(selection, selection["summary"].run_id)
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags[tracking.TAG_RUN_KIND] == "selection"
+    assert parent.data.tags[T.RUN_KIND] == "selection"
     # one selection parent per flow run: two runs -> two parents, no strays
     experiment = parent.info.experiment_id
-    parents = client.search_runs([experiment], f"tags.`{tracking.TAG_RUN_KIND}` = 'selection'")
+    parents = client.search_runs([experiment], f"tags.`{T.RUN_KIND}` = 'selection'")
     assert {r.info.run_id for r in parents} == {
-        selection["summary"]["run_id"],
-        selection["summary2"]["run_id"],
+        selection["summary"].run_id,
+        selection["summary2"].run_id,
     }
-    assert sorted(r.data.tags[tracking.TAG_CANDIDATE] for r in children) == sorted(
-        selection["candidates"]
-    )
+    assert sorted(r.data.tags[T.CANDIDATE] for r in children) == sorted(selection["candidates"])
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
@@ -191,7 +192,7 @@ def test_mlflow_parent_run_with_one_nested_run_per_candidate(selection):
 
 
 def test_candidate_runs_record_dataset_inputs(selection):
-    _, children = _parent_and_children(selection, selection["summary"]["run_id"])
+    _, children = _parent_and_children(selection, selection["summary"].run_id)
     for child in children:
         inputs = child.inputs.dataset_inputs
         by_context = {}
@@ -210,7 +211,7 @@ def test_parent_run_artifacts_and_tags(selection, tmp_path):
     from flows.config import load_config
 
     client = selection["client"]
-    run_id = selection["summary"]["run_id"]
+    run_id = selection["summary"].run_id
     parent, children = _parent_and_children(selection, run_id)
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"curves.png", "ranking.json", "fit_params.json", "config"} <= top
@@ -223,19 +224,17 @@ def test_parent_run_artifacts_and_tags(selection, tmp_path):
     assert "selected" in fit_params
     # NTK on, but Lens's first round (16, 64) is too short for the law with F to be determined
     assert fit_params["predictor"] == "local_slope"
-    assert selection["summary"]["selected"] in json.dumps(ranking)
+    assert selection["summary"].selected in json.dumps(ranking)
     cfg = load_config(selection["config_path"])
     resolved = load_config(str(local / "config" / "resolved.yaml"))
     assert resolved == cfg
 
     for run in [parent, *children]:
         tags = run.data.tags
-        assert tags[tracking.TAG_CONFIG_HASH] == cfg.config_hash()
-        assert len(tags[tracking.TAG_GIT_COMMIT]) == 40  # the project is a git checkout
-        assert (
-            tags[tracking.TAG_DATA_FINGERPRINT]
-            == selection["summary"]["tags"][tracking.TAG_DATA_FINGERPRINT]
-        )
+        assert tags[T.CONFIG_HASH] == cfg.config_hash()
+        assert len(tags[T.GIT_COMMIT]) == 40  # the project is a git checkout
+        assert tags[T.SELECTION_KEY] == selection["summary"].selection_key
+        assert len(tags[T.DATA_FINGERPRINT]) == 16
 
 
 def test_registered_champion_reloads_to_the_finetuned_weights(selection):
@@ -249,12 +248,12 @@ def test_registered_champion_reloads_to_the_finetuned_weights(selection):
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     candidate = client.get_model_version_by_alias(MODEL_NAME, "candidate")
     assert champion.version == candidate.version == versions[0].version
-    assert selection["summary"]["registry"]["promoted"] is True
+    assert selection["summary"].registration.promoted is True
 
     model_dir = Path(client.get_run(champion.run_id).data.params["model_dir"])
     assert model_dir.is_relative_to(selection["tmp"] / "cache" / "finetuned")
     saved = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
-    components = tracking.load_transformers_components(uri, f"models:/{MODEL_NAME}@champion")
+    components = load_transformers_components(Tracker(uri), f"models:/{MODEL_NAME}@champion")
     loaded = components["model"].eval()
     tokens = components["tokenizer"]("rope: a strong line", return_tensors="pt")["input_ids"]
     with torch.no_grad():
@@ -263,7 +262,7 @@ def test_registered_champion_reloads_to_the_finetuned_weights(selection):
     torch.testing.assert_close(got, expected)
 
     # the registered weights are the fine-tuned ones, not the base candidate's
-    selected = selection["summary"]["selected"]
+    selected = selection["summary"].selected
     base_dir = resolve_candidate(selected, cache_dir=selection["tmp"] / "cache" / "models")
     base = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True).eval()
     with torch.no_grad():
@@ -274,26 +273,24 @@ def test_rerun_hits_the_probe_cache_and_registers_nothing_new(selection):
     states = [r.state.name for r in selection["second_probes"]]
     assert len(states) == selection["n_probes"]
     assert set(states) == {"Cached"}, states
-    assert selection["summary2"]["selected"] == selection["summary"]["selected"]
-    assert selection["summary2"]["ranking"] == selection["summary"]["ranking"]
-    reg = selection["summary2"]["registry"]
-    assert reg["created"] is False
-    assert reg["version"] == selection["summary"]["registry"]["version"]
+    assert selection["summary2"].selected == selection["summary"].selected
+    assert selection["summary2"].result == selection["summary"].result
+    reg = selection["summary2"].registration
+    assert reg.created is False
+    assert reg.version == selection["summary"].registration.version
     versions = selection["client"].search_model_versions(f"name = '{MODEL_NAME}'")
     assert len(versions) == 1
     # the re-run's candidate runs show the same curve as the first run's
-    _, first = _parent_and_children(selection, selection["summary"]["run_id"])
-    _, second = _parent_and_children(selection, selection["summary2"]["run_id"])
+    _, first = _parent_and_children(selection, selection["summary"].run_id)
+    _, second = _parent_and_children(selection, selection["summary2"].run_id)
     for a in first:
-        b = next(
-            r
-            for r in second
-            if r.data.tags[tracking.TAG_CANDIDATE] == a.data.tags[tracking.TAG_CANDIDATE]
-        )
+        b = next(r for r in second if r.data.tags[T.CANDIDATE] == a.data.tags[T.CANDIDATE])
         assert a.data.metrics["test_bits_per_byte"] == b.data.metrics["test_bits_per_byte"]
 
 
 def test_dataset_too_small_fails_before_any_probe(prefect_harness, tmp_path):
+    from tasks.errors import DataError
+
     rows = [{"q": f"word {i}", "a": f"meaning number {i}"} for i in range(60)]
     data_file = tmp_path / "small.jsonl"
     data_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
@@ -308,7 +305,7 @@ def test_dataset_too_small_fails_before_any_probe(prefect_harness, tmp_path):
     state, flow_run_id = _run(_write(tmp_path / "small.yaml", config))
     assert state.is_failed()
     err = state.result(raise_on_failure=False)
-    assert isinstance(err, ValueError)
+    assert isinstance(err, DataError)
     assert "has 60 examples but val_size=16 + test_size=16 + budget=64 needs 96" in str(err)
     assert _probe_task_runs(flow_run_id, None, timeout=5) == []
     assert not (tmp_path / "cache" / "results").exists()
@@ -335,4 +332,4 @@ def test_select_flow_called_directly_probes_concurrently(prefect_harness, tmp_pa
     config["candidates"][1] = _second_candidate(tmp_path / "cache" / "models", tmp_path / "m2")
     config["registry"] = {"enabled": False}
     summary = select_flow(config_path=_write(tmp_path / "direct.yaml", config))
-    assert summary["selected"] in config["candidates"]
+    assert summary.selected in config["candidates"]

@@ -26,7 +26,10 @@ import torch
 
 from infra import deploy as deploy_mod
 from infra import stack
-from tasks import tracking
+from tasks.tracking import tags as T
+from tasks.tracking.client import Tracker
+from tasks.tracking.models import load_transformers_components
+from tasks.tracking.registry import ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -180,9 +183,9 @@ def test_deployments_registered_on_the_pool(deployed):
 
 
 def test_mlflow_server_lists_the_runs(deployed):
-    client = tracking.get_client(deployed["uri"])
+    client = Tracker(deployed["uri"]).client
     runs = _selection_runs(client, deployed["uri"])
-    kinds = sorted(r.data.tags.get(tracking.TAG_RUN_KIND, "") for r in runs)
+    kinds = sorted(r.data.tags.get(T.RUN_KIND, "") for r in runs)
     assert kinds.count("selection") == 1 and kinds.count("candidate") == 2, kinds
     assert all(r.info.status == "FINISHED" for r in runs)
     # the server stores artifacts through its proxy (clients hold no S3 keys)
@@ -202,10 +205,11 @@ def test_champion_loads_through_the_server(deployed, monkeypatch):
     for key in list(os.environ):
         if key.startswith("AWS_"):
             monkeypatch.delenv(key)  # proof that the client needs no S3 credentials
-    client = tracking.get_client(deployed["uri"])
+    tracker = Tracker(deployed["uri"])
+    client = tracker.client
     champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     model_dir = client.get_run(champion.run_id).data.params["model_dir"]
-    comps = tracking.load_transformers_components(deployed["uri"], f"models:/{MODEL_NAME}@champion")
+    comps = load_transformers_components(tracker, f"models:/{MODEL_NAME}@champion")
     tokens = comps["tokenizer"]("rope: a strong line", return_tensors="pt")["input_ids"]
     saved = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
     with torch.no_grad():
@@ -268,29 +272,29 @@ def test_registry_rollback_command(deployed, capsys):
     from tasks.registry import version_description, version_tags
 
     uri = deployed["uri"]
-    client = tracking.get_client(uri)
+    tracker = Tracker(uri)
+    client = tracker.client
+    registry = ModelRegistry(tracker, MODEL_NAME)
     first = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    predicted = float(first.tags[tracking.TAG_PREDICTED_LOSS])
+    predicted = float(first.tags[T.PREDICTED_LOSS])
     # the REST API leaves ModelVersion.model_id empty; the run's outputs name the logged model
     model_id = first.model_id or client.get_run(first.run_id).outputs.model_outputs[0].model_id
     # a challenger predicted 0.5 better, registered from the same logged model and promoted
     tags = version_tags(
-        task_key=first.tags[tracking.TAG_TASK_KEY],
+        task_key=first.tags[T.TASK],
         selection_key="stack-test-challenger",
         predicted_loss=predicted - 0.5,
         interval=[predicted - 0.6, predicted - 0.4],
         selector="manual",
     )
-    version = tracking.register_model_version(
-        uri,
-        MODEL_NAME,
+    version = registry.register_version(
         model_uri=first.source,
         run_id=first.run_id,
         model_id=model_id,
         tags=tags,
         description=version_description(tags),
     )
-    second = {"version": version, **tracking.promote_if_better(uri, MODEL_NAME, version, margin=0)}
+    second = {"version": version, **registry.promote_if_better(version, margin=0)}
     assert second["promote"] is True
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == second["version"]
     assert main(["registry", "rollback", "--name", MODEL_NAME, "--tracking-uri", uri]) == 0
@@ -303,7 +307,7 @@ def test_registry_rollback_command(deployed, capsys):
 
 def test_everything_survives_restart(deployed, tmp_path):
     root, uri = deployed["root"], deployed["uri"]
-    client = tracking.get_client(uri)
+    client = Tracker(uri).client
     runs_before = {r.info.run_id for r in _selection_runs(client, uri)}
     versions_before = {v.version for v in client.search_model_versions(f"name = '{MODEL_NAME}'")}
     champion_before = client.get_model_version_by_alias(MODEL_NAME, "champion").version
@@ -317,7 +321,7 @@ def test_everything_survives_restart(deployed, tmp_path):
     assert stack.up(root)["started"] == []  # idempotent: a second up starts nothing
     print(f"\nrestart: healthy after {again['seconds']:.1f} s")
 
-    client = tracking.get_client(uri)
+    client = Tracker(uri).client
     assert {r.info.run_id for r in _selection_runs(client, uri)} == runs_before
     assert {v.version for v in client.search_model_versions(f"name = '{MODEL_NAME}'")} == (
         versions_before
@@ -325,9 +329,7 @@ def test_everything_survives_restart(deployed, tmp_path):
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == champion_before
     assert objects_before <= set(_objects(root))
     parent = next(
-        r
-        for r in _selection_runs(client, uri)
-        if r.data.tags.get(tracking.TAG_RUN_KIND) == "selection"
+        r for r in _selection_runs(client, uri) if r.data.tags.get(T.RUN_KIND) == "selection"
     )
     local = client.download_artifacts(parent.info.run_id, "ranking.json", str(tmp_path))
     assert json.loads(Path(local).read_text())  # served from S3 through the restarted server
@@ -377,7 +379,7 @@ def _mlflow_places(uri: str, dest: Path):
     """``(where, bytes)`` for every experiment, run, registered model and run artifact."""
     from mlflow.entities import ViewType
 
-    client = tracking.get_client(uri)
+    client = Tracker(uri).client
     experiments = client.search_experiments(view_type=ViewType.ALL)
     for exp in experiments:
         yield f"mlflow experiment {exp.name}", json.dumps([exp.name, exp.tags]).encode()
@@ -498,8 +500,9 @@ def test_secrets_appear_nowhere_but_the_credentials_files(deployed, tmp_path):
     creds = stack.credentials(root)
     secrets_ = [creds["access_key"], creds["secret_key"]]
     canary = "canary-" + os.urandom(8).hex()
-    run_id = _selection_runs(tracking.get_client(uri), uri)[0].info.run_id
-    tracking.get_client(uri).set_tag(run_id, "leak-canary", canary)
+    client = Tracker(uri).client
+    run_id = _selection_runs(client, uri)[0].info.run_id
+    client.set_tag(run_id, "leak-canary", canary)
     stack.s3_client(root).put_object(Bucket=stack.BUCKET, Key="canary.txt", Body=canary.encode())
     log = LogCreate(
         name="canary",

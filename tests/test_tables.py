@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tasks import errors
 from tasks.tables import LossTableError, load_loss_table, load_loss_table_task
 
 GOOD = (
@@ -96,13 +97,18 @@ def test_bad_table_raises(tmp_path, case):
     assert "tiny.csv" in str(exc.value)  # the message names the file
 
 
-def test_loss_table_error_is_a_value_error():
-    assert issubclass(LossTableError, ValueError)  # the CLI maps ValueError to exit status 2
+def test_loss_table_error_is_the_user_error_of_tasks_errors():
+    # one class, defined in tasks.errors: the CLI prints a LensLLMUserError as one line, exit 2
+    assert LossTableError is errors.LossTableError
+    assert issubclass(LossTableError, errors.LensLLMUserError)
+    assert issubclass(LossTableError, ValueError)  # library-style ``except ValueError`` works
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    # a user error (exit 2), still a FileNotFoundError
+    with pytest.raises(errors.MissingFileError, match="does not exist") as info:
         load_loss_table(str(tmp_path / "nope.csv"))
+    assert isinstance(info.value, FileNotFoundError) and "nope.csv" in str(info.value)
 
 
 def test_duplicate_size_column_raises(tmp_path):

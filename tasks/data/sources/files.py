@@ -1,0 +1,83 @@
+"""Local data files (``.json``, ``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``, ``.txt``), read with
+``datasets.load_dataset`` and mapped to examples with ``prompt_field`` / ``target_field`` or a
+``template`` such as ``"Question: {question}\\nAnswer:"`` plus ``target_field``.
+
+``source`` is the file path (format from its extension), or a builder name (``json``, ``csv``,
+``parquet``, ``text``) with the file in ``path``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from tasks.data.sources.rows import examples_for
+from tasks.errors import DataError, MissingFileError
+from tasks.records import DataSpec, Example
+
+NAME = "file"
+# Files formats `datasets` reads, by file extension.
+FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
+}
+BUILDERS = frozenset(FILE_BUILDERS.values())
+
+
+def handles(source: str) -> bool:
+    """Whether ``source`` names a local file (by extension) or a builder name."""
+    return source in BUILDERS or Path(source).suffix.lower() in FILE_BUILDERS
+
+
+def file_builder(path: str | Path) -> str:
+    """The ``datasets`` builder name (json, csv, parquet, text) for a file's extension."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FILE_BUILDERS:
+        raise DataError(
+            f"cannot infer the format of {path}: extension {suffix!r} is not one of "
+            f"{sorted(FILE_BUILDERS)}"
+        )
+    return FILE_BUILDERS[suffix]
+
+
+def data_file(spec: DataSpec) -> Path:
+    """The file a file source reads."""
+    if spec.source in BUILDERS:
+        if spec.path is None:
+            raise DataError(f"source {spec.source!r} needs path= naming the data file")
+        return Path(spec.path)
+    return Path(spec.source)
+
+
+def load_columns(spec: DataSpec) -> dict[str, list]:
+    """The file's columns (column name -> values)."""
+    import datasets  # slow import, only needed for file and hub sources
+
+    file = data_file(spec)
+    if not file.is_file():
+        raise MissingFileError(f"data file {file} does not exist")
+    builder = spec.source if spec.source in BUILDERS else file_builder(file)
+    kwargs = {"delimiter": "\t"} if file.suffix.lower() == ".tsv" else {}
+    # A throw-away cache folder: this module keeps nothing on disk.
+    with tempfile.TemporaryDirectory(prefix="lensllm-data-") as cache_dir:
+        dataset = datasets.load_dataset(
+            builder, data_files=str(file), split="train", cache_dir=cache_dir, **kwargs
+        )
+        return dataset.to_dict()
+
+
+def load(spec: DataSpec) -> list[Example]:
+    """The examples of a local file, mapped with the spec's fields."""
+    where = spec.source if spec.path is None else f"{spec.source}:{spec.path}"
+    return examples_for(load_columns(spec), spec, where)
+
+
+def files(spec: DataSpec) -> list[Path]:
+    """The data file (its stamp keys the data cache)."""
+    if spec.source in BUILDERS and spec.path is None:
+        return []
+    return [data_file(spec)]

@@ -1,0 +1,95 @@
+"""Plots a reviewer looks at: every candidate's curve with its prediction, the NTK spectra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tasks.fit import curve_matrix  # noqa: E402
+from tasks.records import NtkResult, ProbeResult, SelectionResult  # noqa: E402
+
+
+def plot_selection(result: SelectionResult, probes: dict[str, list[ProbeResult]], path: str) -> str:
+    """All candidates on one figure: measured points, rectified fit, prediction + interval."""
+    sizes, table = curve_matrix(probes, result.rank_on)
+    target = result.target_size
+    x = np.array(sizes, dtype=float)
+    pos = x > 0
+    grid = np.geomspace(x[pos].min() / 2, target * 1.3, 120)
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    for row, name in enumerate(probes):
+        cand = result.candidates[name]
+        color = f"C{row % 10}"
+        label = name + (" (selected)" if name == result.selected else "")
+        ax.plot(x[pos], table[row, pos], "o", color=color, label=label)
+        if np.isfinite(table[row, 0]) and not pos[0]:
+            ax.plot([grid[0]], [table[row, 0]], "s", color=color, mfc="none")
+        rect = cand.laws.get("rectified")
+        if rect:
+            ax.plot(grid, _rectified_curve(rect.params, grid), ":", color=color, lw=1, alpha=0.6)
+        pred, (lo, hi) = cand.predicted_loss, cand.interval
+        measured = np.flatnonzero(pos & np.isfinite(table[row]))
+        if np.isfinite(pred) and len(measured):
+            last = measured[-1]  # the selector's extrapolation, from the largest probe
+            ax.plot([x[last], target], [table[row, last], pred], "--", color=color, lw=1.2)
+        if np.isfinite(pred):
+            err = [[pred - lo], [hi - pred]] if np.isfinite(lo) and np.isfinite(hi) else None
+            ax.errorbar([target], [pred], yerr=err, fmt="*", ms=12, color=color, capsize=4)
+    ax.axvline(target, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    unit = "bits per byte" if result.rank_on == "bits_per_byte" else "nats per token"
+    ax.set_xlabel("fine-tuning examples (squares at the left: zero-shot)")
+    ax.set_ylabel(f"test loss ({unit})")
+    ax.set_title(
+        f"{result.selector}: predicted loss at {target} examples (stars, 90% interval)\n"
+        "dashed: selector's extrapolation; dotted: rectified-law fit",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _rectified_curve(params: dict, grid: np.ndarray) -> np.ndarray:
+    b, d_l, beta, e = (np.asarray(params[k], dtype=float) for k in ("B", "D_l", "beta", "E"))
+    return b / (d_l + grid**beta) + e
+
+
+def plot_spectra(ntk: dict[str, NtkResult], f_terms: dict[str, float | None], path: str) -> str:
+    """NTK eigenvalues and cumulative residual alignment of every candidate."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (name, feats) in enumerate(ntk.items()):
+        lam = np.asarray(feats.eigenvalues, dtype=float)
+        k = np.arange(1, len(lam) + 1)
+        ax1.loglog(k, np.maximum(lam, 1e-30), "o-", ms=3, color=f"C{i}", label=name)
+        ax2.semilogx(
+            k,
+            np.cumsum(feats.alignment),
+            "o-",
+            ms=3,
+            color=f"C{i}",
+            label=f"{name} (F={f_terms.get(name) or float('nan'):.3g})",
+        )
+    ax1.set_xlabel("eigenvalue index k")
+    ax1.set_ylabel("lambda_k of Theta")
+    ax1.set_title("NTK spectrum (LoRA parameters)")
+    ax2.set_xlabel("eigenvalue index k")
+    ax2.set_ylabel("cumulative (u_k . r0)^2 / ||r0||^2")
+    ax2.set_title("alignment of the initial residual")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
