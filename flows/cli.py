@@ -200,7 +200,7 @@ def _models_prepare(args: argparse.Namespace) -> int:
     from tasks.models import prepare
 
     names = args.names or ["smollm2-135m"]
-    for info in prepare(names):
+    for info in prepare(names, cache_dir=args.cache_dir, accept_license=args.accept_license):
         print(info)
     return 0
 
@@ -220,6 +220,18 @@ def _add_pipeline_commands(sub) -> None:
     msub = models.add_subparsers(dest="models_command", required=True)
     prep = msub.add_parser("prepare", help="install and convert built-in models (offline cache)")
     prep.add_argument("names", nargs="*", help="built-in names (default: smollm2-135m)")
+    prep.add_argument(
+        "--accept-license",
+        metavar="LICENSE",
+        help="accept the licence of models that need consent: 'gemma' accepts the Gemma Terms "
+        "of Use (https://ai.google.dev/gemma/terms) for gemma3-270m*",
+    )
+    prep.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="model cache to build into (default: .lensllm/models in the project; a config's "
+        "cache_dir + /models)",
+    )
     prep.set_defaults(func=_models_prepare)
     listing = msub.add_parser("list", help="the built-in candidates and where they come from")
     listing.set_defaults(func=_models_list)

@@ -45,6 +45,11 @@ class CandidateError(LensLLMUserError, ValueError):
     """A candidate name or folder cannot be turned into a causal language model."""
 
 
+class LicenseNotAcceptedError(LensLLMUserError, ValueError):
+    """A model whose licence needs consent was asked for without it; the message names the
+    licence and the flag that accepts it (checked before anything is downloaded)."""
+
+
 class LossTableError(LensLLMUserError, ValueError):
     """A loss table that the replay benchmark cannot use; the message names the problem."""
 

@@ -237,7 +237,7 @@ def test_prepare_builds_once_and_reports(tmp_path: Path) -> None:
 
 
 def test_builtin_families_are_registered() -> None:
-    assert BUILTIN.names() == ["smollm2-135m", "tiny-llama"]
+    assert BUILTIN.names() == ["smollm2-135m", "gemma3-270m", "tiny-llama"]
     assert BUILTIN.get("smollm2-135m") is smollm2.FAMILY
     assert BUILTIN.get("tiny-llama") is tiny_llama.FAMILY
     for name in BUILTIN.names():
@@ -250,6 +250,7 @@ def test_builtin_families_are_registered() -> None:
         "smollm2-135m",
         "smollm2-135m-l8",
         "smollm2-135m-l8-scratch",
+        *BUILTIN.get("gemma3-270m").examples,
         "tiny-llama",
     ]
 

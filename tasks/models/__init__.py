@@ -1,8 +1,10 @@
 """Candidate models: names to local model folders, built-ins in a registry, preparation.
 
 * :mod:`tasks.models.builtin`: the registry of built-in families (:data:`BUILTIN`);
-  :mod:`tasks.models.smollm2` (the real SmolLM2-135M-Instruct and derived variants) and
-  :mod:`tasks.models.tiny_llama` (a tiny offline model for tests) are registered here;
+  :mod:`tasks.models.smollm2` (the real SmolLM2-135M-Instruct and derived variants),
+  :mod:`tasks.models.gemma3` (Gemma-3-270M base, on request under the Gemma terms, and derived
+  variants) and :mod:`tasks.models.tiny_llama` (a tiny offline model for tests) are registered
+  here;
 * :mod:`tasks.models.resolve`: :func:`resolve_candidate`, :func:`check_causal_lm`,
   :func:`describe_candidate`;
 * :mod:`tasks.models.store`: the model cache (built once, atomically).
@@ -16,12 +18,12 @@ from typing import Any
 from prefect import task
 
 from tasks.errors import CandidateError, HubUnavailableError
-from tasks.models import smollm2, tiny_llama
+from tasks.models import gemma3, smollm2, tiny_llama
 from tasks.models.builtin import BUILTIN, builtin_names, family_of
 from tasks.models.resolve import check_causal_lm, describe_candidate, resolve_candidate
 from tasks.models.store import build_metadata, cache_root, is_complete
 
-for _family in (smollm2.FAMILY, tiny_llama.FAMILY):
+for _family in (smollm2.FAMILY, gemma3.FAMILY, tiny_llama.FAMILY):
     BUILTIN.register(_family.name)(_family)
 
 __all__ = [
