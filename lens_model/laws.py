@@ -9,6 +9,11 @@ deterministic grid of starts plus seeded random ones. ``fit`` accepts one curve 
 many curves at once (2-D losses, one row per model); NaN losses are ignored. Fitted attributes
 end with ``_``. A fit that does not converge emits a ``FitWarning`` and is flagged in
 ``converged_``; its parameters are the best found, never a substitute value.
+
+``predict_interval`` gives a delta-method interval (``method="delta"``, the default) or a
+calibrated one (``method="calibrated"``): the law refitted on its own curves cut after each
+size, its errors on the sizes beyond the cut scaled to the prediction's horizon
+(``lens_model.calibration``).
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
+from lens_model.calibration import (
+    IntervalCalibrator,
+    backtest_refits,
+    check_level,
+    power_scale,
+)
 from lens_model.fitting import best_of_starts, levenberg_marquardt, logit, numeric_jacobian, sigmoid
 from lens_model.registry import Registry
 
@@ -73,6 +84,15 @@ class ScalingLaw:
         self.max_iter = max_iter
         self.noise_floor = noise_floor
 
+    def _settings(self) -> dict:
+        """Keyword arguments that rebuild this law unfitted (for refits)."""
+        return {
+            "seed": self.seed,
+            "n_random_starts": self.n_random_starts,
+            "max_iter": self.max_iter,
+            "noise_floor": self.noise_floor,
+        }
+
     # -- subclass hooks ---------------------------------------------------------------------
     def _log_loss(self, u: np.ndarray, x: np.ndarray, floor: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -100,6 +120,7 @@ class ScalingLaw:
         self
         """
         curves, self._single = self._prepare(sizes, losses)
+        self._remember(sizes, losses)
         n, p = curves.x.shape[0], len(self.param_names)
         starts = self._all_starts(curves)
         s = starts.shape[1]
@@ -148,14 +169,32 @@ class ScalingLaw:
         return out[0] if self._single else out
 
     def predict_interval(
-        self, sizes: np.ndarray, level: float = 0.9
+        self, sizes: np.ndarray, level: float = 0.9, *, method: str = "delta"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Central ``level`` interval of the prediction (delta method in log space).
+        """Central ``level`` interval of the prediction.
 
-        The parameter covariance is ``s^2 (J^T J)^-1`` at the optimum, with ``s^2`` the residual
-        variance (at least ``noise_floor^2``); the interval is symmetric in ln L.
+        Parameters
+        ----------
+        sizes : array_like (q,)
+            Data sizes to predict at.
+        level : float
+            Nominal level, in (0, 1).
+        method : {"delta", "calibrated"}
+            ``"delta"``: the delta method in log space, with parameter covariance
+            ``s^2 (J^T J)^-1`` at the optimum and ``s^2`` the residual variance (at least
+            ``noise_floor^2``); symmetric in ln L, and it says nothing about how the curve
+            bends beyond the data. ``"calibrated"``: conformal quantiles of the law's own
+            extrapolation errors (:meth:`calibrate`), scaled to each size's horizon.
         """
         self._check_fitted()
+        level = check_level(level)
+        if method == "calibrated":
+            return self._calibrated_interval(sizes, level)
+        if method != "delta":
+            raise ValueError(f"method must be 'delta' or 'calibrated', got {method!r}")
+        return self._delta_interval(sizes, level)
+
+    def _delta_interval(self, sizes, level: float) -> tuple[np.ndarray, np.ndarray]:
         c = self._curves
         x_q = self._log_sizes(_check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float))))
         x_q = np.broadcast_to(x_q, (self.theta_.shape[0], x_q.shape[-1]))
@@ -176,7 +215,81 @@ class ScalingLaw:
             lo, hi = np.exp(pred - half), np.exp(pred + half)
         return (lo[0], hi[0]) if self._single else (lo, hi)
 
+    def calibrate(self) -> ScalingLaw:
+        """Backtest the law on its own curves; the result feeds calibrated intervals.
+
+        Every curve is cut after each of its sizes that leaves at least one point more than
+        the law has parameters, the cut curves are refitted (one batch per cut size, same
+        settings), and their log errors at the larger sizes are recorded. Sets
+        ``calibration_`` (an :class:`~lens_model.calibration.IntervalCalibrator`, or None when
+        the curves are too short for a backtest) and ``calibration_basis_`` (what the
+        intervals rest on, in words). Calibrated intervals need one size ladder shared by all
+        curves (1-D ``sizes`` in :meth:`fit`).
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        sizes, losses = self._fit_data
+        if sizes.ndim != 1:
+            raise ValueError(
+                "calibrated intervals need one size ladder for all curves (1-D sizes in fit)"
+            )
+        backtest = backtest_refits(
+            self._refit,
+            sizes,
+            losses,
+            min_points=len(self.param_names) + 1,
+            zero_shot=self.uses_zero_shot,
+        )
+        try:
+            self.calibration_ = IntervalCalibrator().fit(backtest)
+            self.calibration_basis_ = self.calibration_.basis(0.9)
+        except ValueError as err:
+            self.calibration_ = None
+            self.calibration_basis_ = f"no backtest ({err})"
+        return self
+
+    def _refit(self, kept_sizes, kept_losses, rows) -> np.ndarray:
+        """Predictions at every fitted size of a fresh law fitted to cut curves ``rows``."""
+        law = type(self)(**self._settings())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)  # a backtest uses the best fit found
+            law.fit(kept_sizes, kept_losses)
+        return law.predict(self._fit_data[0])
+
+    def _calibrated_interval(self, sizes, level: float) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "calibration_"):
+            self.calibrate()
+        cal = self.calibration_
+        if cal is None:
+            raise ValueError(
+                f"{self.name} law: no calibrated interval, the curves are too short for a "
+                f"backtest ({self.calibration_basis_}); use method='delta'"
+            )
+        q = _check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float)))
+        centre = np.log(np.atleast_2d(self.predict(q)))
+        fitted, losses = self._fit_data
+        largest = np.nanmax(np.where(np.isfinite(losses) & (fitted > 0), fitted, np.nan), axis=1)
+        # A size inside the data is at least as hard as the shortest backtest extrapolation.
+        horizon = np.maximum(np.log2(q[None, :] / largest[:, None]), cal.min_horizon_)
+        lo, hi = cal.interval(centre, power_scale(horizon), level)
+        lo, hi = np.exp(lo), np.exp(hi)
+        return (lo[0], hi[0]) if self._single else (lo, hi)
+
     # -- internals --------------------------------------------------------------------------
+    def _remember(self, sizes, losses) -> None:
+        """Keep the data of the last fit (a calibrated interval refits on cuts of it)."""
+        losses = np.atleast_2d(np.asarray(losses, dtype=float))
+        sizes = np.asarray(sizes, dtype=float)
+        self._fit_data = (
+            sizes if sizes.ndim == 1 else np.broadcast_to(sizes, losses.shape),
+            losses,
+        )
+        self.__dict__.pop("calibration_", None)
+        self.__dict__.pop("calibration_basis_", None)
+
     def _log_sizes(self, sizes: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return np.log(np.where(sizes > 0, sizes, ZERO_SIZE))
@@ -379,6 +492,22 @@ class LensLaw(RectifiedLaw):
         self.log_scale_bounds = log_scale_bounds
         self.n_grid = n_grid
 
+    def _settings(self) -> dict:
+        return super()._settings() | {
+            "scale": self.scale,
+            "log_scale_bounds": self.log_scale_bounds,
+            "n_grid": self.n_grid,
+        }
+
+    def _refit(self, kept_sizes, kept_losses, rows) -> np.ndarray:
+        if self.f_term_ is None:
+            return super()._refit(kept_sizes, kept_losses, rows)
+        law = type(self)(**self._settings())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)
+            law.fit(kept_sizes, kept_losses, f_term=self.f_term_[rows])
+        return law.predict(self._fit_data[0])
+
     def fit(
         self, sizes: np.ndarray, losses: np.ndarray, f_term: np.ndarray | float | None = None
     ) -> LensLaw:
@@ -406,6 +535,7 @@ class LensLaw(RectifiedLaw):
         from scipy.optimize import minimize_scalar
 
         curves, self._single = self._prepare(sizes, losses)
+        self._remember(sizes, losses)
         ln_f = np.log(f)
         starts = self._all_starts(curves)[:, :, :3]
         lo, hi = self._scale_bounds(curves, ln_f)
