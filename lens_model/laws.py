@@ -104,6 +104,10 @@ class ScalingLaw:
     def _natural(self, u: np.ndarray, floor: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def _log_loss_jacobian(self, u: np.ndarray, x: np.ndarray, floor: np.ndarray):
+        """``d ln L / d u``, shape (N, m, p); None: the fit uses finite differences."""
+        return None
+
     # -- public API -------------------------------------------------------------------------
     def fit(self, sizes: np.ndarray, losses: np.ndarray) -> ScalingLaw:
         """Fit the law to one curve or to a batch of curves.
@@ -130,6 +134,7 @@ class ScalingLaw:
             lambda u, rows=slice(None): self._residuals(u, x[rows], y[rows], w[rows], floor[rows]),
             starts.reshape(n * s, p),
             max_iter=self.max_iter,
+            jacobian=self._residual_jacobian(x, w, floor),
         )
         best = best_of_starts(result.cost, n, s)
         converged = result.converged[best] & np.isfinite(result.cost[best])
@@ -314,6 +319,16 @@ class ScalingLaw:
         floor = np.nanmin(np.where(used, losses, np.nan), axis=1)
         return _Curves(x=x, y=y, w=used.astype(float), floor=floor), single
 
+    def _residual_jacobian(self, x, w, floor):
+        """The fit's ``jacobian(u, rows)`` for ``levenberg_marquardt`` (None: numeric)."""
+        if self._log_loss_jacobian(np.zeros((1, len(self.param_names))), x[:1], floor[:1]) is None:
+            return None
+
+        def jacobian(u, rows):  # levenberg_marquardt zeroes non-finite entries
+            return self._log_loss_jacobian(u, x[rows], floor[rows]) * w[rows][:, :, None]
+
+        return jacobian
+
     def _residuals(self, u, x, y, w, floor) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             r = self._log_loss(u, x, floor) - y
@@ -353,6 +368,16 @@ class VanillaLaw(ScalingLaw):
         e = np.maximum(floor[:, None] * sigmoid(u[:, 0:1]), 1e-300)
         beta = BETA_MAX * sigmoid(u[:, 2:3])
         return np.logaddexp(u[:, 1:2] - beta * x, np.log(e))
+
+    def _log_loss_jacobian(self, u, x, floor):
+        s_e, s_beta = sigmoid(u[:, 0:1]), sigmoid(u[:, 2:3])
+        log_e = np.log(np.maximum(floor[:, None] * s_e, 1e-300))
+        power = u[:, 1:2] - BETA_MAX * s_beta * x  # ln(B / D^beta)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.logaddexp(power, log_e)
+            g_power, g_e = np.exp(power - total), np.exp(log_e - total)
+        d_beta = -x * BETA_MAX * s_beta * (1 - s_beta)
+        return np.stack(np.broadcast_arrays(g_e * (1 - s_e), g_power, g_power * d_beta), axis=-1)
 
     def _grid_starts(self, c):
         starts = []
@@ -404,6 +429,24 @@ class RectifiedLaw(ScalingLaw):
         beta = BETA_MAX * sigmoid(u[:, 2:3])
         z = np.clip(beta * x + c, -700, 700)
         return np.logaddexp(u[:, 1:2] - np.logaddexp(0.0, z), np.log(e))
+
+    def _log_loss_jacobian(self, u, x, floor):
+        return self._jacobian_with_c(u, x, floor, u[:, 3:4])
+
+    @staticmethod
+    def _jacobian_with_c(u, x, floor, c):
+        """``d ln L / d (u_0, u_1, u_2, c)``, shape (N, m, 4)."""
+        s_e, s_beta = sigmoid(u[:, 0:1]), sigmoid(u[:, 2:3])
+        log_e = np.log(np.maximum(floor[:, None] * s_e, 1e-300))
+        z_raw = BETA_MAX * s_beta * x + c
+        z = np.clip(z_raw, -700, 700)
+        power = u[:, 1:2] - np.logaddexp(0.0, z)  # ln((A - E) / (1 + e^z))
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.logaddexp(power, log_e)
+            g_power, g_e = np.exp(power - total), np.exp(log_e - total)
+        d_z = -g_power * sigmoid(z) * (np.abs(z_raw) < 700)  # a clipped z does not move
+        d_beta = d_z * x * BETA_MAX * s_beta * (1 - s_beta)
+        return np.stack(np.broadcast_arrays(g_e * (1 - s_e), g_power, d_beta, d_z), axis=-1)
 
     def _grid_starts(self, c):
         starts = []
@@ -588,7 +631,13 @@ class LensLaw(RectifiedLaw):
                 r = self._log_loss_with_c(u, x[rows], floor[rows], knee[rows]) - y[rows]
             return np.where(w[rows] > 0, r, 0.0)
 
-        result = levenberg_marquardt(residuals, starts.reshape(n * s, p), max_iter=self.max_iter)
+        def jacobian(u, rows):  # levenberg_marquardt zeroes non-finite entries
+            jac = self._jacobian_with_c(u, x[rows], floor[rows], knee[rows])[..., :3]
+            return jac * w[rows][:, :, None]
+
+        result = levenberg_marquardt(
+            residuals, starts.reshape(n * s, p), max_iter=self.max_iter, jacobian=jacobian
+        )
         best = best_of_starts(result.cost, n, s)
         theta = np.concatenate([result.theta[best], knee[best]], axis=1)
         ok = result.converged[best] & np.isfinite(result.cost[best])
