@@ -39,8 +39,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import log_ndtr, ndtr, ndtri
-from scipy.stats import t as student_t
+from scipy.special import log_ndtr, ndtr, ndtri, stdtrit
 
 DEFAULT_GROWTH = 1.5
 INTERVAL_METHODS = ("calibrated", "heuristic")
@@ -537,7 +536,7 @@ def _t_half_width(values: np.ndarray, level: float, *, centre: float) -> float:
     of freedom), for backtests too small for conformal quantiles at ``level``."""
     n = len(values)
     sd = math.sqrt(float(np.sum((values - centre) ** 2)) / max(n - 1, 1))
-    return float(student_t.ppf(0.5 + level / 2, max(n - 1, 1)) * sd * math.sqrt(1 + 1 / n))
+    return float(stdtrit(max(n - 1, 1), 0.5 + level / 2) * sd * math.sqrt(1 + 1 / n))
 
 
 # -- predictive distributions and decision probabilities ------------------------------------

@@ -135,9 +135,11 @@ def calibration_replay(
 ) -> tuple[list[dict], dict[str, dict]]:
     """How well the intervals and pairwise probabilities of ``methods`` hold on a table.
 
-    Every method that predicts a target loss is run at every budget, for each interval kind
-    and nominal level (a selector run at level ``l`` reports its own interval at ``l``).
-    Scores are on log losses.
+    Every method that predicts a target loss is run at every budget and for each interval
+    kind. A heuristic selector is run at each nominal level (it reports its own interval at
+    that level); a calibrated one once, at the highest level, its intervals at the other
+    levels coming from the same predictive distributions (``Selection.interval``), which is
+    exactly what a run at that level reports. Scores are on log losses.
 
     Returns
     -------
@@ -161,20 +163,37 @@ def calibration_replay(
         for kind in intervals:
             label, probs, outcomes = method_label(name, kind), [], []
             for budget in budgets:
-                for level in levels:
-                    sel = _select(
-                        selectors[name],
-                        sizes,
-                        losses,
-                        model_sizes,
-                        budget,
-                        target_size,
-                        level=level,
-                        interval=kind,
+                for level in sorted(levels, reverse=True):
+                    if kind != "calibrated" or level == top:
+                        sel = _select(
+                            selectors[name],
+                            sizes,
+                            losses,
+                            model_sizes,
+                            budget,
+                            target_size,
+                            level=level,
+                            interval=kind,
+                        )
+                        if not np.isfinite(sel.predictions).any():
+                            break  # this selector predicts no loss: nothing to score
+                    lower, upper = (
+                        sel.interval(level)
+                        if kind == "calibrated" and sel.interval_method == "calibrated"
+                        else (sel.lower, sel.upper)
                     )
-                    if not np.isfinite(sel.predictions).any():
-                        break  # this selector predicts no loss: nothing to score
-                    rows.append(_interval_row(label, budget, level, sel, log_truth))
+                    if kind == "calibrated" and sel.interval_method != "calibrated":
+                        lower, upper = _rerun(
+                            selectors[name],
+                            sizes,
+                            losses,
+                            model_sizes,
+                            budget,
+                            target_size,
+                            level,
+                            kind,
+                        )
+                    rows.append(_interval_row(label, budget, level, lower, upper, log_truth))
                     if level == top:
                         p, o = pairwise_outcomes(sel.prob_better_matrix(), np.exp(log_truth))
                         probs.append(p)
@@ -185,9 +204,16 @@ def calibration_replay(
     return rows, pairwise
 
 
-def _interval_row(label: str, budget: int, level: float, sel: Selection, log_truth) -> dict:
+def _rerun(selector, sizes, losses, model_sizes, budget, target, level, kind):
+    """The interval of a selection run at ``level`` (a calibrated selector that fell back to
+    its heuristic interval reports it at each level)."""
+    sel = _select(selector, sizes, losses, model_sizes, budget, target, level=level, interval=kind)
+    return sel.lower, sel.upper
+
+
+def _interval_row(label: str, budget: int, level: float, lower, upper, log_truth) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
-        lo, hi = np.log(sel.lower), np.log(sel.upper)
+        lo, hi = np.log(lower), np.log(upper)
     ok = np.isfinite(lo) & np.isfinite(hi)
     return {
         "method": label,

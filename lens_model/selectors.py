@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
@@ -127,7 +128,7 @@ class Selection:
     p_best : ndarray (N,)
         Probability that each candidate has the lowest loss at the target; sums to 1 over the
         candidates with a prediction (dropped ones included: they may still be the best), NaN
-        for the others and for selectors that predict no loss.
+        for the others and for selectors that predict no loss. Computed on first access.
     """
 
     scores: np.ndarray
@@ -142,7 +143,6 @@ class Selection:
     interval_method: str = "heuristic"
     interval_basis: str = ""
     predictive: Predictive | None = field(default=None, repr=False)
-    p_best: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.predictive is None:  # a Selection built by hand: normals from its intervals
@@ -152,7 +152,10 @@ class Selection:
         if not np.isfinite(self.predictions).any():
             self.interval_method = "none"
             self.interval_basis = self.interval_basis or "the selector predicts no target loss"
-        self.p_best = self.predictive.p_best()
+
+    @cached_property
+    def p_best(self) -> np.ndarray:
+        return self.predictive.p_best()
 
     def prob_better(self, i: int, j: int) -> float:
         """P(candidate ``i`` reaches a lower loss than ``j`` at the target); with
