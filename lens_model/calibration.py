@@ -475,14 +475,14 @@ class IntervalCalibrator:
         r, n = self.scores_, self.n_errors_
         alpha = 1.0 - level
         if self.symmetric:
-            k = math.ceil((n + 1) * level)
+            k = _rank_up((n + 1) * level)
             if k <= n:
                 q = float(np.sort(np.abs(r))[k - 1])
                 return -q, q, "conformal"
             q = _t_half_width(np.abs(r), level, centre=0.0)
             return -q, q, "t"
-        k_lo = math.floor((n + 1) * alpha / 2)
-        k_hi = math.ceil((n + 1) * (1 - alpha / 2))
+        k_lo = _rank_down((n + 1) * alpha / 2)
+        k_hi = _rank_up((n + 1) * (1 - alpha / 2))
         if k_lo >= 1 and k_hi <= n:
             return float(r[k_lo - 1]), float(r[k_hi - 1]), "conformal"
         centre = float(np.mean(r))
@@ -529,6 +529,15 @@ class IntervalCalibrator:
     def _check_fitted(self) -> None:
         if not hasattr(self, "scores_"):
             raise RuntimeError("this IntervalCalibrator is not fitted yet: call fit() first")
+
+
+def _rank_down(x: float) -> int:
+    """floor, robust to rounding (0.1 * 50 computed as 4.9999... is rank 5)."""
+    return math.floor(x + 1e-9)
+
+
+def _rank_up(x: float) -> int:
+    return math.ceil(x - 1e-9)
 
 
 def _t_half_width(values: np.ndarray, level: float, *, centre: float) -> float:
