@@ -88,6 +88,11 @@ def test_no_selector_reads_the_target_column(name, synthetic_table):
     )
     assert again.selected == sel.selected
     np.testing.assert_array_equal(again.scores, sel.scores)
+    # nor did the calibrated intervals and probabilities use it
+    np.testing.assert_array_equal(again.lower, sel.lower)
+    np.testing.assert_array_equal(again.upper, sel.upper)
+    np.testing.assert_array_equal(again.p_best, sel.p_best)
+    assert again.interval_basis == sel.interval_basis
 
 
 @pytest.mark.parametrize("name", SELECTORS.names())
