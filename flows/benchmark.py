@@ -63,6 +63,5 @@ def benchmark_flow(
         experiment,
         plots,
         steps=task_steps(),
-        background_tracking=False,
         log=logger.info,
     )

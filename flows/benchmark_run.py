@@ -7,10 +7,13 @@ log one MLflow run per dataset. ``lensllm benchmark`` calls it in-process, witho
 Prefect flow (``flows/benchmark.py``, ``lensllm benchmark --prefect``, the deployment in
 ``deployments/prefect.yaml``) calls it with its steps wrapped as Prefect tasks.
 
-In-process, MLflow runs in a helper process started first: importing MLflow and opening a fresh
-SQLite store (its schema migrations) take several seconds, which then overlap the computation
-on another core. This module imports nothing heavy at import time, because the helper process
-imports it.
+``lensllm benchmark`` logs to MLflow from a helper process started first
+(``background_tracking=True``): importing MLflow and opening a fresh SQLite store (its schema
+migrations) take several seconds, which then overlap the computation on another core. The
+helper is a ``multiprocessing`` "spawn" process, which imports the caller's main module: call
+with ``background_tracking=True`` only from a main module guarded by
+``if __name__ == "__main__"`` (the CLI is). This module imports nothing heavy at import time,
+because the helper process imports it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class Steps:
     ----------
     load : (path) -> table
         ``tasks.tables.load_loss_table``.
-    replay : (table, methods) -> dict
+    replay : (table, methods, selectors) -> dict
         ``tasks.replay.replay_table``: selection, calibration and pairwise rows.
     fit_errors : (table) -> rows
         ``tasks.replay.fit_errors``.
@@ -122,7 +125,7 @@ def run_benchmark(
     plots: bool = True,
     *,
     steps: Steps | None = None,
-    background_tracking: bool | None = None,
+    background_tracking: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Run ``methods`` on each loss table and write the benchmark's outputs to ``out_dir``.
@@ -150,9 +153,9 @@ def run_benchmark(
         Write the PNG plots.
     steps : Steps, optional
         The functions doing the work (default: :func:`plain_steps`).
-    background_tracking : bool, optional
-        Log to MLflow from a helper process started first (default: True with the plain steps,
-        False with given steps, which then log through ``steps.log_run``).
+    background_tracking : bool
+        Log to MLflow from a helper process started first (module docstring); otherwise
+        through ``steps.log_run`` at the end, in this process.
     log : callable, optional
         Receives progress messages.
 
@@ -167,11 +170,10 @@ def run_benchmark(
     methods = list(methods or DEFAULT_METHODS)
     for name in methods:
         SELECTORS.get(name)  # unknown names fail here, with suggestions, before any work
-    background = steps is None if background_tracking is None else background_tracking
     steps = steps or plain_steps()
     log = log or (lambda message: None)
     started = time.perf_counter()
-    tracker = BackgroundTracking(tracking_uri, experiment) if background else None
+    tracker = BackgroundTracking(tracking_uri, experiment) if background_tracking else None
     try:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -200,14 +202,17 @@ def run_benchmark(
 
 
 def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, log) -> dict:
+    import numpy as np
     import pandas as pd
 
+    from lens_model.replay import make_selectors
     from tasks import replay as outputs
 
     selection, calibration, pairwise, fit_error, tradeoff = [], [], [], [], []
     for path in tables:
         table = steps.load(path)
-        result = steps.replay(table, methods)
+        selectors = make_selectors(methods)
+        result = steps.replay(table, methods, selectors)
         selection += result["selection"]
         calibration += result["calibration"]
         pairwise += result["pairwise"]
@@ -217,7 +222,13 @@ def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, lo
         if plots:
             frame = pd.DataFrame(result["selection"])
             outputs.plot_metrics(out, frame, table["name"])
-            outputs.plot_curves(out, table, budget=int(frame.max_data_num.min()))
+            budget = int(frame.max_data_num.min())
+            laws = {  # the selectors' own fits at the smallest budget: nothing refitted
+                law: selectors[name].law_at(table["sizes"], np.array(table["losses"]), budget)
+                for law, name in (("vanilla", "VanillaFit"), ("rectified", "RectifiedFit"))
+                if name in selectors
+            }
+            outputs.plot_curves(out, table, budget=budget, laws=laws)
             outputs.plot_cost_accuracy(out, pd.DataFrame(tradeoff), table["name"])
             if result["calibration"]:
                 outputs.plot_calibration(

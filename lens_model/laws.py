@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from lens_model.calibration import (
     IntervalCalibrator,
@@ -215,7 +215,7 @@ class ScalingLaw:
         pred = self._log_loss(self.theta_, x_q, c.floor)
         grad = numeric_jacobian(lambda u: self._log_loss(u, x_q, c.floor), self.theta_, pred)
         var = np.einsum("kqi,kij,kqj->kq", grad, cov, grad)
-        half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
+        half = ndtri(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
         with np.errstate(over="ignore"):  # an unidentified fit's upper bound is honestly inf
             lo, hi = np.exp(pred - half), np.exp(pred + half)
         return (lo[0], hi[0]) if self._single else (lo, hi)
@@ -683,7 +683,7 @@ class LensLaw(RectifiedLaw):
         g_u, g_s = g[..., :3], -g[..., 3]
         g_a_inv_b = np.einsum("kqi,ki->kq", g_u, a_inv_b)
         var = np.einsum("kqi,kij,kqj->kq", g_u, a_inv, g_u) + v * (g_a_inv_b - g_s) ** 2
-        half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
+        half = ndtri(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
         with np.errstate(over="ignore"):  # an unidentified fit's upper bound is honestly inf
             lo, hi = np.exp(pred - half), np.exp(pred + half)
         return (lo[0], hi[0]) if self._single else (lo, hi)

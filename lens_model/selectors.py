@@ -344,6 +344,22 @@ class _LawFit(Selector):
         self.seed = seed
         self._fits: dict[tuple, ScalingLaw] = {}
 
+    def law_at(self, sizes, losses, budget: float) -> ScalingLaw:
+        """The law this selector fits at ``budget`` to a full table (memoised).
+
+        Parameters
+        ----------
+        sizes : array_like (m,)
+            Column sizes (0 = zero-shot).
+        losses : array_like (N, m)
+            Losses of every candidate at every size.
+        budget : float
+            Largest size used.
+        """
+        sizes = np.asarray(sizes, dtype=float)
+        keep = (sizes <= budget) & ((sizes > 0) | self.zero_shot)
+        return self._fit(sizes[keep], np.asarray(losses, dtype=float)[:, keep])
+
     def _fit(self, sizes: np.ndarray, losses: np.ndarray) -> ScalingLaw:
         key = (self.seed, sizes.tobytes(), losses.shape, losses.tobytes())
         if key not in self._fits:

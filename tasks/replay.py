@@ -72,15 +72,17 @@ def _arrays(table: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def replay_table(table: dict, methods: list[str]) -> dict[str, list[dict]]:
+def replay_table(
+    table: dict, methods: list[str], selectors: dict | None = None
+) -> dict[str, list[dict]]:
     """Selections, intervals and pairwise probabilities of ``methods`` on one table.
 
-    The two runs share one selector per method, so a law fitted for one budget is not
-    refitted for another budget's backtest. Returns ``selection`` (rows of selection.csv plus
-    the selected model), ``calibration`` (rows of calibration.csv) and ``pairwise`` (rows of
-    pairwise.csv).
+    The two runs share one selector per method (``selectors``, made when not given), so a law
+    fitted for one budget is not refitted for another budget's backtest. Returns ``selection``
+    (rows of selection.csv plus the selected model), ``calibration`` (rows of
+    calibration.csv) and ``pairwise`` (rows of pairwise.csv).
     """
-    selectors = make_selectors(methods)
+    selectors = make_selectors(methods) if selectors is None else selectors
     return {
         "selection": run_replay(table, methods, selectors=selectors),
         **run_calibration(table, methods, selectors=selectors),
@@ -326,7 +328,7 @@ def plot_calibration(
     ax.set_title(f"{dataset}: pairwise probabilities")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.11, top=0.92, wspace=0.22)
     path = out_dir / f"{dataset.lower()}_calibration.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -371,15 +373,19 @@ def plot_metrics(out_dir: Path, selection: pd.DataFrame, dataset: str) -> Path:
         ax.set_title(f"{dataset}: {metric} vs budget")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.22)
     path = out_dir / f"{dataset.lower()}_metrics.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_curves(out_dir: Path, table: dict, budget: int) -> Path:
-    """Grid of every model's curve, the laws fitted up to ``budget`` and the extrapolation."""
+def plot_curves(out_dir: Path, table: dict, budget: int, laws: dict | None = None) -> Path:
+    """Grid of every model's curve, the laws fitted up to ``budget`` and the extrapolation.
+
+    ``laws`` may give the vanilla and rectified laws already fitted at ``budget`` (e.g. by the
+    VanillaFit and RectifiedFit selectors, ``law_at``); missing ones are fitted here.
+    """
     plt = _pyplot()
     sizes = np.array(table["sizes"], dtype=float)
     losses = np.array(table["losses"], dtype=float)
@@ -390,9 +396,12 @@ def plot_curves(out_dir: Path, table: dict, budget: int) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
         for name in ("vanilla", "rectified"):
-            law = LAWS.get(name)()
-            m = fit_mask & ((sizes > 0) | law.uses_zero_shot)
-            fits[name] = law.fit(sizes[m], losses[:, m]).predict(grid)
+            law = (laws or {}).get(name)
+            if law is None:
+                law = LAWS.get(name)()
+                m = fit_mask & ((sizes > 0) | law.uses_zero_shot)
+                law.fit(sizes[m], losses[:, m])
+            fits[name] = law.predict(grid)
     n = len(table["models"])
     cols = 6
     rows = int(np.ceil(n / cols))
@@ -550,7 +559,7 @@ def plot_cost_accuracy(out_dir: Path, frame: pd.DataFrame, dataset: str) -> Path
         ax.set_title(f"{dataset}: {label} vs Cost")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.2)
     path = out_dir / f"{dataset.lower()}_cost_accuracy.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
