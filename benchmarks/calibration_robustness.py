@@ -152,7 +152,7 @@ def main() -> int:
     methods = ["Lens", "AtS"] if quick else METHODS
 
     block = {
-        f"{name} target {target // d}": summary(sizes, losses, target // d, methods)
+        f"{name} target {target // d}": summary(sizes, losses, target // d, methods, weights)
         for d in (1, 2, 4)
     }
     print_block(f"{name} at its own and at pretend targets", block, main_labels)

@@ -146,7 +146,8 @@ def calibration_replay(
     rows : list of dict
         One per (method label, budget, nominal level): ``method``, ``budget``, ``nominal``,
         ``coverage`` (share of the candidates' intervals that hold the true target loss),
-        ``median_log_width`` (median of ln(upper / lower)), ``mean_interval_score``.
+        ``median_log_width`` (median of ln(upper / lower)), ``mean_interval_score`` and
+        ``interval_method`` (``"heuristic"`` where a calibrated interval fell back to it).
     pairwise : dict
         Per method label, the reliability (:func:`lens_model.calibration.reliability`) of
         ``P(i better than j)`` over every ordered pair of candidates with predictions, pooled
@@ -193,7 +194,8 @@ def calibration_replay(
                             level,
                             kind,
                         )
-                    rows.append(_interval_row(label, budget, level, lower, upper, log_truth))
+                    row = _interval_row(label, budget, level, lower, upper, log_truth)
+                    rows.append(row | {"interval_method": sel.interval_method})
                     if level == top:
                         p, o = pairwise_outcomes(sel.prob_better_matrix(), np.exp(log_truth))
                         probs.append(p)

@@ -274,6 +274,18 @@ def calibration_report(calibration: pd.DataFrame, pairwise: pd.DataFrame | None)
     for dataset, part in summary.groupby("dataset", sort=False):
         frame = part.drop(columns="dataset").set_index("method")
         lines += ["", f"## {dataset}: calibration", "", markdown_table(frame, 3)]
+        if "interval_method" in calibration:
+            mine = calibration[
+                (calibration.dataset == dataset) & ~calibration.method.str.contains("heuristic")
+            ]
+            fell = mine[mine.interval_method == "heuristic"].drop_duplicates(["method", "ratio"])
+            if len(fell):
+                cells = ", ".join(f"{r.method} at 1/{r.ratio}" for r in fell.itertuples())
+                lines += [
+                    "",
+                    f"Too few probes for a backtest, heuristic interval instead: {cells} "
+                    "(included in the averages above).",
+                ]
     return "\n".join(lines) + "\n"
 
 
