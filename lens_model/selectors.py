@@ -384,7 +384,7 @@ class _LawFit(Selector):
                 lambda kept, cut, rows: self._fit(kept, cut).predict(sizes),
                 sizes,
                 losses,
-                min_points=len(self.law_cls.param_names) + 1,
+                min_points=len(law.param_names) + 1,
                 zero_shot=self.zero_shot,
             )
 
