@@ -9,28 +9,38 @@ points up to the origin, and its errors on the larger probes are recorded with t
 *horizon* ``h = log2(predicted size / origin)`` in doublings.
 
 Errors grow with the horizon, and the real extrapolation (``H`` doublings, often 3 to 9) is
-longer than any backtest horizon. The **growth assumption**: the log error scales as
-``h ** growth``. Each backtest error is standardised to ``r = e / h ** growth``, and the
-interval of a prediction at horizon ``H`` is ``ln(prediction) + H ** growth * [q_lo, q_hi]``
-with ``q_lo, q_hi`` split-conformal quantiles of the pooled ``r`` of every candidate of the
-selection (they share data, target and recipe). A backtest cannot pin the growth down: its
-short horizons are dominated by noise, and a curve that keeps bending beyond the budget bends
-only a little inside it. The default ``DEFAULT_GROWTH = 1.5`` sits between the two regimes an
-extrapolation error is made of: a wrong slope (error ~ h) and an unseen curvature
-(error ~ h^2). It is a fixed structural assumption, not fitted to any table; the replay
-benchmark and ``benchmarks/calibration_robustness.py`` measure what it gives.
+longer than any backtest horizon. The **growth assumption** is an error *scale* ``g(h)`` per
+predictor: each backtest error is standardised to ``r = e / g(h)``, and the interval of a
+prediction at horizon ``H`` is ``ln(prediction) + g(H) * [q_lo, q_hi]`` with ``q_lo, q_hi``
+split-conformal quantiles of the pooled ``r`` of every candidate of the selection (they share
+data, target and recipe), widened if need be to hold the prediction itself. Two scales:
+
+* ``power_scale``, ``h ** 1.5``, for lines through several points (AtS) and law fits: between
+  the two regimes an extrapolation error is made of, a wrong slope (``~ h``) and an unseen
+  curvature (``~ h^2``);
+* ``secant_scale``, ``h (h + w)``, for a secant through two probes ``w`` doublings apart (Lens's
+  local slope): exactly the error a constant curvature of the log-log curve causes.
+
+A backtest cannot pin the growth down itself: its short horizons are dominated by noise, and a
+curve that keeps bending beyond the budget bends only a little inside it. These are fixed
+structural assumptions, not fitted to any table: on rectified-law curves shaped like the
+published fine-tuning tables they make backtest and target errors the same size, and the replay
+benchmark and ``benchmarks/calibration_robustness.py`` measure what they give elsewhere.
 
 Decision probabilities (``p_best``, ``P(i better than j)``) come from a Gaussian model of the
 same standardised errors: the log loss of candidate ``i`` at the target is
 
-    z_i = m_i + s_i * (c + u_i),   c ~ N(mu_c, sd_c^2) common,   u_i ~ N(0, sd_u^2) own,
+    z_i = d_i + s_i * (c + u_i),   c ~ N(mu_c, sd_c^2) common,   u_i ~ N(0, sd_u^2) own,
 
-with ``m_i`` the predicted log loss and ``s_i = H_i ** growth``. Candidates of one selection
-share their data, target size and recipe, so much of their error is common (``c``): it moves
-every prediction together and does not change the order. ``sd_u`` is estimated from the
-spread of the backtest errors *within* a group (one origin, one predicted size, all
-candidates), ``mu_c`` and ``sd_c`` from the spread of the group means. When every candidate has
-the same horizon the common part cancels from every comparison.
+with ``s_i = g(H_i)`` and ``d_i = m_i + b (m_i - mean m)`` the predicted log loss ``m_i``
+moved by the backtest's regression to the mean ``b`` (the pooled within-group slope of the
+errors on the predictions, in [-0.9, 0.5]: part of a predicted gap between two candidates is
+extrapolation noise that does not materialise). Candidates of one selection share their data,
+target size and recipe, so much of their error is common (``c``): it moves every prediction
+together and does not change the order. ``sd_u`` is estimated from the spread of the backtest
+errors *within* a group (one origin, one predicted size, all candidates), after the regression
+to the mean; ``mu_c`` and ``sd_c`` from the group means. When every candidate has the same
+horizon the common part cancels from every comparison.
 """
 
 from __future__ import annotations

@@ -210,6 +210,8 @@ class Selector:
     """
 
     greater_is_better = False
+    level = 0.9  # class defaults: a subclass whose __init__ skips super() still selects
+    interval = "calibrated"
 
     def __init__(self, *, level: float = 0.9, interval: str = "calibrated") -> None:
         self.level = check_level(level)
