@@ -93,6 +93,26 @@ class TableProbes:
         self._probes.add((int(model), int(size)))
         return float(self._losses[model, hits[0]])
 
+    def read(self, models, sizes) -> np.ndarray:
+        """``loss(m, d)`` for every model in ``models`` and size in ``sizes`` at once, shape
+        (len(models), len(sizes)); every pair is recorded as a probe."""
+        models = [int(m) for m in models]
+        sizes = [int(d) for d in sizes]
+        if not models or not sizes:
+            return np.zeros((len(models), len(sizes)))
+        if max(sizes) > self.max_size:
+            raise ValueError(
+                f"size {max(sizes)} is above the largest readable size {self.max_size}"
+            )
+        cols = []
+        for d in sizes:
+            hits = np.flatnonzero(self._all_sizes == d)
+            if hits.size == 0:
+                raise KeyError(f"size {d} is not in the ladder {self.sizes.astype(int).tolist()}")
+            cols.append(int(hits[0]))
+        self._probes.update((m, d) for m in models for d in sizes)
+        return self._losses[np.ix_(models, cols)].astype(float)
+
     @property
     def probes(self) -> set[tuple[int, int]]:
         return set(self._probes)
@@ -289,6 +309,8 @@ def _ladder(source: ProbeSource, budget: float, *, zero_shot: bool) -> np.ndarra
 
 
 def _read(source: ProbeSource, models, sizes) -> np.ndarray:
+    if hasattr(source, "read"):  # a table reads the whole block at once
+        return source.read(models, sizes)
     return np.array([[source.loss(m, int(d)) for d in sizes] for m in models], dtype=float)
 
 

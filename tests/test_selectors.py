@@ -260,3 +260,17 @@ def test_table_probes_records_reads_and_rejects_unknown_sizes(synthetic_table):
     with pytest.raises(KeyError, match="not in the ladder"):
         src.loss(0, 300)
     assert TARGET_SIZE not in src.sizes
+
+
+def test_table_probes_block_read_is_the_single_reads(synthetic_table):
+    """``read`` (what selectors use on a table) returns and records exactly what ``loss``
+    does, and refuses the target column and sizes off the ladder alike."""
+    one, block = source(synthetic_table), source(synthetic_table)
+    models, sizes = [0, 3, 5], [200, 3_200, 204_800]
+    want = np.array([[one.loss(m, d) for d in sizes] for m in models])
+    np.testing.assert_array_equal(block.read(models, sizes), want)
+    assert block.probes == one.probes
+    with pytest.raises(ValueError, match="above the largest readable size"):
+        block.read([0], [TARGET_SIZE])
+    with pytest.raises(KeyError, match="not in the ladder"):
+        block.read([0], [300])
