@@ -58,26 +58,37 @@ def _no_tracebacks_for_input_errors() -> Iterator[None]:
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    from flows.benchmark import benchmark_flow
     from flows.config import check_selector
     from tasks.tables import load_loss_table
 
-    # Bad names and bad tables fail here, with one clear line, before Prefect starts.
+    # Bad names and bad tables fail here, with one clear line, before any work.
     for name in args.methods or []:
         check_selector(name, "--methods")
     for path in args.table:
         load_loss_table(path)
 
-    with _no_tracebacks_for_input_errors():
-        result = benchmark_flow(
-            tables=args.table,
-            out_dir=args.out,
-            methods=args.methods,
-            tracking_uri=args.tracking_uri,
-            plots=not args.no_plots,
-        )
+    settings = {
+        "tables": args.table,
+        "out_dir": args.out,
+        "methods": args.methods,
+        "tracking_uri": args.tracking_uri,
+        "plots": not args.no_plots,
+    }
+    if args.prefect:  # the same work as Prefect tasks, under a (temporary) Prefect API
+        from flows.benchmark import benchmark_flow
+
+        with _no_tracebacks_for_input_errors():
+            result = benchmark_flow(**settings)
+    else:
+        from flows.benchmark_run import run_benchmark
+
+        # MLflow's import and store set-up run in a helper process alongside the work
+        result = run_benchmark(**settings, background_tracking=True, log=print)
     print(f"\nreplay benchmark written to {result['out_dir']} in {result['seconds']:.2f} s")
-    print(f"  report: {result['out_dir']}/report.md   table: {result['out_dir']}/selection.csv")
+    print(
+        f"  report: {result['out_dir']}/report.md   tables: selection.csv, calibration.csv, "
+        "pairwise.csv"
+    )
     print("  MLflow runs: " + ", ".join(f"{k}={v}" for k, v in result["runs"].items()))
     return 0
 
@@ -111,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    bench = sub.add_parser("benchmark", help="replay selectors on published loss tables")
+    bench = sub.add_parser(
+        "benchmark",
+        help="replay selectors on published loss tables",
+        description="Replay every selector on published loss tables: selection metrics, "
+        "calibration of the intervals and pairwise probabilities, report, plots, MLflow run. "
+        "Runs in-process without Prefect (its temporary API server alone takes ~20 s to "
+        "start); --prefect runs the same work as the replay-benchmark Prefect flow.",
+    )
     bench.add_argument(
         "--table",
         action="append",
@@ -123,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", metavar="NAME", help="selectors (default: all)")
     bench.add_argument("--tracking-uri", help="MLflow tracking URI (default: .lensllm/mlflow.db)")
     bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    bench.add_argument(
+        "--prefect",
+        action="store_true",
+        help="run as the replay-benchmark Prefect flow (tasks visible in Prefect; starts a "
+        "temporary Prefect API when no server is configured)",
+    )
     bench.set_defaults(func=_benchmark)
 
     ui = sub.add_parser("ui", help="open the MLflow UI on the local store (127.0.0.1)")

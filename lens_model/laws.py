@@ -9,6 +9,11 @@ deterministic grid of starts plus seeded random ones. ``fit`` accepts one curve 
 many curves at once (2-D losses, one row per model); NaN losses are ignored. Fitted attributes
 end with ``_``. A fit that does not converge emits a ``FitWarning`` and is flagged in
 ``converged_``; its parameters are the best found, never a substitute value.
+
+``predict_interval`` gives a delta-method interval (``method="delta"``, the default) or a
+calibrated one (``method="calibrated"``): the law refitted on its own curves cut after each
+size, its errors on the sizes beyond the cut scaled to the prediction's horizon
+(``lens_model.calibration``).
 """
 
 from __future__ import annotations
@@ -17,8 +22,14 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri
 
+from lens_model.calibration import (
+    IntervalCalibrator,
+    backtest_refits,
+    check_level,
+    power_scale,
+)
 from lens_model.fitting import best_of_starts, levenberg_marquardt, logit, numeric_jacobian, sigmoid
 from lens_model.registry import Registry
 
@@ -73,6 +84,15 @@ class ScalingLaw:
         self.max_iter = max_iter
         self.noise_floor = noise_floor
 
+    def _settings(self) -> dict:
+        """Keyword arguments that rebuild this law unfitted (for refits)."""
+        return {
+            "seed": self.seed,
+            "n_random_starts": self.n_random_starts,
+            "max_iter": self.max_iter,
+            "noise_floor": self.noise_floor,
+        }
+
     # -- subclass hooks ---------------------------------------------------------------------
     def _log_loss(self, u: np.ndarray, x: np.ndarray, floor: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -83,6 +103,10 @@ class ScalingLaw:
 
     def _natural(self, u: np.ndarray, floor: np.ndarray) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _log_loss_jacobian(self, u: np.ndarray, x: np.ndarray, floor: np.ndarray):
+        """``d ln L / d u``, shape (N, m, p); None: the fit uses finite differences."""
+        return None
 
     # -- public API -------------------------------------------------------------------------
     def fit(self, sizes: np.ndarray, losses: np.ndarray) -> ScalingLaw:
@@ -100,6 +124,7 @@ class ScalingLaw:
         self
         """
         curves, self._single = self._prepare(sizes, losses)
+        self._remember(sizes, losses)
         n, p = curves.x.shape[0], len(self.param_names)
         starts = self._all_starts(curves)
         s = starts.shape[1]
@@ -109,6 +134,7 @@ class ScalingLaw:
             lambda u, rows=slice(None): self._residuals(u, x[rows], y[rows], w[rows], floor[rows]),
             starts.reshape(n * s, p),
             max_iter=self.max_iter,
+            jacobian=self._residual_jacobian(x, w, floor),
         )
         best = best_of_starts(result.cost, n, s)
         converged = result.converged[best] & np.isfinite(result.cost[best])
@@ -148,14 +174,32 @@ class ScalingLaw:
         return out[0] if self._single else out
 
     def predict_interval(
-        self, sizes: np.ndarray, level: float = 0.9
+        self, sizes: np.ndarray, level: float = 0.9, *, method: str = "delta"
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Central ``level`` interval of the prediction (delta method in log space).
+        """Central ``level`` interval of the prediction.
 
-        The parameter covariance is ``s^2 (J^T J)^-1`` at the optimum, with ``s^2`` the residual
-        variance (at least ``noise_floor^2``); the interval is symmetric in ln L.
+        Parameters
+        ----------
+        sizes : array_like (q,)
+            Data sizes to predict at.
+        level : float
+            Nominal level, in (0, 1).
+        method : {"delta", "calibrated"}
+            ``"delta"``: the delta method in log space, with parameter covariance
+            ``s^2 (J^T J)^-1`` at the optimum and ``s^2`` the residual variance (at least
+            ``noise_floor^2``); symmetric in ln L, and it says nothing about how the curve
+            bends beyond the data. ``"calibrated"``: conformal quantiles of the law's own
+            extrapolation errors (:meth:`calibrate`), scaled to each size's horizon.
         """
         self._check_fitted()
+        level = check_level(level)
+        if method == "calibrated":
+            return self._calibrated_interval(sizes, level)
+        if method != "delta":
+            raise ValueError(f"method must be 'delta' or 'calibrated', got {method!r}")
+        return self._delta_interval(sizes, level)
+
+    def _delta_interval(self, sizes, level: float) -> tuple[np.ndarray, np.ndarray]:
         c = self._curves
         x_q = self._log_sizes(_check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float))))
         x_q = np.broadcast_to(x_q, (self.theta_.shape[0], x_q.shape[-1]))
@@ -171,12 +215,86 @@ class ScalingLaw:
         pred = self._log_loss(self.theta_, x_q, c.floor)
         grad = numeric_jacobian(lambda u: self._log_loss(u, x_q, c.floor), self.theta_, pred)
         var = np.einsum("kqi,kij,kqj->kq", grad, cov, grad)
-        half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
+        half = ndtri(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
         with np.errstate(over="ignore"):  # an unidentified fit's upper bound is honestly inf
             lo, hi = np.exp(pred - half), np.exp(pred + half)
         return (lo[0], hi[0]) if self._single else (lo, hi)
 
+    def calibrate(self) -> ScalingLaw:
+        """Backtest the law on its own curves; the result feeds calibrated intervals.
+
+        Every curve is cut after each of its sizes that leaves at least one point more than
+        the law has parameters, the cut curves are refitted (one batch per cut size, same
+        settings), and their log errors at the larger sizes are recorded. Sets
+        ``calibration_`` (an :class:`~lens_model.calibration.IntervalCalibrator`, or None when
+        the curves are too short for a backtest) and ``calibration_basis_`` (what the
+        intervals rest on, in words). Calibrated intervals need one size ladder shared by all
+        curves (1-D ``sizes`` in :meth:`fit`).
+
+        Returns
+        -------
+        self
+        """
+        self._check_fitted()
+        sizes, losses = self._fit_data
+        if sizes.ndim != 1:
+            raise ValueError(
+                "calibrated intervals need one size ladder for all curves (1-D sizes in fit)"
+            )
+        backtest = backtest_refits(
+            self._refit,
+            sizes,
+            losses,
+            min_points=len(self.param_names) + 1,
+            zero_shot=self.uses_zero_shot,
+        )
+        try:
+            self.calibration_ = IntervalCalibrator().fit(backtest)
+            self.calibration_basis_ = self.calibration_.basis(0.9)
+        except ValueError as err:
+            self.calibration_ = None
+            self.calibration_basis_ = f"no backtest ({err})"
+        return self
+
+    def _refit(self, kept_sizes, kept_losses, rows) -> np.ndarray:
+        """Predictions at every fitted size of a fresh law fitted to cut curves ``rows``."""
+        law = type(self)(**self._settings())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)  # a backtest uses the best fit found
+            law.fit(kept_sizes, kept_losses)
+        return law.predict(self._fit_data[0])
+
+    def _calibrated_interval(self, sizes, level: float) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "calibration_"):
+            self.calibrate()
+        cal = self.calibration_
+        if cal is None:
+            raise ValueError(
+                f"{self.name} law: no calibrated interval, the curves are too short for a "
+                f"backtest ({self.calibration_basis_}); use method='delta'"
+            )
+        q = _check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float)))
+        centre = np.log(np.atleast_2d(self.predict(q)))
+        fitted, losses = self._fit_data
+        largest = np.nanmax(np.where(np.isfinite(losses) & (fitted > 0), fitted, np.nan), axis=1)
+        # A size inside the data is at least as hard as the shortest backtest extrapolation.
+        horizon = np.maximum(np.log2(q[None, :] / largest[:, None]), cal.min_horizon_)
+        lo, hi = cal.interval(centre, power_scale(horizon), level)
+        lo, hi = np.exp(lo), np.exp(hi)
+        return (lo[0], hi[0]) if self._single else (lo, hi)
+
     # -- internals --------------------------------------------------------------------------
+    def _remember(self, sizes, losses) -> None:
+        """Keep the data of the last fit (a calibrated interval refits on cuts of it)."""
+        losses = np.atleast_2d(np.asarray(losses, dtype=float))
+        sizes = np.asarray(sizes, dtype=float)
+        self._fit_data = (
+            sizes if sizes.ndim == 1 else np.broadcast_to(sizes, losses.shape),
+            losses,
+        )
+        self.__dict__.pop("calibration_", None)
+        self.__dict__.pop("calibration_basis_", None)
+
     def _log_sizes(self, sizes: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return np.log(np.where(sizes > 0, sizes, ZERO_SIZE))
@@ -200,6 +318,16 @@ class ScalingLaw:
         y = np.where(used, np.log(np.where(used, losses, 1.0)), 0.0)
         floor = np.nanmin(np.where(used, losses, np.nan), axis=1)
         return _Curves(x=x, y=y, w=used.astype(float), floor=floor), single
+
+    def _residual_jacobian(self, x, w, floor):
+        """The fit's ``jacobian(u, rows)`` for ``levenberg_marquardt`` (None: numeric)."""
+        if self._log_loss_jacobian(np.zeros((1, len(self.param_names))), x[:1], floor[:1]) is None:
+            return None
+
+        def jacobian(u, rows):  # levenberg_marquardt zeroes non-finite entries
+            return self._log_loss_jacobian(u, x[rows], floor[rows]) * w[rows][:, :, None]
+
+        return jacobian
 
     def _residuals(self, u, x, y, w, floor) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -240,6 +368,16 @@ class VanillaLaw(ScalingLaw):
         e = np.maximum(floor[:, None] * sigmoid(u[:, 0:1]), 1e-300)
         beta = BETA_MAX * sigmoid(u[:, 2:3])
         return np.logaddexp(u[:, 1:2] - beta * x, np.log(e))
+
+    def _log_loss_jacobian(self, u, x, floor):
+        s_e, s_beta = sigmoid(u[:, 0:1]), sigmoid(u[:, 2:3])
+        log_e = np.log(np.maximum(floor[:, None] * s_e, 1e-300))
+        power = u[:, 1:2] - BETA_MAX * s_beta * x  # ln(B / D^beta)
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.logaddexp(power, log_e)
+            g_power, g_e = np.exp(power - total), np.exp(log_e - total)
+        d_beta = -x * BETA_MAX * s_beta * (1 - s_beta)
+        return np.stack(np.broadcast_arrays(g_e * (1 - s_e), g_power, g_power * d_beta), axis=-1)
 
     def _grid_starts(self, c):
         starts = []
@@ -291,6 +429,24 @@ class RectifiedLaw(ScalingLaw):
         beta = BETA_MAX * sigmoid(u[:, 2:3])
         z = np.clip(beta * x + c, -700, 700)
         return np.logaddexp(u[:, 1:2] - np.logaddexp(0.0, z), np.log(e))
+
+    def _log_loss_jacobian(self, u, x, floor):
+        return self._jacobian_with_c(u, x, floor, u[:, 3:4])
+
+    @staticmethod
+    def _jacobian_with_c(u, x, floor, c):
+        """``d ln L / d (u_0, u_1, u_2, c)``, shape (N, m, 4)."""
+        s_e, s_beta = sigmoid(u[:, 0:1]), sigmoid(u[:, 2:3])
+        log_e = np.log(np.maximum(floor[:, None] * s_e, 1e-300))
+        z_raw = BETA_MAX * s_beta * x + c
+        z = np.clip(z_raw, -700, 700)
+        power = u[:, 1:2] - np.logaddexp(0.0, z)  # ln((A - E) / (1 + e^z))
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = np.logaddexp(power, log_e)
+            g_power, g_e = np.exp(power - total), np.exp(log_e - total)
+        d_z = -g_power * sigmoid(z) * (np.abs(z_raw) < 700)  # a clipped z does not move
+        d_beta = d_z * x * BETA_MAX * s_beta * (1 - s_beta)
+        return np.stack(np.broadcast_arrays(g_e * (1 - s_e), g_power, d_beta, d_z), axis=-1)
 
     def _grid_starts(self, c):
         starts = []
@@ -379,6 +535,22 @@ class LensLaw(RectifiedLaw):
         self.log_scale_bounds = log_scale_bounds
         self.n_grid = n_grid
 
+    def _settings(self) -> dict:
+        return super()._settings() | {
+            "scale": self.scale,
+            "log_scale_bounds": self.log_scale_bounds,
+            "n_grid": self.n_grid,
+        }
+
+    def _refit(self, kept_sizes, kept_losses, rows) -> np.ndarray:
+        if self.f_term_ is None:
+            return super()._refit(kept_sizes, kept_losses, rows)
+        law = type(self)(**self._settings())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)
+            law.fit(kept_sizes, kept_losses, f_term=self.f_term_[rows])
+        return law.predict(self._fit_data[0])
+
     def fit(
         self, sizes: np.ndarray, losses: np.ndarray, f_term: np.ndarray | float | None = None
     ) -> LensLaw:
@@ -406,6 +578,7 @@ class LensLaw(RectifiedLaw):
         from scipy.optimize import minimize_scalar
 
         curves, self._single = self._prepare(sizes, losses)
+        self._remember(sizes, losses)
         ln_f = np.log(f)
         starts = self._all_starts(curves)[:, :, :3]
         lo, hi = self._scale_bounds(curves, ln_f)
@@ -458,7 +631,13 @@ class LensLaw(RectifiedLaw):
                 r = self._log_loss_with_c(u, x[rows], floor[rows], knee[rows]) - y[rows]
             return np.where(w[rows] > 0, r, 0.0)
 
-        result = levenberg_marquardt(residuals, starts.reshape(n * s, p), max_iter=self.max_iter)
+        def jacobian(u, rows):  # levenberg_marquardt zeroes non-finite entries
+            jac = self._jacobian_with_c(u, x[rows], floor[rows], knee[rows])[..., :3]
+            return jac * w[rows][:, :, None]
+
+        result = levenberg_marquardt(
+            residuals, starts.reshape(n * s, p), max_iter=self.max_iter, jacobian=jacobian
+        )
         best = best_of_starts(result.cost, n, s)
         theta = np.concatenate([result.theta[best], knee[best]], axis=1)
         ok = result.converged[best] & np.isfinite(result.cost[best])
@@ -504,7 +683,7 @@ class LensLaw(RectifiedLaw):
         g_u, g_s = g[..., :3], -g[..., 3]
         g_a_inv_b = np.einsum("kqi,ki->kq", g_u, a_inv_b)
         var = np.einsum("kqi,kij,kqj->kq", g_u, a_inv, g_u) + v * (g_a_inv_b - g_s) ** 2
-        half = norm.ppf(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
+        half = ndtri(0.5 + level / 2) * np.sqrt(np.maximum(var, 0.0) + s2[:, None])
         with np.errstate(over="ignore"):  # an unidentified fit's upper bound is honestly inf
             lo, hi = np.exp(pred - half), np.exp(pred + half)
         return (lo[0], hi[0]) if self._single else (lo, hi)

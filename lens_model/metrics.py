@@ -1,4 +1,4 @@
-"""Selection metrics of the replay protocol (design.md section 5) and fit error."""
+"""Selection metrics of the replay protocol (docs/replay.md) and fit error."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def power_phase_prediction(
     ``noise_floor`` and, for a line through two points (no residual degrees of freedom), ``s``
     set to ``noise_floor`` with a normal quantile. Returns ``(prediction, lower, upper)``.
     """
-    from scipy.stats import norm, t
+    from scipy.special import ndtri, stdtrit
 
     slope, intercept, idx = fit_power_phase(sizes, losses, k=k, delta=delta)
     x, y = _log_xy(sizes, losses)
@@ -111,7 +111,7 @@ def power_phase_prediction(
     dof = n - 2
     resid = y - (slope * x + intercept)
     s = max(np.sqrt(np.sum(resid**2) / dof), noise_floor) if dof > 0 else noise_floor
-    quantile = t.ppf(0.5 + level / 2, dof) if dof > 0 else norm.ppf(0.5 + level / 2)
+    quantile = stdtrit(dof, 0.5 + level / 2) if dof > 0 else ndtri(0.5 + level / 2)
     sxx = np.sum((x - x.mean()) ** 2)
     half = quantile * s * np.sqrt(1 + 1 / n + (x0 - x.mean()) ** 2 / sxx)
     return float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half))
@@ -129,7 +129,7 @@ def local_slope_prediction(
     curve still bends) times the log distance to the target, plus a noise floor.
     Returns ``(prediction, lower, upper)``.
     """
-    from scipy.stats import norm
+    from scipy.special import ndtri
 
     x, y = _log_xy(sizes, losses)
     if len(x) < 2:
@@ -140,5 +140,5 @@ def local_slope_prediction(
     bend = 0.0
     if len(x) >= 3:
         bend = abs(slope - (y[-2] - y[-3]) / (x[-2] - x[-3]))
-    half = bend * (x0 - x[-1]) + norm.ppf(0.5 + level / 2) * noise_floor * np.sqrt(2)
+    half = bend * (x0 - x[-1]) + ndtri(0.5 + level / 2) * noise_floor * np.sqrt(2)
     return float(np.exp(centre)), float(np.exp(centre - half)), float(np.exp(centre + half))

@@ -1,4 +1,4 @@
-"""Cost-accuracy trade-off of the adaptive selector on a loss table (design.md section 5).
+"""Cost-accuracy trade-off of the adaptive selector on a loss table (docs/replay.md).
 
 ``Lens`` is run at fixed fractions of what AtS spends at the same budget, next to AtS and
 SubTuning at every budget, so a reader sees how much RelAcc / PearCorr each unit of probe compute

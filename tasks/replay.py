@@ -1,22 +1,23 @@
-"""Replay-benchmark tasks: run the selectors on a loss table, fit errors, reports and plots."""
+"""Replay-benchmark steps: run the selectors on a loss table, score their selections, intervals
+and probabilities, fit errors, reports and plots.
+
+Plain functions (no Prefect): ``flows/benchmark_run.py`` runs them in-process for
+``lensllm benchmark``, and the ``replay-benchmark`` Prefect flow (``flows/benchmark.py``) runs
+the same functions as tasks. matplotlib loads on the first plot only.
+"""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from prefect import task  # noqa: E402
-
-from lens_model.laws import LAWS, FitWarning  # noqa: E402
-from lens_model.phase import fit_power_phase  # noqa: E402
-from lens_model.replay import replay  # noqa: E402
-from lens_model.tradeoff import cost_accuracy_curve  # noqa: E402
+from lens_model.laws import LAWS, FitWarning
+from lens_model.phase import fit_power_phase
+from lens_model.replay import calibration_replay, make_selectors, replay
+from lens_model.tradeoff import cost_accuracy_curve
 
 RATIOS = (8, 16, 32, 64, 128, 256, 512)
 METRICS = ("PearCorr", "RelAcc", "Cost")
@@ -41,16 +42,62 @@ def budgets_for(table: dict) -> tuple[int, list[int]]:
     return target, budgets
 
 
-def run_replay(table: dict, methods: list[str]) -> list[dict]:
+CALIBRATION_COLUMNS = [
+    "dataset",
+    "method",
+    "ratio",
+    "nominal",
+    "coverage",
+    "median_log_width",
+    "mean_interval_score",
+]
+PAIRWISE_COLUMNS = [
+    "dataset",
+    "method",
+    "bin_low",
+    "bin_high",
+    "pairs",
+    "mean_probability",
+    "observed_frequency",
+    "ece",
+    "brier",
+]
+
+
+def _arrays(table: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.array(table["sizes"], dtype=float),
+        np.array(table["losses"], dtype=float),
+        np.array(table["model_sizes"], dtype=float),
+    )
+
+
+def replay_table(
+    table: dict, methods: list[str], selectors: dict | None = None
+) -> dict[str, list[dict]]:
+    """Selections, intervals and pairwise probabilities of ``methods`` on one table.
+
+    The two runs share one selector per method (``selectors``, made when not given), so a law
+    fitted for one budget is not refitted for another budget's backtest. Returns ``selection``
+    (rows of selection.csv plus the selected model), ``calibration`` (rows of
+    calibration.csv) and ``pairwise`` (rows of pairwise.csv).
+    """
+    selectors = make_selectors(methods) if selectors is None else selectors
+    return {
+        "selection": run_replay(table, methods, selectors=selectors),
+        **run_calibration(table, methods, selectors=selectors),
+    }
+
+
+def run_replay(table: dict, methods: list[str], *, selectors: dict | None = None) -> list[dict]:
     """One row per (budget, method, metric), in the ``selection.csv`` format."""
     target, budgets = budgets_for(table)
     results = replay(
-        np.array(table["sizes"]),
-        np.array(table["losses"]),
-        np.array(table["model_sizes"]),
+        *_arrays(table),
         methods=methods,
         budgets=budgets,
         target_size=target,
+        selectors=selectors,
     )
     rows = []
     for r in results:
@@ -70,16 +117,65 @@ def run_replay(table: dict, methods: list[str]) -> list[dict]:
     return rows
 
 
+def run_calibration(
+    table: dict, methods: list[str], *, selectors: dict | None = None
+) -> dict[str, list[dict]]:
+    """Rows of ``calibration.csv`` and ``pairwise.csv`` for the methods that predict a loss.
+
+    Calibrated and heuristic intervals side by side (method ``"AtS"`` and
+    ``"AtS (heuristic)"``), at nominal levels 0.5, 0.8 and 0.9; pairwise probabilities binned
+    in tenths, with the expected calibration error and the Brier score per method.
+    """
+    target, budgets = budgets_for(table)
+    interval_rows, pairwise = calibration_replay(
+        *_arrays(table),
+        methods=methods,
+        budgets=budgets,
+        target_size=target,
+        selectors=selectors,
+    )
+    calibration = [
+        {"dataset": table["name"], "ratio": target // r["budget"]}
+        | {k: v for k, v in r.items() if k != "budget"}
+        for r in interval_rows
+    ]
+    pairs = []
+    for method, rel in pairwise.items():
+        for b in rel["bins"]:
+            pairs.append(
+                {
+                    "dataset": table["name"],
+                    "method": method,
+                    "bin_low": b["low"],
+                    "bin_high": b["high"],
+                    "pairs": b["count"],
+                    "mean_probability": b["mean_probability"],
+                    "observed_frequency": b["observed"],
+                    "ece": rel["ece"],
+                    "brier": rel["brier"],
+                }
+            )
+    return {"calibration": calibration, "pairwise": pairs}
+
+
 def fit_errors(table: dict) -> list[dict]:
-    """In-sample RMS log error of every law fitted on all non-zero sizes of every model."""
+    """In-sample RMS log error of every law fitted on all non-zero sizes of every model.
+
+    A table carries no NTK term, so the LensLLM law is the rectified law there: its row
+    reuses the rectified fit.
+    """
     sizes = np.array(table["sizes"], dtype=float)
     losses = np.array(table["losses"], dtype=float)
     keep = sizes > 0
-    rows = []
+    rows, fitted = [], {}
     for name in LAWS.names():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FitWarning)
-            law = LAWS.get(name)().fit(sizes[keep], losses[:, keep])
+        law_cls = LAWS.get(name)
+        key = "rectified" if name == "lens" else name  # without F the lens law is rectified
+        if key not in fitted:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FitWarning)
+                fitted[key] = law_cls().fit(sizes[keep], losses[:, keep])
+        law = fitted[key]
         for model, err, ok in zip(table["models"], law.rmse_log_, law.converged_, strict=True):
             rows.append(
                 {
@@ -102,12 +198,18 @@ def markdown_table(frame: pd.DataFrame, digits: int) -> str:
     return "\n".join(out)
 
 
-def write_report(out_dir: Path, selection: pd.DataFrame, fit_error: pd.DataFrame) -> Path:
+def write_report(
+    out_dir: Path,
+    selection: pd.DataFrame,
+    fit_error: pd.DataFrame,
+    calibration: pd.DataFrame | None = None,
+    pairwise: pd.DataFrame | None = None,
+) -> Path:
     lines = [
         "# Replay benchmark",
         "",
         "Values in percent. Ratio = target size / budget. Cost = fraction of the compute of "
-        "fine-tuning every model on the target size (design.md section 5).",
+        "fine-tuning every model on the target size (docs/replay.md).",
         "",
     ]
     for dataset, part in selection.groupby("dataset", sort=False):
@@ -128,12 +230,143 @@ def write_report(out_dir: Path, selection: pd.DataFrame, fit_error: pd.DataFrame
             markdown_table(errs.to_frame("rmse_log"), 5),
             "",
         ]
+    if calibration is not None and not calibration.empty:
+        lines.append(calibration_report(calibration, pairwise))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def calibration_summary(calibration: pd.DataFrame, pairwise: pd.DataFrame | None) -> pd.DataFrame:
+    """Per dataset and method: coverage at each nominal level and the width and interval score
+    at the highest, averaged over the budgets; pairwise ECE and Brier score."""
+    top = calibration.nominal.max()
+    out = []
+    for (dataset, method), part in calibration.groupby(["dataset", "method"], sort=False):
+        row = {"dataset": dataset, "method": method}
+        for nominal, cov in part.groupby("nominal").coverage.mean().items():
+            row[f"coverage@{nominal:g}"] = cov
+        at_top = part[part.nominal == top]
+        row[f"median log width@{top:g}"] = at_top.median_log_width.median()
+        row[f"interval score@{top:g}"] = at_top.mean_interval_score.mean()
+        if pairwise is not None and not pairwise.empty:
+            pw = pairwise[(pairwise.dataset == dataset) & (pairwise.method == method)]
+            row["pairwise ECE"] = pw.ece.iloc[0] if len(pw) else np.nan
+            row["pairwise Brier"] = pw.brier.iloc[0] if len(pw) else np.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def calibration_report(calibration: pd.DataFrame, pairwise: pd.DataFrame | None) -> str:
+    """The "Calibration" section of report.md."""
+    lines = [
+        "# Calibration",
+        "",
+        "How often the intervals hold the true target loss (coverage, averaged over the budgets) "
+        "at each nominal level, their median width and mean interval score (Gneiting & Raftery; "
+        "lower is better) on log losses, and the reliability of the pairwise probabilities "
+        "P(i better than j) over every ordered pair of candidates and every budget (expected "
+        'calibration error over ten bins, Brier score). "(heuristic)": the intervals the '
+        'predictors had before calibration (`interval="heuristic"`). Calibrated intervals: '
+        "lens_model/calibration.py.",
+    ]
+    summary = calibration_summary(calibration, pairwise)
+    for dataset, part in summary.groupby("dataset", sort=False):
+        frame = part.drop(columns="dataset").set_index("method")
+        lines += ["", f"## {dataset}: calibration", "", markdown_table(frame, 3)]
+        if "interval_method" in calibration:
+            mine = calibration[
+                (calibration.dataset == dataset) & ~calibration.method.str.contains("heuristic")
+            ]
+            fell = mine[mine.interval_method == "heuristic"].drop_duplicates(["method", "ratio"])
+            if len(fell):
+                cells = ", ".join(f"{r.method} at 1/{r.ratio}" for r in fell.itertuples())
+                lines += [
+                    "",
+                    f"Too few probes for a backtest, heuristic interval instead: {cells} "
+                    "(included in the averages above).",
+                ]
+    return "\n".join(lines) + "\n"
+
+
+def write_calibration(out_dir: Path, calibration: pd.DataFrame, pairwise: pd.DataFrame) -> None:
+    """``calibration.csv`` and ``pairwise.csv``."""
+    calibration[CALIBRATION_COLUMNS].to_csv(
+        out_dir / "calibration.csv", index=False, float_format="%.6g"
+    )
+    pairwise[PAIRWISE_COLUMNS].to_csv(out_dir / "pairwise.csv", index=False, float_format="%.6g")
+
+
+def plot_calibration(
+    out_dir: Path, calibration: pd.DataFrame, pairwise: pd.DataFrame, dataset: str
+) -> Path:
+    """Reliability diagrams: nominal vs observed coverage per method (left), and predicted vs
+    observed frequency of the pairwise probabilities (right). Heuristic intervals dashed."""
+    plt = _pyplot()
+    part = calibration[calibration.dataset == dataset]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    ax = axes[0]
+    levels = sorted(part.nominal.unique())
+    colour = _method_colours(part.method.unique())
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, label="perfect")
+    for method, m in part.groupby("method", sort=False):
+        cov = m.groupby("nominal").coverage.mean().reindex(levels)
+        style = "--" if "heuristic" in method else "-"
+        ax.plot(levels, cov.to_numpy(), style, color=colour[method], marker="o", label=method)
+    ax.set_xlim(0.4, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("nominal level")
+    ax.set_ylabel("observed coverage (mean over budgets)")
+    ax.set_title(f"{dataset}: interval coverage")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.plot([0, 1], [0, 1], color="grey", lw=1)
+    pw = pairwise[pairwise.dataset == dataset]
+    for method, m in pw.groupby("method", sort=False):
+        m = m[m.pairs > 0]
+        style = "--" if "heuristic" in method else "-"
+        label = f"{method} (ECE {m.ece.iloc[0]:.3f})" if len(m) else method
+        ax.plot(
+            m.mean_probability,
+            m.observed_frequency,
+            style,
+            color=colour.get(method),
+            marker=".",
+            label=label,
+        )
+    ax.set_xlabel("P(i better than j)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(f"{dataset}: pairwise probabilities")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.11, top=0.92, wspace=0.22)
+    path = out_dir / f"{dataset.lower()}_calibration.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _method_colours(methods) -> dict[str, str]:
+    """One colour per selector, shared by its calibrated and heuristic rows."""
+    bases = list(dict.fromkeys(m.split(" (")[0] for m in methods))
+    palette = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+    return {m: palette[m.split(" (")[0]] for m in methods}
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, imported on first use (a benchmark without
+    plots does not pay for it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_metrics(out_dir: Path, selection: pd.DataFrame, dataset: str) -> Path:
+    plt = _pyplot()
     part = selection[selection.dataset == dataset]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for ax, metric in zip(axes, METRICS, strict=True):
@@ -152,15 +385,20 @@ def plot_metrics(out_dir: Path, selection: pd.DataFrame, dataset: str) -> Path:
         ax.set_title(f"{dataset}: {metric} vs budget")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.22)
     path = out_dir / f"{dataset.lower()}_metrics.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_curves(out_dir: Path, table: dict, budget: int) -> Path:
-    """Grid of every model's curve, the laws fitted up to ``budget`` and the extrapolation."""
+def plot_curves(out_dir: Path, table: dict, budget: int, laws: dict | None = None) -> Path:
+    """Grid of every model's curve, the laws fitted up to ``budget`` and the extrapolation.
+
+    ``laws`` may give the vanilla and rectified laws already fitted at ``budget`` (e.g. by the
+    VanillaFit and RectifiedFit selectors, ``law_at``); missing ones are fitted here.
+    """
+    plt = _pyplot()
     sizes = np.array(table["sizes"], dtype=float)
     losses = np.array(table["losses"], dtype=float)
     target = sizes.max()
@@ -170,9 +408,12 @@ def plot_curves(out_dir: Path, table: dict, budget: int) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FitWarning)
         for name in ("vanilla", "rectified"):
-            law = LAWS.get(name)()
-            m = fit_mask & ((sizes > 0) | law.uses_zero_shot)
-            fits[name] = law.fit(sizes[m], losses[:, m]).predict(grid)
+            law = (laws or {}).get(name)
+            if law is None:
+                law = LAWS.get(name)()
+                m = fit_mask & ((sizes > 0) | law.uses_zero_shot)
+                law.fit(sizes[m], losses[:, m])
+            fits[name] = law.predict(grid)
     n = len(table["models"])
     cols = 6
     rows = int(np.ceil(n / cols))
@@ -197,16 +438,30 @@ def plot_curves(out_dir: Path, table: dict, budget: int) -> Path:
         )
         ax.plot([target], [losses[i, -1]], "r*", ms=8, label="true at target")
         ax.set_title(table["models"][i][-28:], fontsize=8)
-        ax.tick_params(labelsize=6)
+        _light_log_ticks(ax, losses[i, pos])
     axes.flat[0].legend(fontsize=6)
     fig.suptitle(
         f"{table['name']}: laws fitted on sizes <= {budget}, extrapolated to {int(target)}"
     )
-    fig.tight_layout()
+    # A fixed layout: tight_layout over 30 log-log axes took most of this plot's time.
+    fig.subplots_adjust(left=0.03, right=0.99, bottom=0.03, top=0.93, wspace=0.25, hspace=0.45)
     path = out_dir / f"{table['name'].lower()}_curves.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def _light_log_ticks(ax, losses: np.ndarray) -> None:
+    """Three labelled loss ticks and no minor ticks on a log-log panel (matplotlib labels the
+    minor ticks of a log axis spanning less than a decade, which is slow to draw)."""
+    from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
+
+    lo, hi = float(np.min(losses)), float(np.max(losses))
+    ax.yaxis.set_major_locator(FixedLocator(np.geomspace(lo, hi, 3)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_locator(NullLocator())
+    ax.tick_params(labelsize=6)
 
 
 COST_ACCURACY_COLUMNS = [
@@ -296,6 +551,7 @@ def write_cost_accuracy(out_dir: Path, frame: pd.DataFrame) -> Path:
 
 def plot_cost_accuracy(out_dir: Path, frame: pd.DataFrame, dataset: str) -> Path:
     """RelAcc and PearCorr vs Cost (log x): Lens per fraction, AtS and SubTuning per budget."""
+    plt = _pyplot()
     part = frame[(frame.dataset == dataset) & (frame.skipped.fillna("") == "")]
     part = part.assign(setting=_setting(part))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
@@ -315,23 +571,8 @@ def plot_cost_accuracy(out_dir: Path, frame: pd.DataFrame, dataset: str) -> Path
         ax.set_title(f"{dataset}: {label} vs Cost")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.2)
     path = out_dir / f"{dataset.lower()}_cost_accuracy.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-@task(name="cost-accuracy")
-def cost_accuracy_task(table: dict) -> list[dict]:
-    return run_cost_accuracy(table)
-
-
-@task(name="replay-selectors")
-def run_replay_task(table: dict, methods: list[str]) -> list[dict]:
-    return run_replay(table, methods)
-
-
-@task(name="fit-errors")
-def fit_errors_task(table: dict) -> list[dict]:
-    return fit_errors(table)

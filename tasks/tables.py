@@ -1,4 +1,9 @@
-"""Load and validate published loss tables for the replay benchmark (design.md section 5)."""
+"""Load and validate published loss tables for the replay benchmark (docs/replay.md).
+
+``load_loss_table`` is a plain function; ``load_loss_table_task`` is its Prefect task, built on
+first access so that loading a table (``lensllm benchmark`` without ``--prefect``) does not
+import Prefect.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
 
 from tasks.errors import LossTableError, MissingFileError
 
-__all__ = ["LossTableError", "load_loss_table", "load_loss_table_task"]
+__all__ = ["LossTableError", "load_loss_table"]
 
 
 def load_loss_table(path: str) -> dict:
@@ -88,6 +92,11 @@ def _check_ladder(where: str, sizes: np.ndarray) -> None:
         )
 
 
-@task(name="load-loss-table")
-def load_loss_table_task(path: str) -> dict:
-    return load_loss_table(path)
+def __getattr__(name: str):
+    if name == "load_loss_table_task":
+        from prefect import task
+
+        wrapper = task(name="load-loss-table")(load_loss_table)
+        globals()[name] = wrapper
+        return wrapper
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

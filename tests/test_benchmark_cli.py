@@ -1,7 +1,8 @@
-"""The replay benchmark end to end through ``lensllm benchmark`` (flows/cli.py, flows/benchmark.py).
+"""The replay benchmark end to end through ``lensllm benchmark`` (flows/cli.py,
+flows/benchmark_run.py; with ``--prefect``, the flow in flows/benchmark.py).
 
 The FLAN loss table is public evaluation data kept outside the repository
-(``../shared/benchmarks/flan.csv``, design.md section 5); the tests that need it skip without it.
+(``../shared/benchmarks/flan.csv``, docs/replay.md); the tests that need it skip without it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ pytestmark = pytest.mark.integration
 FLAN = Path(__file__).resolve().parents[2] / "shared" / "benchmarks" / "flan.csv"
 RATIOS = [8, 16, 32, 64, 128, 256, 512]
 COLUMNS = ["dataset", "ratio", "max_data_num", "predict_data_num", "metric", "method", "value"]
-# design.md section 5: published FLAN cells (percent) that a correct implementation reproduces.
+CALIBRATION_COLUMNS = [
+    "dataset",
+    "method",
+    "ratio",
+    "nominal",
+    "coverage",
+    "median_log_width",
+    "mean_interval_score",
+]
+PREDICTING = ["VanillaFit", "RectifiedFit", "AtS", "Lens"]
+# docs/replay.md: published FLAN cells (percent) that a correct implementation reproduces.
 PUBLISHED = {
     ("AtS", "PearCorr"): [90.9, 73.1, 65.5, 61.1, 52.2, 50.5, 45.6],
     ("AtS", "RelAcc"): [93.6, 93.2, 93.2, 93.2, 85.3, 93.2, 93.2],
@@ -44,7 +55,7 @@ def _write_table(table: dict, path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def flan_run(prefect_harness, tmp_path_factory):
+def flan_run(tmp_path_factory):
     """One full CLI run on FLAN (all methods, plots, MLflow); the tests below inspect it."""
     if not FLAN.is_file():
         pytest.skip(f"FLAN loss table not found at {FLAN}")
@@ -164,33 +175,125 @@ def test_flan_mlflow_run_has_metrics_by_ratio(flan_run):
             assert logged[ratio] == pytest.approx(expected[ratio], abs=1e-4)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"selection.csv", "report.md", "flan_metrics.png"} <= artifacts
+    assert {"calibration.csv", "pairwise.csv", "flan_calibration.png"} <= artifacts
+    for key in ("Lens_coverage_0.9", "AtS_heuristic_mean_interval_score_0.9"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == RATIOS
+    (ece,) = client.get_metric_history(run.info.run_id, "Lens_pairwise_ece")
+    pairwise = pd.read_csv(flan_run["out"] / "pairwise.csv")
+    assert ece.value == pytest.approx(pairwise[pairwise.method == "Lens"].ece.iloc[0])
+
+
+# -- calibration (issue 11) ------------------------------------------------------------------
+@pytest.mark.slow
+@needs_flan
+def test_flan_calibration_csv_format(flan_run):
+    cal = pd.read_csv(flan_run["out"] / "calibration.csv")
+    assert list(cal.columns) == CALIBRATION_COLUMNS
+    labels = PREDICTING + [f"{m} (heuristic)" for m in PREDICTING]
+    assert set(cal.method) == set(labels)  # methods without predictions have no interval
+    assert sorted(cal.nominal.unique()) == [0.5, 0.8, 0.9]
+    assert len(cal) == len(labels) * len(RATIOS) * 3
+    assert not cal.duplicated(["method", "ratio", "nominal"]).any()
+    assert cal.coverage.between(0, 1).all() and (cal.median_log_width > 0).all()
 
 
 @pytest.mark.slow
-def test_cli_on_a_synthetic_table(prefect_harness, synthetic_table, tmp_path, capsys):
-    """Runs without the FLAN table: a small synthetic table through the same CLI."""
+@needs_flan
+@pytest.mark.parametrize("method", ["Lens", "AtS"])
+def test_flan_intervals_hold_their_level(flan_run, method):
+    """Acceptance of issue 11: averaged over the 7 budgets, coverage within 5 points of every
+    nominal level, and a lower interval score at 0.9 than the heuristic intervals'."""
+    cal = pd.read_csv(flan_run["out"] / "calibration.csv")
+    mine = cal[cal.method == method].groupby("nominal")
+    for nominal, coverage in mine.coverage.mean().items():
+        assert abs(coverage - nominal) <= 0.05, (nominal, coverage)
+    score = cal[cal.nominal == 0.9].groupby("method").mean_interval_score.mean()
+    assert score[method] < score[f"{method} (heuristic)"]
+
+
+@pytest.mark.slow
+@needs_flan
+def test_flan_pairwise_reliability(flan_run):
+    pw = pd.read_csv(flan_run["out"] / "pairwise.csv")
+    cols = ["dataset", "method", "bin_low", "bin_high", "pairs", "mean_probability"]
+    assert list(pw.columns) == [*cols, "observed_frequency", "ece", "brier"]
+    per_method = pw.groupby("method")
+    assert (per_method.size() == 10).all()
+    # every ordered pair of the 30 models at each of the 7 budgets (no ties on FLAN)
+    assert (per_method.pairs.sum() == 30 * 29 * 7).all()
+    ece = per_method.ece.first()
+    assert ece["Lens"] <= 0.05  # acceptance of issue 11
+    assert ece["Lens"] < ece["Lens (heuristic)"] and ece["AtS"] < ece["AtS (heuristic)"]
+
+
+@pytest.mark.slow
+@needs_flan
+def test_flan_calibration_report_and_plot(flan_run):
+    out = flan_run["out"]
+    report = (out / "report.md").read_text()
+    assert "# Calibration" in report and "## FLAN: calibration" in report
+    assert "| Lens (heuristic) |" in report and "pairwise ECE" in report
+    data = (out / "flan_calibration.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def _synthetic_run(synthetic_table, tmp_path, extra: list[str]) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     table = _write_table(synthetic_table, tmp_path / "synth.csv")
     out = tmp_path / "out"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["benchmark", "--table", str(table), "--out", str(out), "--tracking-uri", uri]
-    rc = main([*args, "--methods", "AtS", "SubTuning", "Lens", "--no-plots"])
-    assert rc == 0
-    assert "replay benchmark written to" in capsys.readouterr().out
+    assert main([*args, "--methods", "AtS", "SubTuning", "Lens", "--no-plots", *extra]) == 0
+    return out
+
+
+def _check_synthetic_outputs(out: Path) -> None:
     sel = pd.read_csv(out / "selection.csv")
     assert list(sel.columns) == COLUMNS
     assert set(sel.dataset) == {"SYNTH"} and set(sel.method) == {"AtS", "SubTuning", "Lens"}
     assert sorted(sel.ratio.unique()) == RATIOS
     assert sel.value.between(-1, 1).all()
-    assert (out / "report.md").is_file()
+    cal = pd.read_csv(out / "calibration.csv")
+    assert set(cal.method) == {"AtS", "AtS (heuristic)", "Lens", "Lens (heuristic)"}
+    assert (out / "report.md").is_file() and (out / "pairwise.csv").is_file()
     assert not list(out.glob("*.png"))  # --no-plots
     # logged to the --tracking-uri given (not the local store): one finished benchmark run
-    client = Tracker(uri).client
+    client = Tracker(f"sqlite:///{out.parent / 'mlflow.db'}").client
     runs = client.search_runs([client.get_experiment_by_name("lensllm-replay").experiment_id])
     assert [r.data.tags[T.RUN_KIND] for r in runs] == ["benchmark"]
     assert runs[0].info.status == "FINISHED" and runs[0].data.params["dataset"] == "SYNTH"
 
 
-def test_cli_unknown_method_exits_2(prefect_harness, synthetic_table, tmp_path, capsys):
+@pytest.mark.slow
+def test_cli_on_a_synthetic_table(synthetic_table, tmp_path, capsys):
+    """Runs without the FLAN table (and without Prefect): a small synthetic table."""
+    out = _synthetic_run(synthetic_table, tmp_path, [])
+    assert "replay benchmark written to" in capsys.readouterr().out
+    _check_synthetic_outputs(out)
+
+
+@pytest.mark.slow
+def test_cli_prefect_flow_writes_the_same(prefect_harness, synthetic_table, tmp_path):
+    """``--prefect``: the same work as the replay-benchmark flow, with its steps as tasks."""
+    from prefect.client.orchestration import get_client
+
+    plain = _synthetic_run(synthetic_table, tmp_path / "plain", [])
+    flow = _synthetic_run(synthetic_table, tmp_path / "flow", ["--prefect"])
+    _check_synthetic_outputs(flow)
+    for name in ("selection.csv", "calibration.csv", "pairwise.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(flow / name), pd.read_csv(plain / name))
+
+    async def task_names() -> set[str]:
+        async with get_client() as client:
+            return {t.name.rsplit("-", 1)[0] for t in await client.read_task_runs()}
+
+    import asyncio
+
+    assert {"replay-selectors", "fit-errors", "log-benchmark-run"} <= asyncio.run(task_names())
+
+
+def test_cli_unknown_method_exits_2(synthetic_table, tmp_path, capsys):
     table = _write_table(synthetic_table, tmp_path / "synth.csv")
     rc = main(
         [
@@ -223,7 +326,7 @@ def test_cli_unknown_method_exits_2(prefect_harness, synthetic_table, tmp_path, 
     ],
     ids=["no-size-column", "ladder-not-doubling", "missing-file"],
 )
-def test_cli_bad_table_exits_2(prefect_harness, tmp_path, capsys, csv_text, message):
+def test_cli_bad_table_exits_2(tmp_path, capsys, csv_text, message):
     path = tmp_path / "bad.csv"
     if csv_text is not None:
         path.write_text(csv_text)

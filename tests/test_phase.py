@@ -1,5 +1,5 @@
 """Power-phase detection and AtS extrapolation (lens_model/phase.py), checked against hand-worked
-least-squares fits and the delta * std rule of Lin et al. (design.md section 4)."""
+least-squares fits and the delta * std rule of Lin et al. (docs/replay.md)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_delta_controls_rejection():
 
 
 def ats_reference(x: np.ndarray, y: np.ndarray, k: int, delta: float) -> np.ndarray:
-    """The rule of design.md section 4, written out step by step."""
+    """The rule of docs/replay.md, written out step by step."""
     m = len(x)
     if m <= k:
         return np.arange(m)

@@ -88,6 +88,11 @@ def test_no_selector_reads_the_target_column(name, synthetic_table):
     )
     assert again.selected == sel.selected
     np.testing.assert_array_equal(again.scores, sel.scores)
+    # nor did the calibrated intervals and probabilities use it
+    np.testing.assert_array_equal(again.lower, sel.lower)
+    np.testing.assert_array_equal(again.upper, sel.upper)
+    np.testing.assert_array_equal(again.p_best, sel.p_best)
+    assert again.interval_basis == sel.interval_basis
 
 
 @pytest.mark.parametrize("name", SELECTORS.names())
@@ -104,7 +109,7 @@ def test_registry_did_you_mean():
     assert SELECTORS.get("ats") is SELECTORS.get("AtS")  # case-insensitive
 
 
-# -- what each baseline reads and scores (design.md section 5) -------------------------------
+# -- what each baseline reads and scores (docs/replay.md) -------------------------------
 def test_baseline_scores_by_hand(synthetic_table):
     sizes, losses, w = arrays(synthetic_table)
     col = {int(s): losses[:, j] for j, s in enumerate(sizes)}
@@ -255,3 +260,17 @@ def test_table_probes_records_reads_and_rejects_unknown_sizes(synthetic_table):
     with pytest.raises(KeyError, match="not in the ladder"):
         src.loss(0, 300)
     assert TARGET_SIZE not in src.sizes
+
+
+def test_table_probes_block_read_is_the_single_reads(synthetic_table):
+    """``read`` (what selectors use on a table) returns and records exactly what ``loss``
+    does, and refuses the target column and sizes off the ladder alike."""
+    one, block = source(synthetic_table), source(synthetic_table)
+    models, sizes = [0, 3, 5], [200, 3_200, 204_800]
+    want = np.array([[one.loss(m, d) for d in sizes] for m in models])
+    np.testing.assert_array_equal(block.read(models, sizes), want)
+    assert block.probes == one.probes
+    with pytest.raises(ValueError, match="above the largest readable size"):
+        block.read([0], [TARGET_SIZE])
+    with pytest.raises(KeyError, match="not in the ladder"):
+        block.read([0], [300])

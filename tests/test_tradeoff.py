@@ -111,7 +111,7 @@ def test_flan_half_cost_lens_matches_ats_relacc_at_half_the_cost():
 @pytest.mark.slow
 @pytest.mark.integration
 @needs_flan
-def test_flan_cli_writes_cost_accuracy_outputs(prefect_harness, tmp_path):
+def test_flan_cli_writes_cost_accuracy_outputs(tmp_path):
     from flows.cli import main
 
     out = tmp_path / "out"
