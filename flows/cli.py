@@ -181,12 +181,17 @@ def _select(args: argparse.Namespace) -> int:
 def _print_summary(summary) -> None:
     """What ``lensllm select`` prints at the end: ranking, compute, registry, where to look."""
     result = summary.result
-    print("\nRanking (" + result.rank_on + ", predicted at the target size):")
+    print(
+        f"\nRanking ({result.rank_on} predicted at {result.target_size} examples; "
+        f"{result.level:.0%} {result.interval_method} intervals; P(best)):"
+    )
     for row in result.ranking_rows():
+        p_best = "" if row["p_best"] is None else f"P(best) {row['p_best']:.2f}"
         print(
             f"  {row['rank']}. {row['candidate']:<28} {row['predicted_loss']:.4f} "
-            f"[{row['interval_low']:.4g}, {row['interval_high']:.4g}] {row['note']}"
+            f"[{row['interval_low']:.4g}, {row['interval_high']:.4g}] {p_best} {row['note']}"
         )
+    print(f"  intervals rest on: {result.interval_basis}")
     print(f"Selected: {result.selected}")
     b = summary.budget
     mode = "adaptive (Lens)" if summary.adaptive else "full ladder"

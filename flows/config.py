@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.errors import ConfigError
-from tasks.records import DataSpec, Ladder, NtkSpec, ProbeSpec
+from tasks.records import DataSpec, IntervalSpec, Ladder, NtkSpec, ProbeSpec
 
 __all__ = ["ConfigError", "SelectionConfig", "load_config", "check_selector"]
 
@@ -117,6 +117,7 @@ class SelectionConfig(_Strict):
     adaptive: AdaptiveConfig = AdaptiveConfig()
     target_size: int = Field(4096, ge=1)
     selector: str = "Lens"
+    intervals: IntervalSpec = IntervalSpec()
     rank_on: Literal["bits_per_byte", "loss_per_token"] = "bits_per_byte"
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()

@@ -105,6 +105,7 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
             rank_on=cfg.rank_on,
             seed=cfg.probe.seed,
             adaptive=adaptive,
+            intervals=cfg.intervals,
         )
         plots = _plots(result, probes, ntk, f_terms)
         with _tracking_errors(tracker):
@@ -124,6 +125,7 @@ def _probe(cfg: SelectionConfig, plan: ProbePlan, n_params: dict[str, int]):
         rank_on=cfg.rank_on,
         target_size=cfg.target_size,
         fraction=cfg.adaptive.ladder_fraction(cfg.target_size, plan.data.sizes),
+        intervals=cfg.intervals,
     )
 
 
@@ -204,7 +206,12 @@ def _register(cfg, tracker, key, run_id, plan: ProbePlan, probes, result: Select
         predicted_loss=winner.predicted_loss,
         interval=list(winner.interval),
         selector=cfg.selector,
-        tags=provenance_tags(cfg, plan.data, key),
+        tags={
+            **provenance_tags(cfg, plan.data, key),
+            T.INTERVAL_LEVEL: result.level,
+            T.INTERVAL_METHOD: result.interval_method,
+            T.P_BEST: winner.p_best,
+        },
         tracking_uri=tracker.uri,
         experiment=cfg.tracking.experiment,
         margin=cfg.registry.margin,

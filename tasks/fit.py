@@ -15,6 +15,7 @@ from tasks.records import (
     RANK_KEYS,
     AdaptiveRun,
     CandidateResult,
+    IntervalSpec,
     LawFit,
     ProbeResult,
     SelectionResult,
@@ -75,6 +76,7 @@ def fit_and_select(
     f_terms: dict[str, float] | None = None,
     rank_with_f: bool = True,
     adaptive: AdaptiveOutcome | None = None,
+    intervals: IntervalSpec | None = None,
 ) -> SelectionResult:
     """Rank candidates by predicted target loss.
 
@@ -93,7 +95,12 @@ def fit_and_select(
     adaptive
         An adaptive run's own decision: used instead of running ``selector`` again; candidates
         may then lack sizes (NaN in the curves, ignored by the law fits).
+    intervals
+        Level and method of the intervals (default: calibrated 90 % intervals); the result
+        also carries each candidate's probability of being best and every pairwise
+        probability, from the same predictive distributions.
     """
+    intervals = intervals or IntervalSpec()
     names = list(probes)
     sizes, table, keep, excluded = _usable_curves(probes, rank_on, adaptive is not None)
     kept = [names[i] for i in keep]
@@ -105,7 +112,7 @@ def fit_and_select(
         source = TableProbes(
             sizes, table[keep], weights, max_size=budget, f_terms=f_keep if rank_with_f else None
         )
-        selector_obj = SELECTORS.get(selector)()
+        selector_obj = SELECTORS.get(selector)(level=intervals.level, interval=intervals.method)
         sel = selector_obj.select(source, budget=budget, target_size=target_size)
     else:
         if adaptive.names != kept:
@@ -125,6 +132,7 @@ def fit_and_select(
     ranking = [kept[j] for j in order] + list(excluded)
     laws = law_fits(np.array(sizes, dtype=float), table[keep], target_size, seed, f_keep)
     candidates = _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, excluded)
+    better = sel.prob_better_matrix()
     return SelectionResult(
         selector=selector,
         predictor=getattr(selector_obj, "predictor_", None),
@@ -136,6 +144,17 @@ def fit_and_select(
         candidates={n: candidates[n] for n in names},
         cost=sel.cost(weights, target_size),
         probes_read=sorted((kept[m], int(d)) for m, d in sel.probes),
+        level=sel.level,
+        interval_method=sel.interval_method,
+        interval_basis=sel.interval_basis,
+        prob_better={
+            a: {
+                b: float(better[i, j])
+                for j, b in enumerate(kept)
+                if j != i and np.isfinite(better[i, j])
+            }
+            for i, a in enumerate(kept)
+        },
     )
 
 
@@ -152,6 +171,7 @@ def _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, exclud
             dropped=sel.dropped.get(j),
             laws={law: fits[j] for law, fits in laws.items()},
             f_term=None if f_keep is None else float(f_keep[j]),
+            p_best=float(sel.p_best[j]) if np.isfinite(sel.p_best[j]) else None,
             **_fit_flags(selector, selector_obj, j, laws, float(sel.scores[j])),
         )
         for j, name in enumerate(kept)

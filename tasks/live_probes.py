@@ -23,7 +23,7 @@ from lens_model.selectors import Lens
 from lens_model.tradeoff import FIRST_TOPS, first_round, lens_settings
 from tasks.errors import ProbeDivergedError
 from tasks.fit import AdaptiveOutcome
-from tasks.records import RANK_KEYS, AdaptiveRun, Budget, ProbeResult
+from tasks.records import RANK_KEYS, AdaptiveRun, Budget, IntervalSpec, ProbeResult
 
 
 class LiveProbes:
@@ -127,7 +127,12 @@ def adaptive_settings(ladder: Sequence[int], budget: int, fraction: float) -> di
 
 
 def run_adaptive(
-    source: LiveProbes, *, budget: int, target_size: int, fraction: float
+    source: LiveProbes,
+    *,
+    budget: int,
+    target_size: int,
+    fraction: float,
+    intervals: IntervalSpec | None = None,
 ) -> AdaptiveOutcome:
     """Run ``Lens`` on ``source`` under ``fraction`` of the full ladder's compute.
 
@@ -137,7 +142,9 @@ def run_adaptive(
     """
     ladder = source.sizes[source.sizes > 0].astype(int).tolist()
     settings = adaptive_settings(ladder, budget, fraction)
-    sel = Lens(**settings).select(source, budget=int(budget), target_size=int(target_size))
+    intervals = intervals or IntervalSpec()
+    lens = Lens(**settings, level=intervals.level, interval=intervals.method)
+    sel = lens.select(source, budget=int(budget), target_size=int(target_size))
     names = source.names
     run = AdaptiveRun(
         settings=settings,
@@ -157,6 +164,7 @@ def run_adaptive_excluding_diverged(
     budget: int,
     target_size: int,
     fraction: float,
+    intervals: IntervalSpec | None = None,
 ) -> tuple[dict[str, list[ProbeResult]], AdaptiveOutcome]:
     """:func:`run_adaptive` that excludes a candidate whose probe diverges and starts again
     on the others (their probes come back from ``submit``'s cache, not recomputed), as the
@@ -179,7 +187,11 @@ def run_adaptive_excluding_diverged(
             for i in range(len(active)):
                 source.loss(i, 0)
             outcome = run_adaptive(
-                source, budget=budget, target_size=target_size, fraction=fraction
+                source,
+                budget=budget,
+                target_size=target_size,
+                fraction=fraction,
+                intervals=intervals,
             )
         except ProbeDivergedError as err:
             if err.candidate not in active:

@@ -91,7 +91,9 @@ class ProbePlan:
             out[name].append(self.result(future))
         return out
 
-    def adaptive(self, n_params: dict[str, int], *, rank_on: str, target_size: int, fraction):
+    def adaptive(
+        self, n_params: dict[str, int], *, rank_on: str, target_size: int, fraction, intervals
+    ):
         """``Lens`` decides which probes run, within ``fraction`` of the full ladder's compute;
         a candidate whose probe diverges is excluded and Lens starts again on the others."""
         names = list(self.models)
@@ -104,6 +106,7 @@ class ProbePlan:
             budget=self.budget,
             target_size=target_size,
             fraction=fraction,
+            intervals=intervals,
         )
         logger = progress_logger()
         for name, reason in outcome.run.excluded.items():

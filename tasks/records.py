@@ -139,6 +139,17 @@ class ProbeSpec(Record):
         )
 
 
+class IntervalSpec(Record):
+    """The uncertainty every prediction is reported with (``lens_model.calibration``)."""
+
+    level: float = Field(0.9, gt=0.0, lt=1.0, description="nominal level of every interval")
+    method: Literal["calibrated", "heuristic"] = Field(
+        "calibrated",
+        description="calibrated: learned from a backtest of the selection's own probes; "
+        "heuristic: the predictor's own least-squares / delta-method interval",
+    )
+
+
 class NtkSpec(Record):
     """The NTK features of each candidate (the F term of the LensLLM law)."""
 
@@ -325,6 +336,7 @@ class CandidateResult(Record):
     fit_converged: bool | None = None
     fit_warnings: list[str] = []
     f_term: float | None = None
+    p_best: float | None = Field(None, description="probability of being best at the target")
 
     @property
     def note(self) -> str:
@@ -345,6 +357,12 @@ class SelectionResult(Record):
     candidates: dict[str, CandidateResult]
     cost: float = Field(description="probe compute / fine-tuning every candidate on the target")
     probes_read: list[tuple[str, int]]
+    level: float = Field(0.9, description="nominal level of every interval")
+    interval_method: str = "heuristic"
+    interval_basis: str = Field("", description="what the intervals rest on, in words")
+    prob_better: dict[str, dict[str, float]] = Field(
+        {}, description="prob_better[a][b]: P(a reaches a lower loss than b at the target)"
+    )
 
     @property
     def winner(self) -> CandidateResult:
@@ -362,6 +380,8 @@ class SelectionResult(Record):
                     "predicted_loss": round(c.predicted_loss, 5),
                     "interval_low": round(c.interval[0], 5),
                     "interval_high": round(c.interval[1], 5),
+                    "level": self.level,
+                    "p_best": None if c.p_best is None else round(c.p_best, 4),
                     "note": c.note,
                 }
             )

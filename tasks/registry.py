@@ -193,7 +193,8 @@ def version_description(tags: dict[str, str]) -> str:
     low, high = float(tags[T.INTERVAL_LOW]), float(tags[T.INTERVAL_HIGH])
     lines = [
         f"Selected by {tags[T.SELECTOR]} for task {tags[T.TASK]!r}.",
-        f"Predicted target loss {pred:.4f} (interval {low:.4f} .. {high:.4f}).",
+        f"Predicted target loss {pred:.4f} ({_level(tags)} interval {low:.4f} .. {high:.4f}"
+        f"{_p_best(tags)}).",
         f"Selection key: {tags[T.SELECTION_KEY]}.",
     ]
     provenance = [
@@ -208,3 +209,17 @@ def version_description(tags: dict[str, str]) -> str:
     if provenance:
         lines.append("Provenance: " + ", ".join(provenance) + ".")
     return " ".join(lines)
+
+
+def _level(tags: dict[str, str]) -> str:
+    try:
+        return f"{float(tags[T.INTERVAL_LEVEL]):.0%} {tags.get(T.INTERVAL_METHOD, '')}".rstrip()
+    except (KeyError, ValueError):
+        return "heuristic"
+
+
+def _p_best(tags: dict[str, str]) -> str:
+    try:
+        return f"; P(best) {float(tags[T.P_BEST]):.2f}"
+    except (KeyError, ValueError):
+        return ""

@@ -154,6 +154,14 @@ def test_flow_returns_a_selected_candidate(selection):
     losses = [row["predicted_loss"] for row in rows]
     assert losses == sorted(losses) and all(loss > 0 for loss in losses)
     assert Path(summary.plot).is_file() and Path(summary.plot).stat().st_size > 1000
+    # every interval says its level; the decision comes with probabilities that add up
+    result = summary.result
+    assert result.level == 0.9 and result.interval_basis
+    assert all(row["level"] == 0.9 for row in rows)
+    p_best = [c.p_best for c in result.candidates.values()]
+    assert all(0 <= p <= 1 for p in p_best) and sum(p_best) == pytest.approx(1.0)
+    a, b = result.ranking
+    assert result.prob_better[a][b] + result.prob_better[b][a] == pytest.approx(1.0)
     # the first run really probed: every probe task ran and completed, none came from cache
     states = [r.state.name for r in selection["first_probes"]]
     assert len(states) == selection["n_probes"] and set(states) == {"Completed"}, states
@@ -249,6 +257,10 @@ def test_registered_champion_reloads_to_the_finetuned_weights(selection):
     candidate = client.get_model_version_by_alias(MODEL_NAME, "candidate")
     assert champion.version == candidate.version == versions[0].version
     assert selection["summary"].registration.promoted is True
+    tags = champion.tags
+    winner = selection["summary"].result.winner
+    assert float(tags[T.P_BEST]) == pytest.approx(winner.p_best)
+    assert float(tags[T.INTERVAL_LEVEL]) == 0.9 and "P(best)" in champion.description
 
     model_dir = Path(client.get_run(champion.run_id).data.params["model_dir"])
     assert model_dir.is_relative_to(selection["tmp"] / "cache" / "finetuned")
