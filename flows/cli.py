@@ -201,12 +201,21 @@ def _print_summary(summary) -> None:
         f"{b.full_finetune_share:.2%} of fine-tuning every candidate on the target "
         f"({b.compute_full_finetune_all:.4g}); {b.n_probes} probes, {b.flops_spent:.3g} FLOPs"
     )
+    for check in summary.checks:
+        print(f"Realized vs predicted: {check.summary()}")
+    if not summary.checks:
+        print("Realized vs predicted: not checked (validate.top_k: 0)")
     reg = summary.registration
     if reg is None:
         print("Registry: disabled (registry.enabled: false)")
     else:
-        print(f"Registered version {reg.version} with aliases {reg.aliases}")
-        print(f"  promoted to champion: {reg.promoted} ({reg.reason})")
+        print(
+            f"Registered version {reg.version} (trained on {reg.finetune_size} examples) with "
+            f"aliases {reg.aliases}"
+        )
+        print(f"  gate: {'promoted to champion' if reg.promoted else 'not promoted'}: {reg.reason}")
+    if summary.recorded_in:
+        print(f"Nothing new logged: MLflow run {summary.recorded_in} already holds this selection")
     print(f"Curve plot: {summary.plot}")
     from tasks.tracking.secrets import display_uri
 
@@ -214,6 +223,62 @@ def _print_summary(summary) -> None:
         f"MLflow run {summary.run_id}: open the UI with `lensllm ui` "
         f"(store {display_uri(summary.tracking_uri)})"
     )
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from flows.audit import audit_flow, check_auditable
+    from flows.config import load_config
+
+    overrides = list(args.set or [])
+    check_auditable(load_config(args.config, overrides))  # bad input fails before Prefect
+    with _no_tracebacks_for_input_errors():
+        report = audit_flow(config_path=args.config, overrides=overrides, out_dir=args.out)
+    print(f"\n{report['selector']} selected {report['selected']}; best measured at the target: "
+          f"{report['best_measured']} (RelAcc {report['rel_acc']:.3f})")  # fmt: skip
+    print(
+        f"{report['intervals_held']} of {report['intervals_checked']} {report['level']:.0%} "
+        f"{report['interval_method']} intervals held the measured loss"
+    )
+    print(f"loss table: {report['table']} (score it: lensllm benchmark --table {report['table']}"
+          f" --out OUT)\nreport: {report['out_dir']}/audit.md")  # fmt: skip
+    return 0
+
+
+def _calibration(args: argparse.Namespace) -> int:
+    import statistics
+    from pathlib import Path
+
+    from tasks.plots import plot_live_calibration
+    from tasks.tracking.client import Tracker
+    from tasks.tracking.runs import checked_selections
+
+    tracker = Tracker.resolve(args.tracking_uri, ".lensllm")
+    tracker.check_reachable()
+    rows = checked_selections(tracker, args.experiment)
+    where = f"experiment {args.experiment!r}" if args.experiment else "all experiments"
+    if not rows:
+        print(f"no finished selection with a measurement at the target in {where} "
+              f"({tracker.display_uri}); run a selection with validate.top_k >= 1")  # fmt: skip
+        return 0
+    print(f"{len(rows)} checked selections in {where} ({tracker.display_uri}):")
+    for r in rows:
+        print(
+            f"  {r['run_id'][:8]} {r['task']:<22} {r['selector']:<12} {r['winner']:<24} "
+            f"predicted {r['predicted_loss']:.4f} [{r['interval_low']:.4g}, "
+            f"{r['interval_high']:.4g}] ({r['level']:.0%}), measured {r['measured_loss']:.4f}, "
+            f"log error {r['log_error']:+.3f} {'held' if r['held'] else 'MISSED'}"
+        )
+    print("\nper selector: selections, intervals held, median |log error|")
+    for selector in sorted({r["selector"] for r in rows}):
+        part = [r for r in rows if r["selector"] == selector]
+        held = sum(r["held"] for r in part)
+        error = statistics.median(abs(r["log_error"]) for r in part)
+        print(f"  {selector:<12} {len(part):>4}  {held}/{len(part)} ({held / len(part):.0%})"
+              f"  {error:.3f}")  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"plot: {plot_live_calibration(rows, str(out / 'live_calibration.png'))}")
+    return 0
 
 
 def _models_list(args: argparse.Namespace) -> int:
@@ -244,6 +309,22 @@ def _add_pipeline_commands(sub) -> None:
         help="override a config value, e.g. --set probe.epochs=3 (repeatable)",
     )
     sel.set_defaults(func=_select)
+
+    audit = sub.add_parser(
+        "audit", help="a selection, then every candidate trained up to the target: regret"
+    )
+    audit.add_argument("--config", required=True, help="YAML config")
+    audit.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    audit.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    audit.set_defaults(func=_audit)
+
+    cal = sub.add_parser(
+        "calibration", help="the live calibration record: predictions checked at the target"
+    )
+    cal.add_argument("--experiment", help="one MLflow experiment (default: all)")
+    cal.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else the local store")
+    cal.add_argument("--out", default="out/calibration", metavar="DIR", help="where the plot goes")
+    cal.set_defaults(func=_calibration)
 
     models = sub.add_parser("models", help="candidate models")
     msub = models.add_subparsers(dest="models_command", required=True)

@@ -65,9 +65,23 @@ class TrackingConfig(_Strict):
 
 
 class RegistryConfig(_Strict):
+    """Registration and the promotion gate (measured loss on the current test split)."""
+
     enabled: bool = True
     model_name: str = "lensllm-selected"
-    margin: float = Field(0.0, ge=0.0)
+    margin: float = Field(
+        0.0, ge=0.0, description="the challenger's measured loss must be lower by more than this"
+    )
+    min_confidence: float = Field(
+        0.9, ge=0.0, le=1.0, description="paired-bootstrap P(challenger better) required"
+    )
+
+
+class ValidateConfig(_Strict):
+    """Check the selection against reality: the top ``top_k`` candidates are fine-tuned on
+    ``target_size`` examples with the probes' recipe and measured on the test split."""
+
+    top_k: int = Field(1, ge=0, description="candidates trained at the target (0: none)")
 
 
 class RunnerConfig(_Strict):
@@ -121,6 +135,8 @@ class SelectionConfig(_Strict):
     rank_on: Literal["bits_per_byte", "loss_per_token"] = "bits_per_byte"
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+    # the YAML key is ``validate`` (a pydantic method's name, hence the field's own name)
+    validation: ValidateConfig = Field(ValidateConfig(), alias="validate")
     runner: RunnerConfig = RunnerConfig()
     cache_dir: str = ".lensllm"
 
@@ -168,10 +184,10 @@ class SelectionConfig(_Strict):
         return {c.name: c.trust_remote_code for c in self.candidates}
 
     def resolved_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        blob = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
 

@@ -1,9 +1,10 @@
-"""Register flow: log a merged fine-tuned model, register it, and run the promotion gate.
+"""Register flow: log a merged fine-tuned model, register it, and run the promotion gate on
+measured loss (``tasks/registry.py`` states the rule).
 
-Runnable alone::
+Runnable alone (the model is measured on the given test file first)::
 
     python -m flows.register MODEL_DIR --name lensllm-wordnet --task-key wordnet \\
-        --selection-key SEL --predicted-loss 2.31 --interval 2.2 2.4 --selector ats
+        --selection-key SEL --test-file test.jsonl --predicted-loss 2.31 --interval 2.2 2.4
 
 Re-running with the same ``selection_key`` creates no new version: the existing version is
 found by its ``lensllm.selection_key`` tag and only the (idempotent) gate runs again.
@@ -13,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from prefect import flow
 
+from tasks.data.splits import fingerprint
+from tasks.measure import measure_folder
+from tasks.records import GateInputs, ProbeSpec
 from tasks.registration import (
     end_run_task,
     find_version_task,
@@ -43,20 +48,21 @@ def register_flow(
     tags: dict,
     tracking_uri: str,
     experiment: str,
-    margin: float,
+    gate: GateInputs,
     parent_run_id: str | None = None,
     max_new_tokens: int = 32,
-    require_disjoint_intervals: bool = False,
     lock_dir: str | None = ".lensllm/locks",
 ) -> dict:
     """Register ``model_dir`` (a saved, merged transformers causal LM) under
     ``registered_name`` with alias ``candidate``, then move ``champion`` if the gate passes.
 
-    ``tags`` should hold ``lensllm.git_commit``, ``lensllm.config_hash`` and
-    ``lensllm.data_fingerprint``. Returns ``{"version", "aliases", "promoted", "reason",
-    "created", "run_id"}`` (``run_id`` is None when an existing version was reused).
-    The gate runs under a lock in ``lock_dir`` (see ``tasks.locks``), so concurrent
-    selections promote one at a time.
+    With ``parent_run_id`` (a selection) the model is logged in that run, so the registered
+    version links to the selection in the MLflow UI; alone, a run of its own is made. ``tags``
+    should hold the provenance tags (``lensllm.git_commit``, ``lensllm.config_hash``,
+    ``lensllm.data_fingerprint``). The gate (``gate``: the current test split and the
+    challenger's measurement on it) runs under a lock in ``lock_dir`` (``tasks.locks``), so
+    concurrent selections promote one at a time. Returns the version, its aliases, the gate's
+    decision, whether a version was created and the run it was logged in.
     """
     all_tags = version_tags(
         task_key=task_key,
@@ -67,15 +73,15 @@ def register_flow(
         extra=tags,
     )
     version = find_version_task(tracking_uri, registered_name, {T.SELECTION_KEY: selection_key})
-    run_id = None
+    run_id, created = None, version is None
     if version is None:
-        run_id = start_run_task(
+        run_id = parent_run_id or start_run_task(
             tracking_uri,
             experiment,
             f"register-{registered_name}",
             {**all_tags, T.RUN_KIND: "register"},
-            {"model_dir": model_dir, "margin": margin, "max_new_tokens": max_new_tokens},
-            parent_run_id,
+            {},
+            None,
         )
         try:
             logged = log_model_task(tracking_uri, run_id, model_dir, max_new_tokens)
@@ -88,21 +94,31 @@ def register_flow(
                 version_description(all_tags),
             )
         except Exception:
-            end_run_task(tracking_uri, run_id, "FAILED")
+            if run_id != parent_run_id:
+                end_run_task(tracking_uri, run_id, "FAILED")
             raise
-        end_run_task(tracking_uri, run_id, "FINISHED")
-    decision = promotion_gate_task(
-        tracking_uri, registered_name, version, margin, require_disjoint_intervals, lock_dir
-    )
+        if run_id != parent_run_id:
+            end_run_task(tracking_uri, run_id, "FINISHED")
+    decision = promotion_gate_task(tracking_uri, registered_name, version, gate, lock_dir)
     info = version_info_task(tracking_uri, registered_name, version)
     return {
         "version": version,
         "aliases": info["aliases"],
         "promoted": decision["promote"],
         "reason": decision["reason"],
-        "created": run_id is not None,
+        "created": created,
         "run_id": run_id,
+        "challenger_measured_loss": decision["challenger_measured_loss"],
+        "champion_version": decision["champion_version"],
+        "champion_measured_loss": decision["champion_measured_loss"],
+        "p_better": decision["p_better"],
+        "model_dir": model_dir,
     }
+
+
+def _read_examples(path: str) -> list[dict]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return [{"prompt": r["prompt"], "target": r["target"]} for r in rows]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,13 +128,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--name", required=True, help="registered model name (one per task)")
     parser.add_argument("--task-key", required=True)
     parser.add_argument("--selection-key", required=True)
-    parser.add_argument("--predicted-loss", type=float, required=True)
-    parser.add_argument("--interval", type=float, nargs=2, required=True, metavar=("LOW", "HIGH"))
+    parser.add_argument(
+        "--test-file", required=True, help="JSONL of {prompt, target}: the shared test split"
+    )
+    parser.add_argument("--predicted-loss", type=float, default=float("nan"))
+    parser.add_argument(
+        "--interval", type=float, nargs=2, default=[float("nan")] * 2, metavar=("LOW", "HIGH")
+    )
     parser.add_argument("--selector", default="manual")
+    parser.add_argument("--rank-on", default="bits_per_byte")
     parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--tracking-uri", default=None, help="default: .lensllm/mlflow.db")
     parser.add_argument("--experiment", default="lensllm-register")
     parser.add_argument("--margin", type=float, default=0.0)
+    parser.add_argument("--min-confidence", type=float, default=0.9)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     tags = {}
@@ -127,6 +150,20 @@ def main(argv: list[str] | None = None) -> dict:
         if not sep:
             parser.error(f"--tag {item!r} must look like KEY=VALUE")
         tags[key] = value
+    test = _read_examples(args.test_file)
+    spec = ProbeSpec()
+    split = fingerprint(test)
+    gate = GateInputs(
+        test=test,
+        test_fingerprint=split,
+        spec=spec,
+        rank_on=args.rank_on,
+        measurement=measure_folder(
+            args.model_dir, test, spec, rank_on=args.rank_on, fingerprint=split
+        ),
+        margin=args.margin,
+        min_confidence=args.min_confidence,
+    )
     result = register_flow(
         args.model_dir,
         registered_name=args.name,
@@ -138,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         tags=tags,
         tracking_uri=args.tracking_uri or default_tracking_uri(),
         experiment=args.experiment,
-        margin=args.margin,
+        gate=gate,
         max_new_tokens=args.max_new_tokens,
     )
     print(json.dumps(result, indent=2))

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -21,28 +22,38 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.config import SelectionConfig, load_config
 from flows.register import register_flow
 from flows.runners import build_task_runner, probe_threads
+from flows.train import train_flow
 from tasks.data import prepare_data_task
-from tasks.fit import fit_and_select_task
+from tasks.fit import AdaptiveOutcome, fit_and_select_task
 from tasks.live_probes import budget_accounting
 from tasks.locks import held, lock_path
 from tasks.models import describe_candidate, resolve_candidate_task
 from tasks.ntk import candidate_ntk, f_term
-from tasks.plots import plot_selection, plot_spectra
+from tasks.plots import plot_prediction, plot_selection, plot_spectra
 from tasks.probing import ProbePlan
+from tasks.progress import Progress
 from tasks.records import (
+    GateInputs,
     NtkResult,
     PreparedData,
     ProbeResult,
     Registration,
     SelectionResult,
     SelectionSummary,
+    TargetCheck,
 )
 from tasks.result_storage import result_storage
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
-from tasks.tracking.runs import open_selection_run
+from tasks.tracking.runs import finished_selection_run, open_selection_run
 from tasks.tracking.secrets import display_uri
-from tasks.tracking.selection import log_budget, log_selection
+from tasks.tracking.selection import (
+    check_tags,
+    log_budget,
+    log_checks,
+    log_selection,
+    selection_note,
+)
 
 
 @flow(name="select-model", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -54,15 +65,34 @@ def select_flow(
     return run_selection(cfg)
 
 
+@dataclass
+class _Run:
+    """What the steps of one selection share (the recipe below fills it in)."""
+
+    cfg: SelectionConfig
+    tracker: Tracker
+    key: str
+    started_ms: int
+    plan: ProbePlan
+    n_params: dict[str, int]
+    probes: dict[str, list[ProbeResult]] = field(default_factory=dict)
+    adaptive: AdaptiveOutcome | None = None
+    ntk: dict[str, NtkResult] = field(default_factory=dict)
+    result: SelectionResult | None = None
+    targets: dict[str, ProbeResult] = field(default_factory=dict)
+    checks: list[TargetCheck] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+
 def run_selection(cfg: SelectionConfig) -> SelectionSummary:
     """The recipe: validate the data and candidates, then (holding the selection's lock so
     the same selection started twice waits and then takes everything from cache) probe,
-    fit, select, track and register."""
+    fit, select, train the top candidates at the target, track and register."""
     started_ms = int(time.time() * 1000)
     cache = Path(cfg.cache_dir).resolve()
     tracker = Tracker.resolve(cfg.tracking.uri, cache)
     # What can fail fails before compute is spent: the data ladder, every candidate, MLflow.
-    data = prepare_data_task(cfg.dataset, cfg.ladder)
+    data = prepare_data_task(cfg.dataset, cfg.ladder, cfg.target_size)
     models = {
         c.name: resolve_candidate_task(
             c.name, cache_dir=str(cache / "models"), trust_remote_code=c.trust_remote_code
@@ -82,38 +112,30 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
             threads=probe_threads(cfg.runner),
             cache_dir=cache,
             storage=result_storage(cache),
+            progress=_progress(cfg, data, n_params),
         )
-        ntk = candidate_ntk(
-            models,
-            cfg.trust(),
-            data.train,
-            cfg.probe,
-            cfg.ntk,
-            threads=plan.threads,
+        run = _Run(cfg, tracker, key, started_ms, plan, n_params)
+        run.ntk = candidate_ntk(
+            models, cfg.trust(), data.train, cfg.probe, cfg.ntk, threads=plan.threads,
             storage=plan.storage,
-        )
-        probes, adaptive = _probe(cfg, plan, n_params)
-        f_terms = f_terms_of(ntk, probes, cfg.probe.learning_rate)
-        result = fit_and_select_task(
-            probes,
-            n_params,
-            f_terms=f_terms or None,
-            rank_with_f=cfg.ntk.rank_with_f,
-            target_size=cfg.target_size,
-            budget=cfg.ladder.budget,
-            selector=cfg.selector,
-            rank_on=cfg.rank_on,
-            seed=cfg.probe.seed,
-            adaptive=adaptive,
-            intervals=cfg.intervals,
-        )
-        plots = _plots(result, probes, ntk, f_terms)
+        )  # fmt: skip
+        run.probes, run.adaptive = _probe(cfg, plan, n_params)
+        plan.progress.close()
+        run.result = _fit_and_select(run)
+        run.targets, run.checks = _validate(run)
+        run.plots = _plots(run)
         with _tracking_errors(tracker):
-            summary = _track_and_register(
-                cfg, tracker, key, started_ms, plan, probes, result, ntk, n_params, adaptive, plots
-            )
+            summary = _track_and_register(run)
     _prefect_artifacts(summary)
     return summary
+
+
+def _progress(cfg: SelectionConfig, data: PreparedData, n_params: dict[str, int]) -> Progress:
+    """The plan the progress line counts against: every candidate on the ladder (an adaptive
+    run adds the probes it chooses as it goes)."""
+    sizes = [] if cfg.adaptive.enabled else [0, *data.sizes]
+    plan = {(name, d): float(p * d) for name, p in n_params.items() for d in sizes}
+    return Progress(plan, title=f"selection {cfg.name}")
 
 
 def _probe(cfg: SelectionConfig, plan: ProbePlan, n_params: dict[str, int]):
@@ -126,6 +148,57 @@ def _probe(cfg: SelectionConfig, plan: ProbePlan, n_params: dict[str, int]):
         target_size=cfg.target_size,
         fraction=cfg.adaptive.ladder_fraction(cfg.target_size, plan.data.sizes),
         intervals=cfg.intervals,
+    )
+
+
+def _fit_and_select(run: _Run) -> SelectionResult:
+    cfg = run.cfg
+    f_terms = f_terms_of(run.ntk, run.probes, cfg.probe.learning_rate)
+    return fit_and_select_task(
+        run.probes,
+        run.n_params,
+        f_terms=f_terms or None,
+        rank_with_f=cfg.ntk.rank_with_f,
+        target_size=cfg.target_size,
+        budget=cfg.ladder.budget,
+        selector=cfg.selector,
+        rank_on=cfg.rank_on,
+        seed=cfg.probe.seed,
+        adaptive=run.adaptive,
+        intervals=cfg.intervals,
+    )
+
+
+def _validate(run: _Run) -> tuple[dict[str, ProbeResult], list[TargetCheck]]:
+    """The top ``validate.top_k`` candidates trained at the target (the train flow, as a
+    subflow) and each prediction checked against its measurement."""
+    result, cfg = run.result, run.cfg
+    ranked = [n for n in result.ranking if not result.candidates[n].excluded]
+    top = ranked[: cfg.validation.top_k]
+    if not top:
+        return {}, []
+    targets = train_flow(config=cfg.model_dump(mode="json", by_alias=True), candidates=top)
+    checks = [target_check(result, targets[name]) for name in top]
+    logger = get_run_logger()
+    for check in checks:
+        logger.info("realized vs predicted: %s", check.summary())
+    return targets, checks
+
+
+def target_check(result: SelectionResult, trained: ProbeResult) -> TargetCheck:
+    """A prediction of ``result`` against the measurement of the candidate trained there."""
+    cand = result.candidates[trained.candidate]
+    return TargetCheck(
+        candidate=trained.candidate,
+        rank=cand.rank,
+        target_size=result.target_size,
+        trained_examples=trained.size,
+        rank_on=result.rank_on,
+        measured_loss=trained.value(result.rank_on),
+        predicted_loss=cand.predicted_loss,
+        interval_low=cand.interval[0],
+        interval_high=cand.interval[1],
+        level=result.level,
     )
 
 
@@ -145,80 +218,114 @@ def f_terms_of(
     }
 
 
-def _track_and_register(
-    cfg, tracker, key, started_ms, plan, probes, result, ntk, n_params, adaptive, plots
-) -> SelectionSummary:
+def _track_and_register(run: _Run) -> SelectionSummary:
     """The parent run spans the whole selection (resumed after a crash); registration runs
-    inside it, and the run ends FINISHED only when everything is logged."""
+    inside it, and the run ends FINISHED only when everything is logged. A selection that a
+    finished run already holds adds no run: it says which one, and the (idempotent)
+    registry step runs again."""
+    cfg, tracker, plan = run.cfg, run.tracker, run.plan
+    budget = budget_accounting(run.probes, run.n_params, plan.data.sizes, cfg.target_size)
+    done = finished_selection_run(tracker, cfg.tracking.experiment, run.key)
+    if done is not None:
+        get_run_logger().info(
+            "MLflow run %s already holds this selection (same config, data and results): "
+            "nothing new is logged",
+            done,
+        )
+        return _summary(run, done, False, budget, _register(run, done), recorded_in=done)
     run_id, resumed = open_selection_run(
         tracker,
         cfg.tracking.experiment,
         f"select-{cfg.name}",
-        provenance_tags(cfg, plan.data, key),
-        _run_params(cfg, plan.data, list(probes)),
+        provenance_tags(cfg, plan.data, run.key),
+        _run_params(cfg, plan.data, list(run.probes)),
         cfg.resolved_yaml(),
-        start_time=started_ms,
+        start_time=run.started_ms,
     )
     if resumed:
         get_run_logger().info("resumed MLflow run %s of an interrupted attempt", run_id)
     try:
-        budget = budget_accounting(probes, n_params, plan.data.sizes, cfg.target_size)
         log_selection(
             tracker,
             run_id,
             data=plan.data,
-            probes=probes,
-            result=result,
-            n_params=n_params,
-            ntk=ntk,
-            plots=plots,
+            probes=run.probes,
+            result=run.result,
+            n_params=run.n_params,
+            ntk=run.ntk,
+            plots=run.plots,
+            targets=run.targets,
         )
-        log_budget(tracker, run_id, budget, adaptive.run if adaptive else None)
-        registration = _register(cfg, tracker, key, run_id, plan, probes, result)
+        log_budget(tracker, run_id, budget, run.adaptive.run if run.adaptive else None)
+        log_checks(tracker, run_id, run.checks)
+        registration = _register(run, run_id)
+        note = selection_note(run.result, budget, run.checks, registration, cfg.registry.model_name)
+        tracker.log(run_id, tags={T.NOTE: note})
         tracker.end_run(run_id)
     except Exception:
         _mark_failed(tracker, run_id)
         raise
+    return _summary(run, run_id, resumed, budget, registration)
+
+
+def _summary(run: _Run, run_id, resumed, budget, registration, recorded_in=None):
     return SelectionSummary(
-        selection_key=key,
+        selection_key=run.key,
         run_id=run_id,
         resumed=resumed,
-        tracking_uri=tracker.uri,
-        result=result,
+        tracking_uri=run.tracker.uri,
+        result=run.result,
         budget=budget,
-        adaptive=adaptive.run if adaptive else None,
+        adaptive=run.adaptive.run if run.adaptive else None,
         registration=registration,
-        plot=_keep_plot(plots[0], plan.cache_dir, run_id),
+        plot=_keep_plot(run.plots[0], run.plan.cache_dir, run_id),
+        checks=run.checks,
+        recorded_in=recorded_in,
     )
 
 
-def _register(cfg, tracker, key, run_id, plan: ProbePlan, probes, result: SelectionResult):
-    """Register the winner's fine-tuned weights and run the promotion gate (when enabled)."""
+def _register(run: _Run, run_id: str) -> Registration | None:
+    """Register the winner (trained at the target when ``validate.top_k`` >= 1, else its
+    largest probe) and run the promotion gate on measured loss (when enabled)."""
+    cfg, plan, result = run.cfg, run.plan, run.result
     if not cfg.registry.enabled:
         return None
     winner = result.winner
-    saved = plan.saved_weights(result.selected, probes[result.selected])
+    trained = run.targets.get(result.selected)
+    if trained is None:
+        trained = plan.saved_weights(result.selected, run.probes[result.selected])
+    check = next((c for c in run.checks if c.candidate == result.selected), None)
+    gate = GateInputs(
+        test=plan.data.test,
+        test_fingerprint=plan.data.test_fingerprint,
+        spec=cfg.probe,
+        rank_on=cfg.rank_on,
+        measurement=trained.measurement(cfg.rank_on),
+        margin=cfg.registry.margin,
+        min_confidence=cfg.registry.min_confidence,
+    )
     outcome = register_flow(
-        saved.save_dir,
+        trained.save_dir,
         registered_name=cfg.registry.model_name,
         task_key=cfg.name,
-        selection_key=key,
+        selection_key=run.key,
         predicted_loss=winner.predicted_loss,
         interval=list(winner.interval),
         selector=cfg.selector,
         tags={
-            **provenance_tags(cfg, plan.data, key),
+            **provenance_tags(cfg, plan.data, run.key),
             T.INTERVAL_LEVEL: result.level,
             T.INTERVAL_METHOD: result.interval_method,
             T.P_BEST: winner.p_best,
+            **(check_tags(check) if check else {}),
         },
-        tracking_uri=tracker.uri,
+        tracking_uri=run.tracker.uri,
         experiment=cfg.tracking.experiment,
-        margin=cfg.registry.margin,
+        gate=gate,
         parent_run_id=run_id,
         lock_dir=str(plan.cache_dir / "locks"),
     )
-    return Registration(**outcome, finetune_size=saved.size)
+    return Registration(**outcome, finetune_size=trained.size)
 
 
 def provenance_tags(cfg: SelectionConfig, data: PreparedData, key: str) -> dict[str, str]:
@@ -267,12 +374,19 @@ def _log_inputs(data: PreparedData, n_params: dict[str, int]) -> None:
     )
 
 
-def _plots(result, probes, ntk, f_terms) -> list[str]:
-    """``curves.png`` (every candidate's curve and prediction), ``ntk_spectrum.png``."""
+def _plots(run: _Run) -> list[str]:
+    """``curves.png`` (every candidate's curve and prediction), ``prediction.png`` (the
+    winner's prediction against its measurement at the target), ``ntk_spectrum.png``."""
     out_dir = Path(tempfile.mkdtemp(prefix="lensllm-select-"))
-    plots = [plot_selection(result, probes, str(out_dir / "curves.png"))]
-    if ntk:
-        plots.append(plot_spectra(ntk, f_terms, str(out_dir / "ntk_spectrum.png")))
+    result = run.result
+    plots = [plot_selection(result, run.probes, str(out_dir / "curves.png"))]
+    check = next((c for c in run.checks if c.candidate == result.selected), None)
+    if check is not None:
+        winner_probes = run.probes[result.selected]
+        plots.append(plot_prediction(result, winner_probes, check, str(out_dir / "prediction.png")))
+    if run.ntk:
+        f_terms = {n: c.f_term for n, c in result.candidates.items()}
+        plots.append(plot_spectra(run.ntk, f_terms, str(out_dir / "ntk_spectrum.png")))
     return plots
 
 

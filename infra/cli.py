@@ -99,11 +99,34 @@ def _rollback(args: argparse.Namespace) -> int:
 
     tracker = Tracker.resolve(args.tracking_uri, ".lensllm")
     tracker.check_reachable()
-    result = ModelRegistry(tracker, args.name).rollback()
+    result = ModelRegistry(tracker, args.name).rollback(args.reason)
     print(
         f"{args.name}: champion moved back from v{result['rolled_back_from']} "
         f"to v{result['champion']} ({tracker.display_uri})"
     )
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from tasks.tracking.client import Tracker
+    from tasks.tracking.registry import ModelRegistry
+
+    tracker = Tracker.resolve(args.tracking_uri, ".lensllm")
+    tracker.check_reachable()
+    entries = ModelRegistry(tracker, args.name).history()
+    if not entries:
+        print(f"{args.name}: no alias moves recorded ({tracker.display_uri})")
+        return 0
+    print(f"{args.name}: {len(entries)} moves of the champion alias ({tracker.display_uri})")
+    for e in entries:
+        print(
+            f"  {e['seq']:>3}. {e['time']}  v{e['before'] or '-'} -> v{e['after'] or '-'}  "
+            f"{e['decision']}: {e['reason']}"
+        )
+        links = {"selection": e.get("selection_run"), "flow run": e.get("flow_run")}
+        shown = ", ".join(f"{k} {v}" for k, v in links.items() if v)
+        if shown:
+            print(f"       ({shown})")
     return 0
 
 
@@ -140,4 +163,11 @@ def add_commands(sub) -> None:
     rb = rsub.add_parser("rollback", help="move the champion alias back to the previous version")
     rb.add_argument("--name", required=True, help="registered model name")
     rb.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else .lensllm/mlflow.db")
+    rb.add_argument("--reason", help="why (recorded in the registry history)")
     rb.set_defaults(func=_rollback)
+    hist = rsub.add_parser("history", help="every move of the champion alias, with its reason")
+    hist.add_argument("--name", required=True, help="registered model name")
+    hist.add_argument(
+        "--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else .lensllm/mlflow.db"
+    )
+    hist.set_defaults(func=_history)

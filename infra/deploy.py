@@ -31,6 +31,8 @@ DEPLOYMENTS = (
     "select-model/weekly-selection",
     "register-model/register",
     "replay-benchmark/replay-benchmark",
+    "train-at-target/train-at-target",
+    "audit-selection/monthly-audit",
 )
 RESULTS_BLOCK = "lensllm-results"
 RESULTS_FOLDER = "prefect-results"

@@ -495,7 +495,9 @@ class Lens(Selector):
     last prediction and the reason; the selection is the best predicted survivor.
 
     Calibrated intervals backtest the predictor on the probes Lens read, and only those (the
-    sparse first round and the survivors' larger probes): local-slope errors scale with a
+    sparse first round and the survivors' larger probes), or with ``backtest_on="ladder"`` on
+    every ladder size up to the budget, read (and counted in the cost) for the backtest alone:
+    the live pipeline measures the whole ladder anyway. local-slope errors scale with a
     constant curvature of the curve (``secant_scale``), power-phase and law errors with
     ``h ** 1.5``. A first round of two sizes leaves no backtest for anyone that was dropped
     after it: the intervals then fall back to the heuristic and ``interval_basis`` says so.
@@ -514,8 +516,12 @@ class Lens(Selector):
         predictor: str = "auto",
         level: float = 0.9,
         interval: str = "calibrated",
+        backtest_on: str = "read",
     ) -> None:
         super().__init__(level=level, interval=interval)
+        if backtest_on not in ("read", "ladder"):
+            raise ValueError(f"backtest_on must be 'read' or 'ladder', got {backtest_on!r}")
+        self.backtest_on = backtest_on
         if not 0 < cost_fraction <= 1:
             raise ValueError(f"cost_fraction must be in (0, 1], got {cost_fraction}")
         if spacing < 2 or spacing & (spacing - 1):
@@ -608,13 +614,32 @@ class Lens(Selector):
                 new_lo[active],
                 new_hi[active],
             )
+        if self.backtest_on == "ladder" and self.interval == "calibrated":
+            # the whole ladder up to the budget is read (and counted) for the backtest only:
+            # where it was measured anyway (the live pipeline's full ladder), a backtest on
+            # every size checks the predictor on more origins than its sparse first round
+            backtest_losses = dict(losses)
+            for i in range(n):
+                for d in ladder[ladder <= budget]:
+                    backtest_losses[(i, int(d))] = source.loss(i, int(d))
+            backtest_points = {
+                i: sorted({d for (j, d) in backtest_losses if j == i}) for i in range(n)
+            }
+            return self._calibrated(
+                points, losses, target_size, pred, lo, hi, dropped,
+                backtest=(backtest_points, backtest_losses),
+            )  # fmt: skip
         return self._calibrated(points, losses, target_size, pred, lo, hi, dropped)
 
-    def _calibrated(self, points, losses, target_size, pred, lo, hi, dropped) -> Scored:
-        """Scores with intervals from a backtest of the predictor on the probes read."""
+    def _calibrated(
+        self, points, losses, target_size, pred, lo, hi, dropped, backtest=None
+    ) -> Scored:
+        """Scores with intervals from a backtest of the predictor on the probes read (or on
+        ``backtest``'s points and losses when given: ``backtest_on="ladder"``)."""
         n = len(points)
-        sizes = np.array(sorted({0, *(d for i in points for d in points[i])}), dtype=float)
-        table = np.array([[losses.get((i, int(d)), np.nan) for d in sizes] for i in range(n)])
+        bt_points, bt_losses = backtest or (points, losses)
+        sizes = np.array(sorted({0, *(d for i in bt_points for d in bt_points[i])}), dtype=float)
+        table = np.array([[bt_losses.get((i, int(d)), np.nan) for d in sizes] for i in range(n)])
         largest = np.array([max(points[i]) for i in range(n)], dtype=float)
         horizon = np.log2(target_size / largest)
         if self.predictor_ == "local_slope":

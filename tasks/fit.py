@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -112,7 +113,7 @@ def fit_and_select(
         source = TableProbes(
             sizes, table[keep], weights, max_size=budget, f_terms=f_keep if rank_with_f else None
         )
-        selector_obj = SELECTORS.get(selector)(level=intervals.level, interval=intervals.method)
+        selector_obj = _selector(selector, intervals)
         sel = selector_obj.select(source, budget=budget, target_size=target_size)
     else:
         if adaptive.names != kept:
@@ -156,6 +157,17 @@ def fit_and_select(
             for i, a in enumerate(kept)
         },
     )
+
+
+def _selector(name: str, intervals: IntervalSpec):
+    """The selector, with the intervals asked for. In the pipeline every ladder size was
+    probed anyway, so a selector that can backtest its predictor on all of them does
+    (``Lens(backtest_on="ladder")``: more origins than its sparse first round)."""
+    cls = SELECTORS.get(name)
+    kwargs = {"level": intervals.level, "interval": intervals.method}
+    if "backtest_on" in inspect.signature(cls).parameters:
+        kwargs["backtest_on"] = "ladder"
+    return cls(**kwargs)
 
 
 def _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, excluded):

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tasks.fit import curve_matrix  # noqa: E402
-from tasks.records import NtkResult, ProbeResult, SelectionResult  # noqa: E402
+from tasks.records import NtkResult, ProbeResult, SelectionResult, TargetCheck  # noqa: E402
 
 
 def plot_selection(result: SelectionResult, probes: dict[str, list[ProbeResult]], path: str) -> str:
@@ -91,5 +91,95 @@ def plot_spectra(ntk: dict[str, NtkResult], f_terms: dict[str, float | None], pa
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_prediction(
+    result: SelectionResult, probes: list[ProbeResult], check: TargetCheck, path: str
+) -> str:
+    """The winner: its probes, the predicted curve from its largest probe to the target with
+    the interval widening towards it, and the loss measured after training at the target."""
+    rank_on, target = result.rank_on, result.target_size
+    points = sorted((p.size, p.value(rank_on)) for p in probes if p.usable(rank_on))
+    trained = [(d, v) for d, v in points if d > 0]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.plot(*zip(*trained, strict=True), "o", color="C0", label="probes (measured)")
+    zero = [v for d, v in points if d == 0]
+    if zero:
+        ax.plot([trained[0][0] / 2], zero, "s", color="C0", mfc="none", label="zero-shot")
+    d_max, loss_max = trained[-1]
+    grid = np.geomspace(d_max, target, 60)
+    frac = np.log(grid / d_max) / np.log(target / d_max)
+    centre = np.exp(np.log(loss_max) + frac * np.log(check.predicted_loss / loss_max))
+    ax.plot(grid, centre, "--", color="C1", label=f"prediction ({result.selector})")
+    if np.isfinite(check.interval_low) and np.isfinite(check.interval_high):
+        low = centre * np.exp(frac * np.log(check.interval_low / check.predicted_loss))
+        high = centre * np.exp(frac * np.log(check.interval_high / check.predicted_loss))
+        ax.fill_between(
+            grid, low, high, color="C1", alpha=0.2,
+            label=f"{check.level:.0%} {result.interval_method} interval at the target",
+        )  # fmt: skip
+        ax.errorbar(
+            [target],
+            [check.predicted_loss],
+            yerr=[[check.predicted_loss - check.interval_low],
+                  [check.interval_high - check.predicted_loss]],
+            fmt="*", ms=12, color="C1", capsize=5,
+        )  # fmt: skip
+    ax.plot(
+        [check.trained_examples],
+        [check.measured_loss],
+        "X",
+        ms=12,
+        color="C3" if not check.held else "C2",
+        label=f"measured after training on {check.trained_examples} examples",
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    unit = "bits per byte" if rank_on == "bits_per_byte" else "nats per token"
+    ax.set_xlabel("fine-tuning examples")
+    ax.set_ylabel(f"test loss ({unit})")
+    verdict = "held" if check.held else "did NOT hold"
+    ax.set_title(
+        f"{check.candidate}: predicted {check.predicted_loss:.4f}, measured "
+        f"{check.measured_loss:.4f}\nlog error {check.log_error:+.3f}; the interval {verdict}",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_live_calibration(rows: list[dict], path: str) -> str:
+    """Every checked selection: the predicted loss with its interval against the loss measured
+    after training at the target (a point on the diagonal is a perfect prediction)."""
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for i, selector in enumerate(sorted({r["selector"] for r in rows})):
+        part = [r for r in rows if r["selector"] == selector]
+        measured = np.array([r["measured_loss"] for r in part])
+        pred = np.array([r["predicted_loss"] for r in part])
+        low = np.array([r["interval_low"] for r in part])
+        high = np.array([r["interval_high"] for r in part])
+        held = sum(r["held"] for r in part)
+        ax.errorbar(
+            measured, pred, yerr=[pred - low, high - pred], fmt="o", color=f"C{i}", capsize=3,
+            label=f"{selector}: {held}/{len(part)} intervals held",
+        )  # fmt: skip
+    values = [v for r in rows for v in (r["measured_loss"], r["interval_low"], r["interval_high"])]
+    lo, hi = min(values) * 0.95, max(values) * 1.05
+    ax.plot([lo, hi], [lo, hi], ":", color="grey", label="prediction = measurement")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured after training at the target")
+    ax.set_ylabel("predicted (interval)")
+    ax.set_title(f"Live calibration record: {len(rows)} selections checked", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -142,7 +142,7 @@ class _ProbeRun:
                 val_loss = float(
                     evaluate_loss(self.model, self.tokenizer, self.data.val, **kw)["loss"]
                 )
-            test = evaluate_loss(self.model, self.tokenizer, self.data.test, **kw)
+            test = evaluate_loss(self.model, self.tokenizer, self.data.test, per_example=True, **kw)
         self.eval_time = time.perf_counter() - start
         return test, val_loss
 
@@ -188,6 +188,9 @@ class _ProbeRun:
             threads=self.threads,
             worker=f"{socket.gethostname()}:{os.getpid()}",  # which process ran it (runners)
             history=out.history,
+            test_example_nll=test["example_nll"],
+            test_example_bytes=test["example_bytes"],
+            test_example_tokens=test["example_tokens"],
             save_dir=saved,
             train_time_s=self.train_time,
             eval_time_s=self.eval_time,

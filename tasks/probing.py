@@ -14,6 +14,7 @@ from typing import Any
 from tasks.cache import cached
 from tasks.live_probes import run_adaptive_excluding_diverged
 from tasks.probe import probe_task
+from tasks.progress import Progress
 from tasks.records import PreparedData, ProbeResult, ProbeSpec
 from tasks.training import progress_logger
 
@@ -32,6 +33,7 @@ class ProbePlan:
     threads: int
     cache_dir: Path
     storage: Any  # Prefect result storage (tasks.result_storage)
+    progress: Progress | None = None  # shows the selection's progress as probes finish
 
     @property
     def budget(self) -> int:
@@ -65,9 +67,15 @@ class ProbePlan:
             trust_remote_code=self.trust[name],
         )
 
-    def result(self, future) -> ProbeResult:
-        """A submitted probe's result, logged in one line."""
+    def result(self, future, key: tuple[str, int] | None = None) -> ProbeResult:
+        """A submitted probe's result, logged in one line (and counted by ``progress``)."""
+        if self.progress is not None and key is not None:
+            self.progress.running(key)
         res: ProbeResult = future.result()
+        if self.progress is not None and key is not None:
+            state = getattr(future, "state", None)
+            cached = state is not None and state.name == "Cached"
+            self.progress.finished(key, res.wall_time_s, cached)
         progress_logger().info(
             "probe %-28s size %5d: %.4f bits/byte, %.4f nats/token, %d steps, %.1f s",
             res.candidate,
@@ -87,8 +95,8 @@ class ProbePlan:
             for size in [0, *self.data.sizes]
         }
         out: dict[str, list[ProbeResult]] = {name: [] for name in self.models}
-        for (name, _), future in futures.items():
-            out[name].append(self.result(future))
+        for (name, size), future in futures.items():
+            out[name].append(self.result(future, (name, size)))
         return out
 
     def adaptive(
@@ -101,7 +109,7 @@ class ProbePlan:
             names,
             [n_params[n] for n in names],
             self.data.sizes,
-            lambda name, size: self.result(self.submit(name, size)),
+            lambda name, size: self._adaptive_probe(name, size, n_params[name]),
             rank_on=rank_on,
             budget=self.budget,
             target_size=target_size,
@@ -118,6 +126,11 @@ class ProbePlan:
             outcome.run.dropped or "none",
         )
         return probes, outcome
+
+    def _adaptive_probe(self, name: str, size: int, n_params: int) -> ProbeResult:
+        if self.progress is not None:
+            self.progress.add((name, size), float(n_params * size))
+        return self.result(self.submit(name, size), (name, size))
 
     def saved_weights(self, name: str, probes: list[ProbeResult]) -> ProbeResult:
         """The probe of ``name`` whose merged weights are on disk: its largest probe, or (an

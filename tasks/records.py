@@ -16,6 +16,8 @@ store and dump to JSON for MLflow), and settings travel as one object:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any, Literal
 
@@ -24,6 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Example = dict[str, str]
 #: The probe-result field each ``rank_on`` choice ranks on.
 RANK_KEYS = {"bits_per_byte": "test_bits_per_byte", "loss_per_token": "test_loss"}
+
+
+def fingerprint(examples: list[Example]) -> str:
+    """Short, order-sensitive sha256 hex digest of the examples' content (stable across runs)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps(example, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()[:16]
 
 
 class Record(BaseModel):
@@ -185,7 +196,9 @@ class PreparedData(Record):
     ``train`` (so subsets are nested and shared by all candidates)."""
 
     source: str
-    train: list[Example] = Field(description="the shuffled train prefix of length budget")
+    train: list[Example] = Field(
+        description="the shuffled train prefix: max(budget, min(target size, train split))"
+    )
     val: list[Example]
     test: list[Example]
     sizes: list[int]
@@ -195,21 +208,34 @@ class PreparedData(Record):
     test_fingerprint: str
     n_available: int = Field(description="examples loaded (after max_examples)")
     n_train_available: int = Field(description="size of the train split")
+    target_size: int | None = Field(None, description="the full data size to predict")
+
+    @property
+    def target_examples(self) -> int:
+        """Examples a training at the target gets: the target size, or the whole train split
+        when that is smaller."""
+        return min(self.target_size or self.sizes[-1], len(self.train))
 
     @property
     def dataset_name(self) -> str:
         return self.source.replace("/", "_")
 
     def for_probe(self, size: int) -> ProbeData:
-        """The first ``size`` training examples (0 = zero-shot) with the val and test splits."""
-        if size and size not in self.subset_fingerprints:
-            raise ValueError(f"size {size} is not on the ladder {self.sizes}")
+        """The first ``size`` training examples (0 = zero-shot) with the val and test splits;
+        ``size`` is a ladder size or any size up to the prepared pool (``len(train)``)."""
+        if not 0 <= size <= len(self.train):
+            raise ValueError(
+                f"size {size} is outside the prepared training pool (0..{len(self.train)}; "
+                f"ladder {self.sizes})"
+            )
+        subset = self.train[:size]
         return ProbeData(
             source=self.source,
-            train=self.train[:size],
+            train=subset,
             val=self.val,
             test=self.test,
-            train_fingerprint=self.subset_fingerprints.get(size),
+            train_fingerprint=self.subset_fingerprints.get(size)
+            or (fingerprint(subset) if size else None),
             test_fingerprint=self.test_fingerprint,
         )
 
@@ -260,6 +286,11 @@ class ProbeResult(Record):
     threads: int | None = None
     worker: str = ""
     history: list[dict[str, float | int | None]] = []
+    test_example_nll: list[float] = Field(
+        [], description="each test example's summed target NLL (nats), in test-split order"
+    )
+    test_example_bytes: list[int] = []
+    test_example_tokens: list[int] = []
     save_dir: str | None = None
     train_time_s: float = 0.0
     eval_time_s: float = 0.0
@@ -268,6 +299,18 @@ class ProbeResult(Record):
     def value(self, rank_on: str) -> float:
         """The measured loss ``rank_on`` ranks on (``bits_per_byte`` or ``loss_per_token``)."""
         return float(getattr(self, RANK_KEYS[rank_on]))
+
+    def measurement(self, rank_on: str) -> Measurement:
+        """The per-example test losses this probe measured, for a paired comparison."""
+        if not self.test_example_nll:
+            raise ValueError(f"the probe of {self.candidate} kept no per-example test losses")
+        return Measurement.of(
+            rank_on,
+            self.test_fingerprint or "",
+            self.test_example_nll,
+            self.test_example_bytes,
+            self.test_example_tokens,
+        )
 
     def usable(self, rank_on: str) -> bool:
         """Finite, positive and not diverged: a point a law may be fitted to."""
@@ -287,6 +330,35 @@ class ProbeResult(Record):
             for k, v in self.model_dump().items()
             if k not in skip and isinstance(v, int | float) and not isinstance(v, bool)
         } | {"diverged": float(self.diverged), "stopped_early": float(self.stopped_early)}
+
+
+class Measurement(Record):
+    """A model's loss on a test split, example by example: ``loss = scale * sum(nll) /
+    sum(units)`` with units the target bytes (``bits_per_byte``, scale 1/ln 2) or target
+    tokens (``loss_per_token``, scale 1). Two measurements on the same split (the same
+    ``test_fingerprint``) are paired example by example."""
+
+    rank_on: str
+    test_fingerprint: str
+    example_nll: list[float]
+    example_units: list[int]
+    scale: float
+
+    @classmethod
+    def of(cls, rank_on: str, fingerprint_: str, nll, n_bytes, n_tokens) -> Measurement:
+        units = n_bytes if rank_on == "bits_per_byte" else n_tokens
+        scale = 1 / math.log(2) if rank_on == "bits_per_byte" else 1.0
+        return cls(
+            rank_on=rank_on,
+            test_fingerprint=fingerprint_,
+            example_nll=list(nll),
+            example_units=list(units),
+            scale=scale,
+        )
+
+    @property
+    def loss(self) -> float:
+        return self.scale * sum(self.example_nll) / sum(self.example_units)
 
 
 class NtkResult(Record):
@@ -416,6 +488,52 @@ class Budget(Record):
         return self.compute_spent / self.compute_full_finetune_all
 
 
+class TargetCheck(Record):
+    """A candidate trained at the target and measured: the prediction checked against it."""
+
+    candidate: str
+    rank: int
+    target_size: int
+    trained_examples: int = Field(description="the target, or the whole train split if smaller")
+    rank_on: str
+    measured_loss: float
+    predicted_loss: float
+    interval_low: float
+    interval_high: float
+    level: float
+
+    @property
+    def log_error(self) -> float:
+        """``ln(measured / predicted)``: positive when the prediction was too optimistic."""
+        return math.log(self.measured_loss / self.predicted_loss)
+
+    @property
+    def held(self) -> bool:
+        """Whether the interval holds the measured loss."""
+        return self.interval_low <= self.measured_loss <= self.interval_high
+
+    def summary(self) -> str:
+        return (
+            f"{self.candidate} at {self.trained_examples} examples: predicted "
+            f"{self.predicted_loss:.4f} [{self.interval_low:.4g}, {self.interval_high:.4g}] "
+            f"({self.level:.0%}), measured {self.measured_loss:.4f} {self.rank_on}; log error "
+            f"{self.log_error:+.3f}, the interval {'held' if self.held else 'did not hold'} it"
+        )
+
+
+class GateInputs(Record):
+    """What the promotion gate needs to compare on shared data: the current test split, how
+    to evaluate on it, the challenger's measurement there, and the rule's settings."""
+
+    test: list[Example]
+    test_fingerprint: str
+    spec: ProbeSpec = Field(description="the evaluation settings (device, lengths, batch)")
+    rank_on: str
+    measurement: Measurement
+    margin: float = Field(0.0, ge=0.0)
+    min_confidence: float = Field(0.9, ge=0.0, le=1.0)
+
+
 class Registration(Record):
     """What the registry did with a selection's winner."""
 
@@ -425,7 +543,12 @@ class Registration(Record):
     reason: str = ""
     created: bool = False
     run_id: str | None = None
+    challenger_measured_loss: float | None = None
+    champion_version: str | None = None
+    champion_measured_loss: float | None = None
+    p_better: float | None = None
     finetune_size: int | None = Field(None, description="examples the registered model saw")
+    model_dir: str | None = Field(None, description="the folder that was registered")
 
 
 class SelectionSummary(Record):
@@ -440,6 +563,10 @@ class SelectionSummary(Record):
     adaptive: AdaptiveRun | None = None
     registration: Registration | None = None
     plot: str
+    checks: list[TargetCheck] = Field([], description="the top candidates trained at the target")
+    recorded_in: str | None = Field(
+        None, description="the finished run that already held this selection (nothing logged)"
+    )
 
     @property
     def selected(self) -> str:

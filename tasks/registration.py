@@ -10,6 +10,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.measure import measure_registered
+from tasks.records import GateInputs
 from tasks.tracking.client import Tracker
 from tasks.tracking.models import log_transformers_model
 from tasks.tracking.registry import ModelRegistry
@@ -60,14 +62,30 @@ def promotion_gate_task(
     tracking_uri: str,
     name: str,
     version: str,
-    margin: float,
-    require_disjoint_intervals: bool,
+    gate: GateInputs,
     lock_dir: str | None,
 ) -> dict:
+    """The gate on measured loss: the challenger's measurement against the champion's on the
+    same test split (the champion is loaded from the registry and measured when it has no
+    measurement on that split yet)."""
+
+    def measure_champion(champion: str):
+        return measure_registered(
+            tracking_uri,
+            name,
+            champion,
+            gate.test,
+            gate.spec,
+            rank_on=gate.rank_on,
+            fingerprint=gate.test_fingerprint,
+        )
+
     return ModelRegistry(Tracker(tracking_uri), name).promote_if_better(
         version,
-        margin=margin,
-        require_disjoint_intervals=require_disjoint_intervals,
+        measurement=gate.measurement,
+        measure=measure_champion,
+        margin=gate.margin,
+        min_confidence=gate.min_confidence,
         lock_dir=lock_dir,
     )
 

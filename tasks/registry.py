@@ -1,24 +1,25 @@
 """Registry policy: the promotion gate that decides whether a challenger becomes champion.
 
 Pure policy on plain values: no MLflow here (``tasks/tracking/registry.py`` reads the
-registry, calls :func:`decide_promotion` and moves the aliases).
+registry, measures the champion when needed, calls :func:`decide_promotion` and moves the
+aliases).
 
 The rule
 --------
-Both models are scored by their *predicted* target loss (lower is better) for the same task.
+Champion and challenger are compared on *measured* loss, on the same test examples: the current
+selection's test split (same examples, same loss definition, same fingerprint). Predicted
+losses are recorded with the decision as information, not as the rule.
 
-1. A challenger whose predicted loss is not finite (a failed fit) is never promoted.
-2. A challenger for a different task key than the champion is never promoted: champions are
-   compared per task, so register one model name per task key.
-3. A version that was rolled back from champion is never re-promoted automatically (a re-run
+1. A version that was rolled back from champion is never re-promoted automatically (a re-run
    of its selection must not undo the rollback).
-4. With no champion (or a champion without a finite predicted loss), the challenger is promoted.
-5. Otherwise the challenger is promoted when
-   ``challenger_pred < champion_pred - margin``.
-6. Uncertainty: the decision records whether the two prediction intervals overlap. By default
-   an overlap is reported in the reason but does not block the promotion (the margin is the
-   gate); with ``require_disjoint_intervals=True`` the challenger must also be *clearly*
-   better: its interval's upper end must lie below the champion's interval's lower end.
+2. A challenger without a finite measured loss is never promoted.
+3. With no champion, the challenger is promoted.
+4. A challenger for a different task key than the champion is never promoted: champions are
+   compared per task, so register one model name per task key.
+5. Otherwise the challenger is promoted when its measured loss is lower by more than
+   ``margin`` *and* a paired bootstrap over the test examples gives
+   ``P(challenger better) >= min_confidence``. Without a measurement of both on shared data
+   there is no promotion.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Contender:
 
     version: str
     task_key: str
-    predicted_loss: float
+    predicted_loss: float = math.nan
     interval_low: float = math.nan
     interval_high: float = math.nan
     rolled_back: bool = False
@@ -51,9 +52,20 @@ class Contender:
                 "pass the interval as [low, high]"
             )
 
-    @property
-    def has_interval(self) -> bool:
-        return math.isfinite(self.interval_low) and math.isfinite(self.interval_high)
+
+@dataclass(frozen=True)
+class MeasuredComparison:
+    """Challenger and champion measured on the same test examples (paired bootstrap,
+    ``lens_model.compare.paired_bootstrap``)."""
+
+    test_fingerprint: str
+    rank_on: str
+    challenger_loss: float
+    champion_loss: float
+    p_better: float
+    difference_low: float
+    difference_high: float
+    n_examples: int
 
 
 @dataclass(frozen=True)
@@ -64,64 +76,75 @@ class PromotionDecision:
     reason: str
     challenger_version: str
     champion_version: str | None
+    margin: float
+    min_confidence: float
+    challenger_measured_loss: float
+    champion_measured_loss: float | None
+    p_better: float | None
+    test_fingerprint: str | None
     challenger_predicted_loss: float
     champion_predicted_loss: float | None
-    margin: float
-    intervals_overlap: bool | None
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def intervals_overlap(a: Contender, b: Contender) -> bool | None:
-    """Whether the two prediction intervals overlap (None when either is unknown)."""
-    if not (a.has_interval and b.has_interval):
-        return None
-    return a.interval_low <= b.interval_high and b.interval_low <= a.interval_high
 
 
 def decide_promotion(
     challenger: Contender,
     champion: Contender | None,
     *,
+    challenger_loss: float,
+    comparison: MeasuredComparison | None,
     margin: float,
-    require_disjoint_intervals: bool = False,
+    min_confidence: float = 0.9,
 ) -> PromotionDecision:
-    """Apply the promotion rule (module docstring) to a challenger and the current champion.
+    """Apply the promotion rule (module docstring).
+
+    ``challenger_loss`` is the challenger's measured loss on the current test split;
+    ``comparison`` pairs it with the champion's on the same examples (None when there is no
+    champion, or it could not be measured).
 
     Raises
     ------
     ValueError
-        If ``margin`` is negative or not finite.
+        If ``margin`` is negative or not finite, or ``min_confidence`` is outside [0, 1].
     """
     if not math.isfinite(margin) or margin < 0:
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
+    if not 0 <= min_confidence <= 1:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
 
-    def decision(promote: bool, reason: str, overlap: bool | None = None) -> PromotionDecision:
+    def decision(promote: bool, reason: str) -> PromotionDecision:
         return PromotionDecision(
             promote=promote,
             reason=reason,
             challenger_version=challenger.version,
             champion_version=champion.version if champion else None,
+            margin=margin,
+            min_confidence=min_confidence,
+            challenger_measured_loss=challenger_loss,
+            champion_measured_loss=comparison.champion_loss if comparison else None,
+            p_better=comparison.p_better if comparison else None,
+            test_fingerprint=comparison.test_fingerprint if comparison else None,
             challenger_predicted_loss=challenger.predicted_loss,
             champion_predicted_loss=champion.predicted_loss if champion else None,
-            margin=margin,
-            intervals_overlap=overlap,
         )
 
-    pred = challenger.predicted_loss
-    if not math.isfinite(pred):
-        return decision(False, f"challenger v{challenger.version} has no finite predicted loss")
+    new = f"v{challenger.version}"
     if challenger.rolled_back:
         return decision(
             False,
-            f"v{challenger.version} was rolled back from champion; it is not re-promoted "
-            "automatically (set the alias by hand to override)",
+            f"{new} was rolled back from champion; it is not re-promoted automatically (set "
+            "the alias by hand to override)",
         )
+    if not math.isfinite(challenger_loss):
+        return decision(False, f"{new} has no finite measured loss on the test split")
     if champion is None:
-        return decision(True, f"no champion yet: v{challenger.version} becomes champion")
+        return decision(
+            True, f"no champion yet: {new} becomes champion (measured {challenger_loss:.4g})"
+        )
     if champion.version == challenger.version:
-        return decision(False, f"v{challenger.version} is already the champion")
+        return decision(False, f"{new} is already the champion")
     if champion.task_key != challenger.task_key:
         return decision(
             False,
@@ -129,30 +152,35 @@ def decide_promotion(
             f"{challenger.task_key!r}: champions are compared per task; register one model "
             "name per task key",
         )
-    if not math.isfinite(champion.predicted_loss):
+    if comparison is None:
         return decision(
-            True, f"champion v{champion.version} has no finite predicted loss: replaced"
+            False,
+            f"champion v{champion.version} could not be measured on the current test split: "
+            "no promotion without a comparison on shared data",
         )
-
-    overlap = intervals_overlap(challenger, champion)
-    overlap_text = {None: "intervals unknown", True: "intervals overlap", False: "disjoint"}
-    threshold = champion.predicted_loss - margin
+    c = comparison
     compare = (
-        f"challenger v{challenger.version} predicted {pred:.4g} vs champion "
-        f"v{champion.version} {champion.predicted_loss:.4g} - margin {margin:g} = "
-        f"{threshold:.4g} ({overlap_text[overlap]})"
+        f"{new} measured {c.challenger_loss:.4g} vs champion v{champion.version} "
+        f"{c.champion_loss:.4g} {c.rank_on} on the same {c.n_examples} test examples "
+        f"(split {c.test_fingerprint}); difference {c.challenger_loss - c.champion_loss:+.4g} "
+        f"[{c.difference_low:+.4g}, {c.difference_high:+.4g}], P(challenger better) "
+        f"{c.p_better:.2f}; margin {margin:g}, required confidence {min_confidence:g}"
+        f"{_predicted(challenger, champion)}"
     )
-    if not pred < threshold:
-        return decision(False, f"not better by the margin: {compare}", overlap)
-    if require_disjoint_intervals:
-        clearly_better = overlap is not None and challenger.interval_high < champion.interval_low
-        if not clearly_better:
-            return decision(
-                False,
-                f"better by the margin but not clearly (intervals must be disjoint): {compare}",
-                overlap,
-            )
-    return decision(True, f"promoted: {compare}", overlap)
+    if not c.challenger_loss < c.champion_loss - margin:
+        return decision(False, f"not better by the margin: {compare}")
+    if c.p_better < min_confidence:
+        return decision(False, f"better, but not confidently: {compare}")
+    return decision(True, f"promoted: {compare}")
+
+
+def _predicted(challenger: Contender, champion: Contender) -> str:
+    if math.isfinite(challenger.predicted_loss) and math.isfinite(champion.predicted_loss):
+        return (
+            f" (predicted {challenger.predicted_loss:.4g} vs {champion.predicted_loss:.4g}, "
+            "for information)"
+        )
+    return ""
 
 
 def version_tags(

@@ -18,6 +18,7 @@ from lens_model.laws import LAWS, FitWarning
 from lens_model.phase import fit_power_phase
 from lens_model.replay import calibration_replay, make_selectors, replay
 from lens_model.tradeoff import cost_accuracy_curve
+from tasks.errors import LossTableError  # noqa: E402
 
 RATIOS = (8, 16, 32, 64, 128, 256, 512)
 METRICS = ("PearCorr", "RelAcc", "Cost")
@@ -32,13 +33,27 @@ SELECTION_COLUMNS = [
 ]
 
 
+MIN_POINTS = 3  # AtS's first line (k = 3) and every law need at least this many sizes
+
+
 def budgets_for(table: dict) -> tuple[int, list[int]]:
-    """Target = the largest size of the table; budgets = target / ratio for ratios on its ladder."""
+    """Target = the largest size of the table; budgets = target / ratio for ratios on its
+    ladder that leave at least ``MIN_POINTS`` non-zero sizes up to the budget (a short table,
+    e.g. an audit's, has fewer budgets than a published one)."""
     sizes = table["sizes"]
     target = max(sizes)
-    budgets = [target // r for r in RATIOS if target % r == 0 and target // r in sizes]
+    budgets = [
+        target // r
+        for r in RATIOS
+        if target % r == 0
+        and target // r in sizes
+        and sum(0 < d <= target // r for d in sizes) >= MIN_POINTS
+    ]
     if not budgets:
-        raise ValueError(f"{table['name']}: no budget target/8 ... target/512 is on the ladder")
+        raise LossTableError(
+            f"{table['name']}: no budget target/8 ... target/512 is on the ladder with at least "
+            f"{MIN_POINTS} non-zero sizes up to it; the table needs a longer ladder"
+        )
     return target, budgets
 
 

@@ -326,7 +326,8 @@ def evaluate_loss(
     dict
         ``loss`` (nats/token), ``loss_per_byte`` (nats/byte), ``bits_per_byte``, ``sum_nll``,
         ``n_tokens``, ``n_bytes``, ``n_examples``, ``n_truncated``, ``eval_time_s``; with
-        ``per_example``, also ``example_nll`` and ``example_bytes`` in the order of
+        ``per_example``, also ``example_nll``, ``example_bytes`` and ``example_tokens`` (target
+        tokens, EOS included) in the order of
         ``examples`` (what a paired comparison of two models on the same examples needs). A
         NaN or infinite loss is returned as it is.
     """
@@ -366,6 +367,7 @@ def evaluate_loss(
     if per_example:
         out["example_nll"] = example_nll
         out["example_bytes"] = [e.target_bytes for e in encoded]
+        out["example_tokens"] = [sum(t != IGNORE_INDEX for t in e.labels[1:]) for e in encoded]
     return out
 
 

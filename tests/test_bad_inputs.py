@@ -512,7 +512,7 @@ def test_out_of_memory_while_training_names_the_probe_and_the_settings(tiny, mon
 
 
 def test_out_of_memory_while_evaluating_zero_shot(tiny, monkeypatch):
-    monkeypatch.setattr(training_module, "batch_nll", partial(_raise, OOM_ERRORS["cuda"], []))
+    monkeypatch.setattr(training_module, "_token_nll", partial(_raise, OOM_ERRORS["cuda"], []))
     with pytest.raises(ProbeOutOfMemoryError, match=r"evaluating candidate 'tiny-llama' \(zero"):
         run_probe(tiny, _data([]), SPEC, **PROBE)
 

@@ -438,8 +438,10 @@ def test_prepared_data_for_probe_gives_the_nested_subset_and_fixed_splits(tmp_pa
     zero_shot = prepared.for_probe(0)
     assert zero_shot.train == [] and zero_shot.size == 0 and zero_shot.train_fingerprint is None
     assert zero_shot.test == prepared.test and zero_shot.val == prepared.val
-    with pytest.raises(ValueError, match=r"size 30 is not on the ladder \[25, 50, 100, 200\]"):
-        prepared.for_probe(30)
+    # any size up to the prepared pool (here the budget: no target given), e.g. for an audit
+    assert prepared.for_probe(30).train_fingerprint == splits.fingerprint(prepared.train[:30])
+    with pytest.raises(ValueError, match=r"size 201 is outside the prepared training pool"):
+        prepared.for_probe(201)
     with pytest.raises(ValidationError):  # records are frozen
         prepared.for_probe(25).train = []
 

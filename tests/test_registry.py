@@ -6,8 +6,8 @@ import pytest
 
 from tasks.registry import (
     Contender,
+    MeasuredComparison,
     decide_promotion,
-    intervals_overlap,
     version_description,
     version_tags,
 )
@@ -25,62 +25,88 @@ def contender(version, loss, low=math.nan, high=math.nan, task="wordnet", rolled
     )
 
 
+def measured(challenger, champion, p_better, *, n=64, fp="split-1"):
+    """A paired comparison of measured losses on one test split."""
+    diff = challenger - champion
+    return MeasuredComparison(
+        test_fingerprint=fp,
+        rank_on="bits_per_byte",
+        challenger_loss=challenger,
+        champion_loss=champion,
+        p_better=p_better,
+        difference_low=diff - 0.05,
+        difference_high=diff + 0.05,
+        n_examples=n,
+    )
+
+
+def gate(challenger, champion, loss, comparison, margin=0.0, min_confidence=0.9):
+    return decide_promotion(
+        challenger,
+        champion,
+        challenger_loss=loss,
+        comparison=comparison,
+        margin=margin,
+        min_confidence=min_confidence,
+    )
+
+
 @pytest.mark.parametrize(
-    ("challenger", "champion", "margin", "promote", "reason_part"),
+    ("challenger", "champion", "loss", "comparison", "margin", "promote", "reason_part"),
     [
-        (contender("2", 2.0), None, 0.05, True, "no champion"),
-        (contender("2", 1.90), contender("1", 2.0), 0.05, True, "promoted"),
-        (contender("2", 1.96), contender("1", 2.0), 0.05, False, "not better by the margin"),
-        # Exactly at the threshold is not strictly better: no promotion.
-        (contender("2", 1.95), contender("1", 2.0), 0.05, False, "not better by the margin"),
-        (contender("2", 2.10), contender("1", 2.0), 0.0, False, "not better"),
-        (contender("2", 1.99), contender("1", 2.0), 0.0, True, "promoted"),
-        (contender("2", math.nan), None, 0.0, False, "no finite predicted loss"),
-        (contender("2", math.inf), contender("1", 2.0), 0.0, False, "no finite"),
-        (contender("2", 1.0, task="manpages"), contender("1", 2.0), 0.0, False, "per task"),
-        (contender("2", 1.0), contender("1", math.nan), 0.0, True, "replaced"),
-        (contender("1", 1.0), contender("1", 1.0), 0.0, False, "already the champion"),
-        (contender("2", 1.0, rolled_back=True), contender("1", 2.0), 0.0, False, "rolled back"),
+        (contender("2", 2.0), None, 1.9, None, 0.05, True, "no champion"),
+        (contender("2", 2.0), contender("1", 2.0), 1.80, measured(1.80, 2.0, 0.99), 0.05, True,
+         "promoted"),
+        (contender("2", 2.0), contender("1", 2.0), 1.97, measured(1.97, 2.0, 0.95), 0.05, False,
+         "not better by the margin"),
+        # exactly at the threshold is not strictly better
+        (contender("2", 2.0), contender("1", 2.0), 1.95, measured(1.95, 2.0, 0.99), 0.05, False,
+         "not better by the margin"),
+        # better, but the bootstrap is not confident enough
+        (contender("2", 2.0), contender("1", 2.0), 1.99, measured(1.99, 2.0, 0.70), 0.0, False,
+         "not confidently"),
+        (contender("2", 2.0), contender("1", 2.0), 1.99, measured(1.99, 2.0, 0.93), 0.0, True,
+         "promoted"),
+        # the prediction says better, the measurement on shared data says worse: kept
+        (contender("2", 1.0), contender("1", 2.0), 2.10, measured(2.10, 2.0, 0.02), 0.0, False,
+         "not better"),
+        (contender("2", 1.0), None, math.nan, None, 0.0, False, "no finite measured loss"),
+        (contender("2", 1.0, task="manpages"), contender("1", 2.0), 1.0,
+         measured(1.0, 2.0, 1.0), 0.0, False, "per task"),
+        (contender("1", 1.0), contender("1", 1.0), 1.0, None, 0.0, False,
+         "already the champion"),
+        (contender("2", 1.0, rolled_back=True), contender("1", 2.0), 1.0,
+         measured(1.0, 2.0, 1.0), 0.0, False, "rolled back"),
+        # no measurement of the champion on the current split: no promotion
+        (contender("2", 1.0), contender("1", 2.0), 1.0, None, 0.0, False, "shared data"),
     ],
-)
-def test_gate_rules(challenger, champion, margin, promote, reason_part):
-    decision = decide_promotion(challenger, champion, margin=margin)
+)  # fmt: skip
+def test_gate_rules(challenger, champion, loss, comparison, margin, promote, reason_part):
+    decision = gate(challenger, champion, loss, comparison, margin=margin)
     assert decision.promote is promote
     assert reason_part in decision.reason
     assert decision.challenger_version == challenger.version
 
 
-@pytest.mark.parametrize(
-    ("challenger", "champion", "require_disjoint", "promote", "overlap"),
-    [
-        # Better by the margin, intervals overlap: promoted by default, blocked when strict.
-        (contender("2", 1.9, 1.8, 2.05), contender("1", 2.0, 1.95, 2.1), False, True, True),
-        (contender("2", 1.9, 1.8, 2.05), contender("1", 2.0, 1.95, 2.1), True, False, True),
-        # Disjoint intervals: promoted either way.
-        (contender("2", 1.5, 1.4, 1.6), contender("1", 2.0, 1.9, 2.1), True, True, False),
-        # Unknown intervals with the strict rule: not clearly better.
-        (contender("2", 1.5), contender("1", 2.0), True, False, None),
-    ],
-)
-def test_gate_interval_rule(challenger, champion, require_disjoint, promote, overlap):
-    decision = decide_promotion(
-        challenger, champion, margin=0.01, require_disjoint_intervals=require_disjoint
-    )
-    assert decision.promote is promote
-    assert decision.intervals_overlap is overlap
-    assert ("overlap" in decision.reason) is bool(overlap)
-
-
-def test_intervals_overlap_symmetric():
-    a, b = contender("1", 1.0, 0.9, 1.1), contender("2", 1.2, 1.05, 1.3)
-    assert intervals_overlap(a, b) is True and intervals_overlap(b, a) is True
-    assert intervals_overlap(a, contender("3", 2.0, 1.9, 2.1)) is False
+def test_decision_records_measured_and_predicted_losses():
+    decision = gate(contender("2", 1.5), contender("1", 1.9), 1.8, measured(1.8, 2.0, 0.97))
+    assert decision.promote
+    assert decision.challenger_measured_loss == 1.8 and decision.champion_measured_loss == 2.0
+    assert decision.p_better == 0.97 and decision.test_fingerprint == "split-1"
+    # predictions are kept as information, not as the rule
+    assert decision.challenger_predicted_loss == 1.5 and decision.champion_predicted_loss == 1.9
+    assert "for information" in decision.reason and "split-1" in decision.reason
 
 
 @pytest.mark.parametrize("margin", [-0.1, math.nan, math.inf])
 def test_gate_rejects_bad_margin(margin):
     with pytest.raises(ValueError, match="margin must be"):
-        decide_promotion(contender("2", 1.0), None, margin=margin)
+        gate(contender("2", 1.0), None, 1.0, None, margin=margin)
+
+
+def test_gate_rejects_bad_confidence():
+    with pytest.raises(ValueError, match="min_confidence"):
+        gate(contender("2", 1.0), None, 1.0, None, min_confidence=1.5)
 
 
 def test_contender_rejects_reversed_interval():

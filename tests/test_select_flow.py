@@ -24,6 +24,7 @@ from tasks.tracking.models import load_transformers_components
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LADDER = [16, 32, 64]
+TARGET = 1024
 MODEL_NAME = "tiny-select-model"
 
 
@@ -49,7 +50,7 @@ def _config(tmp: Path, candidates: list[str], **changes) -> dict:
         "candidates": candidates,
         "probe": {"epochs": 1, "batch_size": 8, "max_seq_len": 32, "learning_rate": 0.01},
         "ladder": {"first_size": LADDER[0], "budget": LADDER[-1]},
-        "target_size": 1024,
+        "target_size": TARGET,
         "selector": "Lens",
         "cache_dir": str(tmp / "cache"),
         "tracking": {"uri": f"sqlite:///{tmp / 'mlflow.db'}", "experiment": "select-test"},
@@ -126,6 +127,7 @@ def selection(prefect_harness, tmp_path_factory):
         "n_probes": n_probes,
         "summary": summary,
         "summary2": summary2,
+        "first_s": first_s,
         "first_probes": first_probes,
         "second_probes": second_probes,
         "versions_after_first": versions_after_first,
@@ -142,6 +144,36 @@ def _parent_and_children(sel: dict, run_id: str):
         f"and tags.`{T.RUN_KIND}` = 'candidate'",
     )
     return parent, children
+
+
+def test_realized_against_predicted_is_recorded(selection, tmp_path):
+    """The winner is trained at the target with the probes' recipe; the parent run, the
+    registered version and ``lensllm calibration`` all show its measurement against the
+    prediction."""
+    from flows.cli import main
+
+    summary = selection["summary"]
+    (check,) = summary.checks
+    assert check.candidate == summary.selected and check.trained_examples == TARGET
+    winner = summary.result.winner
+    assert check.predicted_loss == winner.predicted_loss
+    assert (check.interval_low, check.interval_high) == winner.interval
+    assert check.held == (check.interval_low <= check.measured_loss <= check.interval_high)
+    client = selection["client"]
+    run = client.get_run(summary.run_id)
+    m = run.data.metrics
+    assert m["target.measured_loss"] == pytest.approx(check.measured_loss)
+    assert m["target.predicted_loss"] == pytest.approx(check.predicted_loss)
+    assert m["target.level"] == 0.9 and m["target.interval_held"] == float(check.held)
+    assert m["target.log_error"] == pytest.approx(check.log_error)
+    assert run.data.tags[T.TARGET_INTERVAL_HELD] == str(check.held).lower()
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert float(version.tags[T.TARGET_MEASURED_LOSS]) == pytest.approx(check.measured_loss)
+    assert float(version.tags[T.MEASURED_LOSS]) == pytest.approx(check.measured_loss, rel=1e-6)
+    # the live calibration record lists this selection with its realized error
+    out = tmp_path / "cal"
+    assert main(["calibration", "--tracking-uri", selection["uri"], "--out", str(out)]) == 0
+    assert (out / "live_calibration.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_flow_returns_a_selected_candidate(selection):
@@ -172,23 +204,29 @@ def test_mlflow_parent_run_with_one_nested_run_per_candidate(selection):
     parent, children = _parent_and_children(selection, selection["summary"].run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags[T.RUN_KIND] == "selection"
-    # one selection parent per flow run: two runs -> two parents, no strays
+    # one selection, one parent run: the cached re-run added none and says which run holds it
     experiment = parent.info.experiment_id
     parents = client.search_runs([experiment], f"tags.`{T.RUN_KIND}` = 'selection'")
-    assert {r.info.run_id for r in parents} == {
-        selection["summary"].run_id,
-        selection["summary2"].run_id,
-    }
+    assert [r.info.run_id for r in parents] == [selection["summary"].run_id]
+    assert len(client.search_runs([experiment])) == 1 + len(selection["candidates"])
+    assert selection["summary2"].recorded_in == selection["summary"].run_id
+    assert selection["summary"].recorded_in is None
+    # the parent run spans the selection: it started before the first probe and ended last
+    assert parent.info.end_time - parent.info.start_time >= 1000 * selection["first_s"] * 0.5
     assert sorted(r.data.tags[T.CANDIDATE] for r in children) == sorted(selection["candidates"])
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED"
         history = client.get_metric_history(child.info.run_id, "test_bits_per_byte")
-        assert sorted(m.step for m in history) == [0, *LADDER]
         assert all(0 < m.value < 20 for m in history)
         # tiny models trained from random init at lr 0.01: the largest subset beats zero-shot
         by_step = {m.step: m.value for m in history}
         assert by_step[LADDER[-1]] < by_step[0]
+        # the winner's curve also has its point at the target, trained and measured
+        if child.data.tags[T.CANDIDATE] == selection["summary"].selected:
+            assert sorted(by_step) == [0, *LADDER, TARGET]
+        else:
+            assert sorted(by_step) == [0, *LADDER]
         predicted = client.get_metric_history(child.info.run_id, "test_loss_predicted")
         assert [m.step for m in predicted] == [selection["config"]["target_size"]]
         # the NTK spectrum of the candidate: eigenvalues by index, F at the probe's time
@@ -210,8 +248,10 @@ def test_candidate_runs_record_dataset_inputs(selection):
                 (int(tags["lensllm.size"]), tags["lensllm.fingerprint"])
             )
         training = sorted(by_context["training"])
-        assert [size for size, _ in training] == LADDER
-        assert len({fp for _, fp in training}) == len(LADDER)  # nested but distinct subsets
+        winner = child.data.tags[T.CANDIDATE] == selection["summary"].selected
+        sizes = [*LADDER, TARGET] if winner else LADDER  # the winner was trained at the target
+        assert [size for size, _ in training] == sizes
+        assert len({fp for _, fp in training}) == len(sizes)  # nested but distinct subsets
         assert [size for size, _ in by_context["testing"]] == [16]
 
 
@@ -222,7 +262,8 @@ def test_parent_run_artifacts_and_tags(selection, tmp_path):
     run_id = selection["summary"].run_id
     parent, children = _parent_and_children(selection, run_id)
     top = {a.path for a in client.list_artifacts(run_id)}
-    assert {"curves.png", "ranking.json", "fit_params.json", "config"} <= top
+    assert {"curves.png", "prediction.png", "ranking.json", "fit_params.json", "config"} <= top
+    assert "checks.json" in top
     assert "config/resolved.yaml" in {a.path for a in client.list_artifacts(run_id, "config")}
 
     local = Path(client.download_artifacts(run_id, "", str(tmp_path)))
@@ -262,7 +303,11 @@ def test_registered_champion_reloads_to_the_finetuned_weights(selection):
     assert float(tags[T.P_BEST]) == pytest.approx(winner.p_best)
     assert float(tags[T.INTERVAL_LEVEL]) == 0.9 and "P(best)" in champion.description
 
-    model_dir = Path(client.get_run(champion.run_id).data.params["model_dir"])
+    # the champion is the winner trained at the target, registered from its selection's run
+    reg = selection["summary"].registration
+    assert champion.run_id == selection["summary"].run_id
+    assert reg.finetune_size == TARGET
+    model_dir = Path(reg.model_dir)
     assert model_dir.is_relative_to(selection["tmp"] / "cache" / "finetuned")
     saved = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
     components = load_transformers_components(Tracker(uri), f"models:/{MODEL_NAME}@champion")
@@ -292,12 +337,9 @@ def test_rerun_hits_the_probe_cache_and_registers_nothing_new(selection):
     assert reg.version == selection["summary"].registration.version
     versions = selection["client"].search_model_versions(f"name = '{MODEL_NAME}'")
     assert len(versions) == 1
-    # the re-run's candidate runs show the same curve as the first run's
-    _, first = _parent_and_children(selection, selection["summary"].run_id)
-    _, second = _parent_and_children(selection, selection["summary2"].run_id)
-    for a in first:
-        b = next(r for r in second if r.data.tags[T.CANDIDATE] == a.data.tags[T.CANDIDATE])
-        assert a.data.metrics["test_bits_per_byte"] == b.data.metrics["test_bits_per_byte"]
+    # the target training came from the cache too: the same measurement, the same decision
+    assert selection["summary2"].checks == selection["summary"].checks
+    assert reg.promoted is False and "already the champion" in reg.reason
 
 
 def test_dataset_too_small_fails_before_any_probe(prefect_harness, tmp_path):

@@ -1,6 +1,7 @@
 """MLflow tracking and registry against a temporary SQLite store (tasks/tracking/,
 flows/register.py)."""
 
+import math
 import os
 import threading
 
@@ -8,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.errors import LensLLMUserError, RegistryError
-from tasks.records import PreparedData, ProbeResult
+from tasks.records import GateInputs, Measurement, PreparedData, ProbeResult, ProbeSpec
 from tasks.registry import version_description, version_tags
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker, default_tracking_uri
@@ -350,8 +351,20 @@ def _register_plain(tracker, model_dir, selection_key, loss, interval, margin=0.
             tags=tags,
             description=version_description(tags),
         )
-    decision = registry.promote_if_better(version, margin=margin)
+    decision = registry.promote_if_better(version, measurement=_measured(loss), margin=margin)
     return version, decision
+
+
+def _measured(loss: float, fp: str = "split-1") -> Measurement:
+    """A measurement with loss ``loss`` bits per byte on 8 examples of 10 bytes each."""
+    per_example = loss * math.log(2) * 10
+    return Measurement(
+        rank_on="bits_per_byte",
+        test_fingerprint=fp,
+        example_nll=[per_example] * 8,
+        example_units=[10] * 8,
+        scale=1 / math.log(2),
+    )
 
 
 def test_register_promote_reload_and_rollback(tracker, tiny_model_dir):
@@ -453,6 +466,15 @@ def prefect_harness():
 def _flow_register(uri, model_dir, selection_key, loss, interval, parent_run_id=None):
     from flows.register import register_flow
 
+    test = [{"prompt": "Q: say cat", "target": " cat"}] * 8
+    gate = GateInputs(
+        test=test,
+        test_fingerprint="split-1",
+        spec=ProbeSpec(device="cpu"),
+        rank_on="bits_per_byte",
+        measurement=_measured(loss),
+        margin=0.05,
+    )
     return register_flow(
         model_dir,
         registered_name="lens-flow",
@@ -464,7 +486,7 @@ def _flow_register(uri, model_dir, selection_key, loss, interval, parent_run_id=
         tags={T.CONFIG_HASH: "cfg", "github_token": "ghp_" + "y" * 36},
         tracking_uri=uri,
         experiment="register",
-        margin=0.05,
+        gate=gate,
         parent_run_id=parent_run_id,
     )
 
@@ -475,18 +497,23 @@ def test_register_flow_under_prefect(prefect_harness, uri, tracker, tiny_model_d
     first = _flow_register(uri, tiny_model_dir, "sel-1", 2.0, [1.9, 2.1], parent)
     assert first["created"] and first["promoted"]
     assert first["aliases"] == [T.ALIAS_CANDIDATE, T.ALIAS_CHAMPION]
-    summary = tracker.run_summary(first["run_id"])
-    assert summary["parent_run_id"] == parent and summary["status"] == "FINISHED"
-    assert summary["tags"][T.RUN_KIND] == "register"
-    assert summary["tags"][T.CONFIG_HASH] == "cfg"
+    # with a selection run, the model is logged in it: the version links to the selection
+    assert first["run_id"] == parent
+    version = ModelRegistry(tracker, "lens-flow").version_info(first["version"])
+    assert version["run_id"] == parent
+    assert version["tags"][T.CONFIG_HASH] == "cfg" and "github_token" not in version["tags"]
+    # alone, the register flow makes a run of its own
+    alone = _flow_register(uri, tiny_model_dir, "sel-0", 2.2, [2.1, 2.3])
+    summary = tracker.run_summary(alone["run_id"])
+    assert summary["tags"][T.RUN_KIND] == "register" and summary["status"] == "FINISHED"
     assert "github_token" not in summary["tags"]
 
     again = _flow_register(uri, tiny_model_dir, "sel-1", 2.0, [1.9, 2.1])
     assert again["version"] == first["version"] and not again["created"]
-    assert len(tracker.client.search_model_versions("name = 'lens-flow'")) == 1
+    assert len(tracker.client.search_model_versions("name = 'lens-flow'")) == 2
 
     worse = _flow_register(uri, tiny_model_dir, "sel-2", 2.5, [2.4, 2.6])
-    assert worse["version"] == "2" and not worse["promoted"]
+    assert worse["version"] == "3" and not worse["promoted"]
     assert worse["aliases"] == [T.ALIAS_CANDIDATE]
     assert "not better by the margin" in worse["reason"]
     registry = ModelRegistry(tracker, "lens-flow")

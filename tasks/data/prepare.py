@@ -21,13 +21,15 @@ from tasks.errors import DataError
 from tasks.records import DataSpec, Ladder, PreparedData
 
 
-def prepare_data(spec: DataSpec, ladder: Ladder) -> PreparedData:
+def prepare_data(spec: DataSpec, ladder: Ladder, target_size: int | None = None) -> PreparedData:
     """Load ``spec``'s examples, split them by group, and shuffle the train split once.
 
     Validates everything before returning: enough examples for ``val_size + test_size +
     budget`` (after ``max_examples``), a train split that holds the budget. The returned
-    ``train`` is the first ``budget`` examples of the shuffled train split; the subset of size
-    ``s`` is ``train[:s]`` (:meth:`PreparedData.for_probe`).
+    ``train`` is the first ``max(budget, min(target_size, train split))`` examples of the
+    shuffled train split: what the probes and the training at the target draw from; the subset
+    of size ``s`` is ``train[:s]`` (:meth:`PreparedData.for_probe`), so every subset is nested
+    in every larger one, the target's included.
     """
     sizes, budget = ladder.sizes(), ladder.budget
     check_int("val_size", spec.val_size, 1)
@@ -50,7 +52,8 @@ def prepare_data(spec: DataSpec, ladder: Ladder) -> PreparedData:
     splits = split_examples(
         examples, val_size=spec.val_size, test_size=spec.test_size, seed=spec.seed
     )
-    train = nested_subsets(splits["train"], sizes, seed=spec.seed)[budget]
+    pool = budget if target_size is None else max(budget, min(target_size, len(splits["train"])))
+    train = nested_subsets(splits["train"], [*sizes, pool], seed=spec.seed)[pool]
     return PreparedData(
         source=spec.source if spec.path is None else f"{spec.source}:{spec.path}",
         train=train,
@@ -63,6 +66,7 @@ def prepare_data(spec: DataSpec, ladder: Ladder) -> PreparedData:
         test_fingerprint=fingerprint(splits["test"]),
         n_available=len(examples),
         n_train_available=len(splits["train"]),
+        target_size=target_size,
     )
 
 

@@ -8,14 +8,22 @@ is a prefix of that one order, so subsets are nested and shared by all candidate
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tasks.errors import DataError
-from tasks.records import Example
+from tasks.records import Example, fingerprint
+
+__all__ = [
+    "check_int",
+    "fingerprint",
+    "limit_examples",
+    "nested_subsets",
+    "short_hash",
+    "split_examples",
+]
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
@@ -85,15 +93,6 @@ def nested_subsets(
     order = np.random.default_rng([seed, 1]).permutation(len(train))[:largest]
     shuffled = [train[i] for i in order]
     return {int(size): shuffled[:size] for size in sizes}
-
-
-def fingerprint(examples: Iterable[Example]) -> str:
-    """Short, order-sensitive sha256 hex digest of the examples' content (stable across runs)."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps(example, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
 
 
 def limit_examples(examples: list[Example], max_examples: int, seed: int) -> list[Example]:

@@ -102,8 +102,22 @@ class Tracker:
     @functools.cached_property
     def client(self) -> MlflowClient:
         """The MLflow client of this URI (created on first use: a new SQLite store is created
-        only when something is logged to it)."""
+        only when something is logged to it, with every artifact, the default experiment's
+        included, under ``mlartifacts`` next to the database rather than ``./mlruns``)."""
+        self._create_local_store()
         return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def _create_local_store(self) -> None:
+        root = artifact_root_for(self.uri)
+        if not self.uri.startswith("sqlite:///") or root is None:
+            return
+        db = Path(unquote(self.uri[len("sqlite:///") :]))
+        if db.exists():
+            return
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        db.parent.mkdir(parents=True, exist_ok=True)
+        SqlAlchemyStore(self.uri, root)  # creates the schema and the "Default" experiment
 
     @classmethod
     def local(cls, root: str | os.PathLike = ".lensllm") -> Tracker:
@@ -179,12 +193,18 @@ class Tracker:
     # -- experiments and runs ---------------------------------------------------------------
     def experiment_id(self, experiment: str) -> str:
         """The id of ``experiment``, created (artifacts under ``mlartifacts`` next to a SQLite
-        database, training-runs view in the UI) when it does not exist."""
+        database) when it does not exist. The experiment is marked as model training
+        (``mlflow.experimentKind``), so the MLflow UI opens it on its training runs, not in
+        GenAI mode."""
         if not experiment:
             raise ValueError("experiment must be a non-empty experiment name")
         with _experiment_lock:  # two threads creating the same experiment would race
             found = self.client.get_experiment_by_name(experiment)
             if found is not None:
+                if T.EXPERIMENT_KIND not in found.tags:  # made before the kind was set
+                    self.client.set_experiment_tag(
+                        found.experiment_id, T.EXPERIMENT_KIND, T.EXPERIMENT_KIND_TRAINING
+                    )
                 if found.lifecycle_stage == "deleted":
                     raise ValueError(
                         f"MLflow experiment {experiment!r} is deleted; restore it (`mlflow "
@@ -193,7 +213,9 @@ class Tracker:
                     )
                 return found.experiment_id
             return self.client.create_experiment(
-                experiment, artifact_location=artifact_root_for(self.uri)
+                experiment,
+                artifact_location=artifact_root_for(self.uri),
+                tags={T.EXPERIMENT_KIND: T.EXPERIMENT_KIND_TRAINING},
             )
 
     def create_run(

@@ -6,13 +6,16 @@ frozen records; :class:`ModelRegistry` reads the registry, calls it and moves th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from lens_model.compare import paired_bootstrap
 from tasks.errors import RegistryError
 from tasks.locks import held, lock_path
-from tasks.registry import Contender, decide_promotion
+from tasks.records import Measurement
+from tasks.registry import Contender, MeasuredComparison, decide_promotion
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker, quote, tag_filter
 from tasks.tracking.secrets import filter_secrets
@@ -121,48 +124,144 @@ class ModelRegistry:
             rolled_back=tags.get(T.ROLLED_BACK) == "true",
         )
 
+    # -- measurements on test splits ---------------------------------------------------------
+    def record_measurement(self, version: str, measurement: Measurement) -> None:
+        """Keep a version's per-example losses on a test split (an artifact of its run, keyed
+        by the split's fingerprint, and a tag with the loss) so that a later gate on the same
+        split does not measure it again."""
+        fp = measurement.test_fingerprint
+        run_id = self.client.get_model_version(self.name, str(version)).run_id
+        self.tracker.log_json(run_id, measurement.model_dump(), f"measurements/{fp}.json")
+        self.client.set_model_version_tag(
+            self.name, str(version), T.MEASURED_PREFIX + fp, repr(measurement.loss)
+        )
+
+    def measurement(self, version: str, fingerprint: str) -> Measurement | None:
+        """The version's recorded measurement on the split ``fingerprint``, or None."""
+        mv = self.client.get_model_version(self.name, str(version))
+        if T.MEASURED_PREFIX + fingerprint not in mv.tags or not mv.run_id:
+            return None
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="lensllm-measurement-") as tmp:
+            try:
+                local = self.client.download_artifacts(
+                    mv.run_id, f"measurements/{fingerprint}.json", tmp
+                )
+                data = json.loads(Path(local).read_text())
+            except Exception as err:  # a tag without its artifact: measure again
+                logger.warning("measurement %s of v%s unreadable (%s)", fingerprint, version, err)
+                return None
+        return Measurement.model_validate(data)
+
+    # -- the gate ---------------------------------------------------------------------------
     def promote_if_better(
         self,
         version: str,
         *,
+        measurement: Measurement,
+        measure: Callable[[str], Measurement] | None = None,
         margin: float,
-        require_disjoint_intervals: bool = False,
+        min_confidence: float = 0.9,
         lock_dir: str | None = None,
     ) -> dict:
-        """Apply the promotion gate to ``version`` against the current ``champion`` and move
-        the alias only when it passes.
+        """Apply the promotion gate to ``version`` (measured as ``measurement`` on the current
+        test split) against the current ``champion`` and move the alias only when it passes.
 
-        The gate reads the champion, then moves it: with ``lock_dir`` that read-then-write holds
-        a lock (:mod:`tasks.locks`) per tracking URI and model name, so two selections finishing
-        at once cannot both promote against the same old champion. On promotion the previous
-        champion is recorded in the new champion's ``lensllm.previous_champion`` tag (empty when
-        there was none) for :meth:`rollback`. Returns the decision as a dict.
+        The champion is compared on the same split: its recorded measurement there, or
+        ``measure(champion_version)`` (evaluating the registered model; recorded for the next
+        gate). The gate reads the champion, then moves it: with ``lock_dir`` that
+        read-then-write holds a lock (:mod:`tasks.locks`) per tracking URI and model name, so
+        two selections finishing at once cannot both promote against the same old champion.
+        On promotion the previous champion is recorded in the new champion's
+        ``lensllm.previous_champion`` tag (empty when there was none) for :meth:`rollback`.
+        Returns the decision as a dict.
         """
+        args = (str(version), measurement, measure, margin, min_confidence)
         if lock_dir is None:
-            return self._promote(str(version), margin, require_disjoint_intervals)
+            return self._promote(*args)
         path = lock_path(lock_dir, "registry", self.tracker.display_uri, self.name)
         with held(path, f"the promotion gate of {self.name}", logger):
-            return self._promote(str(version), margin, require_disjoint_intervals)
+            return self._promote(*args)
 
-    def _promote(self, version: str, margin: float, require_disjoint_intervals: bool) -> dict:
+    def _promote(self, version, measurement, measure, margin, min_confidence) -> dict:
+        if self.measurement(version, measurement.test_fingerprint) is None:
+            self.record_measurement(version, measurement)
         challenger = self.contender(version)
         champion_version = self.alias_version(T.ALIAS_CHAMPION)
+        self._note_manual_override(champion_version)
         champion = self.contender(champion_version) if champion_version else None
+        comparison = None
+        if champion is not None and champion_version != version:
+            comparison = self._compare(champion_version, measurement, measure)
         decision = decide_promotion(
             challenger,
             champion,
+            challenger_loss=measurement.loss,
+            comparison=comparison,
             margin=margin,
-            require_disjoint_intervals=require_disjoint_intervals,
+            min_confidence=min_confidence,
         )
-        self.client.set_model_version_tag(self.name, version, T.GATE_REASON, decision.reason)
+        self._record_decision(version, measurement, decision.to_dict())
         if decision.promote:
             self.client.set_model_version_tag(
                 self.name, version, T.PREVIOUS_CHAMPION, champion_version or ""
             )
             self.client.set_registered_model_alias(self.name, T.ALIAS_CHAMPION, version)
+            self._record_move(
+                before=champion_version,
+                after=version,
+                decision="promoted",
+                reason=decision.reason,
+                selection_key=challenger_tags(self, version).get(T.SELECTION_KEY, ""),
+                selection_run=self.client.get_model_version(self.name, version).run_id or "",
+            )
         return decision.to_dict()
 
-    def rollback(self) -> dict:
+    def _compare(self, champion_version, challenger: Measurement, measure):
+        """The paired comparison on the challenger's test split (None if the champion cannot
+        be measured there)."""
+        fp = challenger.test_fingerprint
+        reference = self.measurement(champion_version, fp)
+        if reference is None:
+            if measure is None:
+                return None
+            logger.info("measuring champion v%s on test split %s", champion_version, fp)
+            reference = measure(champion_version)
+            self.record_measurement(champion_version, reference)
+        if reference.rank_on != challenger.rank_on:
+            return None
+        stats = paired_bootstrap(
+            challenger.example_nll,
+            reference.example_nll,
+            [challenger.example_units, reference.example_units],
+            scale=challenger.scale,
+        )
+        return MeasuredComparison(
+            test_fingerprint=fp,
+            rank_on=challenger.rank_on,
+            challenger_loss=stats.challenger_loss,
+            champion_loss=stats.reference_loss,
+            p_better=stats.p_better,
+            difference_low=stats.difference_low,
+            difference_high=stats.difference_high,
+            n_examples=stats.n_examples,
+        )
+
+    def _record_decision(self, version: str, measurement: Measurement, decision: dict) -> None:
+        tags = {
+            T.GATE_REASON: decision["reason"],
+            T.MEASURED_LOSS: repr(measurement.loss),
+            T.TEST_FINGERPRINT: measurement.test_fingerprint,
+        }
+        if decision["champion_measured_loss"] is not None:
+            tags[T.CHAMPION_MEASURED_LOSS] = repr(decision["champion_measured_loss"])
+            tags[T.P_BETTER] = repr(decision["p_better"])
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, version, key, value)
+
+    def rollback(self, reason: str | None = None) -> dict:
         """Move ``champion`` back to the version that held it before the current champion.
 
         Returns ``{"champion": <restored version>, "rolled_back_from": <previous champion>}``.
@@ -184,4 +283,91 @@ class ModelRegistry:
             )
         self.client.set_registered_model_alias(self.name, T.ALIAS_CHAMPION, previous)
         self.client.set_model_version_tag(self.name, current, T.ROLLED_BACK, "true")
+        self._record_move(
+            before=current,
+            after=previous,
+            decision="rolled back",
+            reason=reason or f"v{current} rolled back by hand (lensllm registry rollback)",
+        )
         return {"champion": previous, "rolled_back_from": current}
+
+    # -- history ----------------------------------------------------------------------------
+    def history(self) -> list[dict]:
+        """Every recorded move of the ``champion`` alias, oldest first (time, alias, version
+        before and after, decision, reason, and the selection and flow run behind it)."""
+        try:
+            tags = self.client.get_registered_model(self.name).tags
+        except Exception as err:
+            from mlflow.exceptions import MlflowException
+
+            if isinstance(err, MlflowException) and err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return []
+            raise
+        entries = [
+            json.loads(value) for key, value in tags.items() if key.startswith(T.HISTORY_PREFIX)
+        ]
+        return sorted(entries, key=lambda e: e["seq"])
+
+    def _record_move(self, **entry) -> dict:
+        """Append a move to the history (a registered-model tag per move: durable, in the
+        registry itself) and show it in the registered model's description."""
+        from datetime import UTC, datetime
+
+        seq = len(self.history()) + 1
+        record = {
+            "seq": seq,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": self.name,
+            "alias": T.ALIAS_CHAMPION,
+            "before": entry.pop("before") or None,
+            "after": entry.pop("after") or None,
+            "selection_key": entry.pop("selection_key", ""),
+            "selection_run": entry.pop("selection_run", ""),
+            "flow_run": _flow_run_id(),
+            **entry,
+        }
+        self.client.set_registered_model_tag(
+            self.name, f"{T.HISTORY_PREFIX}{seq:06d}", json.dumps(record)
+        )
+        self.client.update_registered_model(self.name, description=_model_description(record))
+        return record
+
+    def _note_manual_override(self, champion_version: str | None) -> None:
+        """A champion alias moved outside LensLLM since the last recorded move: record it."""
+        last = next(reversed(self.history()), None)
+        recorded = last["after"] if last else None
+        if champion_version != recorded:
+            why = "moved outside LensLLM" if last else "set before any move was recorded"
+            self._record_move(
+                before=recorded,
+                after=champion_version,
+                decision="manual override",
+                reason=f"the champion alias was {why} (detected at the next gate)",
+            )
+
+
+def challenger_tags(registry: ModelRegistry, version: str) -> dict[str, str]:
+    return dict(registry.client.get_model_version(registry.name, version).tags)
+
+
+def _flow_run_id() -> str:
+    """The Prefect flow run this runs in, if any."""
+    try:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        return str(ctx.flow_run.id) if ctx and ctx.flow_run else ""
+    except Exception:  # outside Prefect: no flow run to name
+        return ""
+
+
+def _model_description(latest: dict) -> str:
+    """The registered model's description: what it is, and the latest alias move."""
+    move = (
+        f"champion v{latest['before'] or '-'} -> v{latest['after'] or '-'} "
+        f"({latest['decision']}, {latest['time']}): {latest['reason']}"
+    )
+    return (
+        f"{MODEL_DESCRIPTION}. Latest alias move: {move} Full history: `lensllm registry "
+        f"history --name {latest['model']}`."
+    )

@@ -10,11 +10,13 @@ from tasks.records import (
     NtkResult,
     PreparedData,
     ProbeResult,
+    Registration,
     SelectionResult,
+    TargetCheck,
 )
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
-from tasks.tracking.runs import log_candidate
+from tasks.tracking.runs import dataset_input, log_candidate
 
 
 def log_selection(
@@ -27,15 +29,18 @@ def log_selection(
     n_params: dict[str, int],
     ntk: dict[str, NtkResult],
     plots: list[str],
+    targets: dict[str, ProbeResult] | None = None,
 ) -> None:
-    """Log every candidate (nested runs) and the ranking, fit parameters and plots (parent)."""
+    """Log every candidate (nested runs; a candidate trained at the target gets that point on
+    its curve too) and the ranking, fit parameters and plots (parent)."""
+    targets = targets or {}
     for name, runs in probes.items():
         cand = result.candidates[name]
         log_candidate(
             tracker,
             run_id,
             name,
-            runs,
+            [*runs, targets[name]] if name in targets else runs,
             data,
             prediction=_prediction(cand, result.target_size),
             params={"n_params": n_params[name], "model": name},
@@ -43,11 +48,16 @@ def log_selection(
             extra_metrics=ntk_metrics(ntk[name], cand) if name in ntk else None,
             extra_json={"ntk_spectrum.json": ntk[name].model_dump()} if name in ntk else None,
         )
+    tracker.log_inputs(run_id, selection_inputs(data))
     tracker.log_table(run_id, result.ranking_rows(), "ranking.json")
     tracker.log_json(run_id, result.model_dump(mode="json"), "fit_params.json")
     for plot in plots:
         tracker.log_artifact(run_id, plot)
-    tracker.log(run_id, metrics=[("selection_cost", result.cost, 0)])
+    tracker.log(
+        run_id,
+        metrics=[("selection_cost", result.cost, 0)],
+        tags={T.CANDIDATE_SELECTED: result.selected},
+    )
 
 
 def log_budget(tracker: Tracker, run_id: str, budget: Budget, adaptive: AdaptiveRun | None):
@@ -57,6 +67,102 @@ def log_budget(tracker: Tracker, run_id: str, budget: Budget, adaptive: Adaptive
     if adaptive:
         params.update({f"adaptive.{k}": v for k, v in adaptive.settings.items()})
     tracker.log(run_id, params=params)
+
+
+def selection_inputs(data: PreparedData):
+    """The selection's data on its parent run: the training pool the ladder and the target
+    training draw from, and the test split every probe is measured on."""
+    name = data.dataset_name
+    return [
+        dataset_input(f"{name}-train", data.fingerprint, len(data.train), data.source, "training"),
+        dataset_input(
+            f"{name}-test", data.test_fingerprint, len(data.test), data.source, "testing"
+        ),
+    ]
+
+
+def selection_note(
+    result: SelectionResult,
+    budget: Budget,
+    checks: list[TargetCheck],
+    registration: Registration | None,
+    model_name: str,
+) -> str:
+    """The decision in one paragraph: the run's description in the MLflow UI."""
+    winner = result.winner
+    lo, hi = winner.interval
+    unit = result.rank_on.replace("_", " ")
+    text = (
+        f"**{result.selector} selected `{result.selected}`**: predicted {winner.predicted_loss:.4f}"
+        f" {unit} at {result.target_size} examples ({result.level:.0%} {result.interval_method}"
+        f" interval {lo:.4g} to {hi:.4g}"
+    )
+    if winner.p_best is not None:
+        text += f"; probability of being the best {winner.p_best:.2f}"
+    text += ")."
+    others = [n for n in result.ranking if n != result.selected]
+    if others:
+        second = result.candidates[others[0]]
+        text += f" Runner-up: `{others[0]}`, predicted {second.predicted_loss:.4f}."
+    text += (
+        f" Probe compute: {budget.full_finetune_share:.2%} of fine-tuning every candidate on the"
+        f" target ({budget.n_probes} probes)."
+    )
+    check = next((c for c in checks if c.candidate == result.selected), None)
+    if check is not None:
+        text += (
+            f" Trained at the target ({check.trained_examples} examples) it measured "
+            f"{check.measured_loss:.4f}: log error {check.log_error:+.3f}, the interval "
+            f"{'held' if check.held else 'did not hold'}."
+        )
+    if registration is not None and registration.version:
+        verdict = "promoted to champion" if registration.promoted else "not promoted"
+        text += (
+            f" Registered as `{model_name}` version {registration.version}, {verdict}: "
+            f"{registration.reason}"
+        )
+    return text
+
+
+def check_metrics(check: TargetCheck) -> list[tuple[str, float, int]]:
+    """The realized-vs-predicted check as metrics (step = the target size)."""
+    values = {
+        "measured_loss": check.measured_loss,
+        "predicted_loss": check.predicted_loss,
+        "interval_low": check.interval_low,
+        "interval_high": check.interval_high,
+        "level": check.level,
+        "log_error": check.log_error,
+        "abs_log_error": abs(check.log_error),
+        "interval_held": float(check.held),
+        "trained_examples": check.trained_examples,
+    }
+    return [(f"target.{k}", float(v), check.target_size) for k, v in values.items()]
+
+
+def check_tags(check: TargetCheck) -> dict[str, str]:
+    """The winner's check as tags (parent run and registered version)."""
+    return {
+        T.TARGET_MEASURED_LOSS: repr(check.measured_loss),
+        T.TARGET_PREDICTED_LOSS: repr(check.predicted_loss),
+        T.TARGET_LOG_ERROR: repr(check.log_error),
+        T.TARGET_INTERVAL_HELD: str(check.held).lower(),
+        T.TARGET_EXAMPLES: str(check.trained_examples),
+    }
+
+
+def log_checks(tracker: Tracker, run_id: str, checks: list[TargetCheck]) -> None:
+    """The selection's checks on the parent run: the winner's as ``target.*`` metrics and
+    tags, every checked candidate in ``checks.json``."""
+    if not checks:
+        return
+    winner = min(checks, key=lambda c: c.rank)
+    tracker.log(run_id, metrics=check_metrics(winner), tags=check_tags(winner))
+    tracker.log_json(
+        run_id,
+        [c.model_dump() | {"log_error": c.log_error, "held": c.held} for c in checks],
+        "checks.json",
+    )
 
 
 def _prediction(cand: CandidateResult, target_size: int) -> dict:

@@ -20,6 +20,7 @@ PROVENANCE = (GIT_COMMIT, CONFIG_HASH, DATA_FINGERPRINT, SELECTION_KEY, TASK)
 RUN_KIND = "lensllm.run_kind"  # one of RUN_KINDS
 RUN_KINDS = ("selection", "candidate", "register", "benchmark")
 CANDIDATE = "lensllm.candidate"
+CANDIDATE_SELECTED = "lensllm.selected"  # on a selection run: the winner
 RESUMED = "lensllm.resumed"  # how often an interrupted selection run was resumed
 DEVICE = "lensllm.device"
 DROPPED_REASON = "lensllm.dropped_reason"
@@ -32,9 +33,21 @@ INTERVAL_HIGH = "lensllm.interval_high"
 INTERVAL_LEVEL = "lensllm.interval_level"  # nominal level of the interval (0.9: 90 %)
 INTERVAL_METHOD = "lensllm.interval_method"
 P_BEST = "lensllm.p_best"  # probability the selected candidate is the best at the target
+MEASURED_PREFIX = "lensllm.measured."  # + test fingerprint: a version's measured loss there
+MEASURED_LOSS = "lensllm.measured_loss"  # the version's measured loss on its selection's split
+TEST_FINGERPRINT = "lensllm.test_fingerprint"
+CHAMPION_MEASURED_LOSS = "lensllm.champion_measured_loss"  # the champion's, on the same split
+P_BETTER = "lensllm.p_better"  # paired bootstrap P(challenger better than the champion)
 PREVIOUS_CHAMPION = "lensllm.previous_champion"
 GATE_REASON = "lensllm.gate_reason"
 ROLLED_BACK = "lensllm.rolled_back"
+
+# Realized against predicted: the winner trained at the target and measured
+TARGET_MEASURED_LOSS = "lensllm.target_measured_loss"
+TARGET_PREDICTED_LOSS = "lensllm.target_predicted_loss"
+TARGET_LOG_ERROR = "lensllm.target_log_error"  # ln(measured / predicted)
+TARGET_INTERVAL_HELD = "lensllm.target_interval_held"  # "true" / "false"
+TARGET_EXAMPLES = "lensllm.target_examples"  # what the training at the target saw
 
 # Dataset inputs (tags of an ``mlflow.log_input`` entry)
 INPUT_FINGERPRINT = "lensllm.fingerprint"
@@ -44,6 +57,12 @@ INPUT_CONTEXT = "mlflow.data.context"
 # MLflow's own keys that the project sets
 PARENT_RUN = "mlflow.parentRunId"
 RUN_NAME = "mlflow.runName"
+NOTE = "mlflow.note.content"  # a run's description in the UI (markdown)
+EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI's mode for an experiment
+EXPERIMENT_KIND_TRAINING = "custom_model_development"  # training runs, not GenAI traces
+
+# Registry history: one registered-model tag per alias move, HISTORY_PREFIX + a 6-digit count
+HISTORY_PREFIX = "lensllm.history."
 
 # Registry aliases
 ALIAS_CANDIDATE = "candidate"

@@ -1,0 +1,256 @@
+"""Audit flow: run a selection, then train every candidate at every doubling size up to the
+target, and report what the selection's choice was really worth.
+
+Outputs in ``out_dir``:
+
+* ``<task>.csv``: the task's full loss table (every candidate x ``0, first_size, ...,
+  target_size``, plus ``size`` and ``family``) in exactly the format of the published replay
+  tables, so ``lensllm benchmark --table <task>.csv`` scores every selector on this task;
+* ``audit.md`` / ``audit.json``: the realized regret (RelAcc of the selection's choice on the
+  measured target losses, whether it really was the best), every candidate's prediction
+  against its measurement, and what each registered selector would have chosen at the
+  config's budget.
+
+Every probe is the pipeline's cached probe task, so an audit after a selection recomputes none
+of the selection's probes, and a second audit recomputes nothing. Scheduled monthly
+(``deployments/prefect.yaml``: ``monthly-audit``)::
+
+    lensllm audit --config configs/audit.yaml --out out/audit
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.config import SelectionConfig, load_config
+from flows.runners import probe_threads
+from flows.select import run_selection
+from lens_model.metrics import pearson_correlation, probe_cost, relative_accuracy
+from lens_model.selectors import SELECTORS, TableProbes
+from tasks.data import prepare_data_task
+from tasks.errors import ConfigError
+from tasks.models import describe_candidate, family_of, resolve_candidate_task
+from tasks.probing import ProbePlan
+from tasks.records import Ladder, SelectionSummary
+from tasks.result_storage import result_storage
+from tasks.tracking.client import Tracker
+
+
+@flow(name="audit-selection", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def audit_flow(
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    out_dir: str = "out/audit",
+) -> dict:
+    """Audit the selection of a config (see the module docstring); returns the report."""
+    cfg = load_config(config_path, overrides)
+    check_auditable(cfg)
+    # every candidate trained at the target: the selection's checks hold all of them
+    cfg = cfg.model_copy(
+        update={"validation": cfg.validation.model_copy(update={"top_k": len(cfg.candidates)})}
+    )
+    summary = run_selection(cfg)
+    table = loss_table(cfg, summary)
+    report = audit_report(cfg, summary, table)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table_path = out / f"{cfg.name}.csv"
+    table.to_csv(table_path, index=False, float_format="%.6f")
+    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "audit.md").write_text(audit_markdown(report, table) + "\n")
+    tracker = Tracker(summary.tracking_uri)
+    for file in (table_path, out / "audit.md", out / "audit.json"):
+        tracker.log_artifact(summary.run_id, str(file), "audit")
+    get_run_logger().info(
+        "audit of %s: %s selected, RelAcc %.3f, best measured %s; table %s",
+        cfg.name,
+        report["selected"],
+        report["rel_acc"],
+        report["best_measured"],
+        table_path,
+    )
+    return {**report, "out_dir": str(out), "table": str(table_path)}
+
+
+def check_auditable(cfg: SelectionConfig) -> None:
+    """The loss table must double up to the target, like the published tables."""
+    ratio, rest = divmod(cfg.target_size, cfg.ladder.first_size)
+    if rest or ratio & (ratio - 1):
+        raise ConfigError(
+            f"an audit writes a loss table whose sizes double from ladder.first_size "
+            f"({cfg.ladder.first_size}) to target_size ({cfg.target_size}): make target_size "
+            "ladder.first_size times a power of two"
+        )
+
+
+def loss_table(cfg: SelectionConfig, summary: SelectionSummary) -> pd.DataFrame:
+    """Every candidate at every doubling size up to the target (cached probes), as a replay
+    table: model name, one column per size (0 = zero-shot), ``size`` and ``family``."""
+    cache = Path(cfg.cache_dir).resolve()
+    data = prepare_data_task(cfg.dataset, cfg.ladder, cfg.target_size)
+    if data.target_examples < cfg.target_size:
+        raise ConfigError(
+            f"the train split has {data.target_examples} examples, fewer than target_size "
+            f"({cfg.target_size}): the audit cannot measure the target; lower target_size"
+        )
+    trust = cfg.trust()
+    models = {
+        c.name: resolve_candidate_task(c.name, cache_dir=str(cache / "models"),
+                                       trust_remote_code=trust[c.name])
+        for c in cfg.candidates
+    }  # fmt: skip
+    plan = ProbePlan(
+        data, models, trust, cfg.probe, probe_threads(cfg.runner), cache, result_storage(cache)
+    )
+    sizes = Ladder(first_size=cfg.ladder.first_size, budget=cfg.target_size).sizes()
+    beyond = [d for d in sizes if cfg.ladder.budget < d < cfg.target_size]
+    futures = {(n, d): plan.submit(n, d, save=False) for n in models for d in beyond}
+    measured = {key: plan.result(f).value(cfg.rank_on) for key, f in futures.items()}
+    checks = {c.candidate: c.measured_loss for c in summary.checks}
+    rows = []
+    for name, path in models.items():
+        row = {"config name": name}
+        ladder = {p.size: p for p in _probes_of(summary, name, plan)}
+        for d in [0, *sizes]:
+            if d == cfg.target_size:
+                value = checks[name]
+            elif d in ladder:
+                value = ladder[d].value(cfg.rank_on)
+            else:
+                value = measured[(name, d)]
+            row[str(d)] = value
+        family = family_of(name)
+        row["size"] = int(describe_candidate(path)["n_params"])
+        row["family"] = family.name if family else Path(path).name
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _probes_of(summary: SelectionSummary, name: str, plan: ProbePlan):
+    """The selection's probes of ``name`` at every ladder size (from the cache: an adaptive
+    selection may have skipped some)."""
+    futures = [plan.submit(name, d) for d in [0, *plan.data.sizes]]
+    return [plan.result(f) for f in futures]
+
+
+def audit_report(cfg: SelectionConfig, summary: SelectionSummary, table: pd.DataFrame) -> dict:
+    """Realized regret of the selection, predictions against measurements, and what every
+    selector would have chosen at the config's budget on the measured table."""
+    target = str(cfg.target_size)
+    truth = dict(zip(table["config name"], table[target], strict=True))
+    names = list(truth)
+    true = np.array([truth[n] for n in names])
+    result = summary.result
+    selected = result.selected
+    best = names[int(np.argmin(true))]
+    checks = [
+        c.model_dump() | {"log_error": c.log_error, "held": c.held}
+        for c in sorted(summary.checks, key=lambda c: c.rank)
+    ]
+    return {
+        "task": cfg.name,
+        "selector": cfg.selector,
+        "rank_on": cfg.rank_on,
+        "budget": cfg.ladder.budget,
+        "target_size": cfg.target_size,
+        "selected": selected,
+        "best_measured": best,
+        "selected_was_best": selected == best,
+        "rel_acc": relative_accuracy(names.index(selected), true),
+        "intervals_held": sum(c["held"] for c in checks),
+        "intervals_checked": len(checks),
+        "level": result.level,
+        "interval_method": result.interval_method,
+        "checks": checks,
+        "selectors": replay_at_budget(table, cfg.ladder.budget, cfg.target_size),
+        "selection_run": summary.run_id,
+    }
+
+
+def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict]:
+    """Every registered selector on the measured table at ``budget`` (reading nothing above
+    it, never the target): its choice, RelAcc, PearCorr and Cost."""
+    sizes = [int(c) for c in table.columns if c.isdigit()]
+    losses = table[[str(d) for d in sizes]].to_numpy(dtype=float)
+    model_sizes = table["size"].to_numpy(dtype=float)
+    true = losses[:, sizes.index(target)]
+    names = list(table["config name"])
+    rows = []
+    for method in SELECTORS.names():
+        source = TableProbes(sizes, losses, model_sizes, max_size=target - 1)
+        try:
+            sel = SELECTORS.get(method)().select(source, budget=budget, target_size=target)
+        except ValueError as err:  # e.g. Lens needs a ladder its first round fits on
+            rows.append({"method": method, "skipped": str(err)})
+            continue
+        # as in the replay protocol: the scores as they are (ModelSize's are log sizes)
+        corr = pearson_correlation(sel.scores, true) if np.isfinite(sel.scores).all() else math.nan
+        rows.append(
+            {
+                "method": method,
+                "selected": names[sel.selected],
+                "rel_acc": relative_accuracy(sel.selected, true),
+                "pear_corr": float(corr),
+                "cost": probe_cost(sel.probes, model_sizes, target),
+            }
+        )
+    return rows
+
+
+def audit_markdown(report: dict, table: pd.DataFrame) -> str:
+    """The audit as a reviewer reads it."""
+    lines = [
+        f"# Audit of `{report['task']}` ({report['rank_on']}, target {report['target_size']} "
+        "examples)",
+        "",
+        f"{report['selector']} at budget {report['budget']} selected **{report['selected']}**; "
+        f"the best candidate measured at the target is **{report['best_measured']}** "
+        f"(RelAcc {report['rel_acc']:.3f}; "
+        f"{'the winner really was best' if report['selected_was_best'] else 'not the best'}). "
+        f"{report['intervals_held']} of {report['intervals_checked']} "
+        f"{report['level']:.0%} {report['interval_method']} intervals held the measured loss.",
+        "",
+        "## Loss table (measured)",
+        "",
+        "| model | " + " | ".join(c for c in table.columns if c != "config name") + " |",
+        "|---" * len(table.columns) + "|",
+    ]
+    for row in table.itertuples(index=False):
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row[1:]]
+        lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Predicted against measured at the target",
+        "",
+        "| candidate | rank | predicted | interval | measured | log error | held |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in report["checks"]:
+        lines.append(
+            f"| {c['candidate']} | {c['rank']} | {c['predicted_loss']:.4f} | "
+            f"[{c['interval_low']:.4g}, {c['interval_high']:.4g}] | {c['measured_loss']:.4f} | "
+            f"{c['log_error']:+.3f} | {'yes' if c['held'] else 'no'} |"
+        )
+    lines += [
+        "",
+        f"## Every selector at budget {report['budget']} on the measured table",
+        "",
+        "| method | selected | RelAcc | PearCorr | Cost |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["selectors"]:
+        if "skipped" in r:
+            lines.append(f"| {r['method']} | skipped: {r['skipped']} | | | |")
+        else:
+            lines.append(
+                f"| {r['method']} | {r['selected']} | {r['rel_acc']:.3f} | "
+                f"{r['pear_corr']:.3f} | {r['cost']:.4f} |"
+            )
+    return "\n".join(lines)
