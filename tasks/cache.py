@@ -16,6 +16,7 @@ do not change the result, such as the torch thread count) plus :class:`CodeVersi
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -85,17 +86,27 @@ def module_closure(modules: Iterable[str], root: Path | None = None) -> dict[str
 
 
 def code_hash(modules: Iterable[str], root: Path | None = None) -> str:
-    """sha256 over the names and contents of :func:`module_closure` of ``modules``."""
+    """sha256 over the names and contents of :func:`module_closure` of ``modules``.
+
+    Computed once per process (and root): a process runs the code it imported, so a file
+    edited while it runs must not relabel results computed by the old code; the next process
+    sees the edit.
+    """
+    return _code_hash(tuple(sorted(modules)), root or PROJECT_ROOT)
+
+
+@functools.cache
+def _code_hash(modules: tuple[str, ...], root: Path) -> str:
     digest = hashlib.sha256()
-    for name, file in module_closure(modules, root or PROJECT_ROOT).items():
+    for name, file in module_closure(modules, root).items():
         digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
 @dataclass
 class CodeVersion(CachePolicy):
-    """Cache-key part: :func:`code_hash` of ``modules``, read from disk on every key (from
-    ``root``, by default this project)."""
+    """Cache-key part: :func:`code_hash` of ``modules`` (from ``root``, by default this
+    project)."""
 
     modules: tuple[str, ...] = ()
     root: Path | None = None

@@ -42,10 +42,13 @@ def test_editing_a_helper_changes_the_probe_key_and_an_unrelated_edit_does_not(t
     assert before == code_hash(["tasks.probe"])  # the copy is the project as it is
 
     _edit(root / "tasks" / "tracking" / "runs.py", '"""', '"""Edited. ')
+    cache._code_hash.cache_clear()  # a new process
     assert code_hash(["tasks.probe"], root) == before  # MLflow logging is not the probe's code
 
     # evaluate_loss, the loss definition, is not in tasks/probe.py (TASK_SOURCE missed it)
     _edit(root / "tasks" / "training.py", "total / n_tokens", "total / max(n_tokens, 1)")
+    assert code_hash(["tasks.probe"], root) == before  # this process still runs the old code
+    cache._code_hash.cache_clear()  # the next process
     assert code_hash(["tasks.probe"], root) != before
 
 
@@ -82,5 +85,6 @@ def test_a_probe_cache_misses_after_a_helper_changes_and_hits_while_unchanged(
         "out.train_tokens += int(",
         "out.train_tokens += 0 + int(",
     )
+    cache._code_hash.cache_clear()  # the next process (this one keeps the code it imported)
     assert one_probe(1) == "Completed"  # a helper of the probe changed: recomputed
     assert one_probe(1) == "Cached"
