@@ -192,6 +192,8 @@ def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict
             continue
         # as in the replay protocol: the scores as they are (ModelSize's are log sizes)
         corr = pearson_correlation(sel.scores, true) if np.isfinite(sel.scores).all() else math.nan
+        predicted = np.isfinite(sel.predictions)
+        held = predicted & (sel.lower <= true) & (true <= sel.upper)
         rows.append(
             {
                 "method": method,
@@ -199,6 +201,9 @@ def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict
                 "rel_acc": relative_accuracy(sel.selected, true),
                 "pear_corr": float(corr),
                 "cost": probe_cost(sel.probes, model_sizes, target),
+                "intervals_held": int(held.sum()),
+                "intervals": int(predicted.sum()),
+                "interval_method": sel.interval_method,
             }
         )
     return rows
@@ -242,15 +247,20 @@ def audit_markdown(report: dict, table: pd.DataFrame) -> str:
         "",
         f"## Every selector at budget {report['budget']} on the measured table",
         "",
-        "| method | selected | RelAcc | PearCorr | Cost |",
-        "|---|---|---|---|---|",
+        "| method | selected | RelAcc | PearCorr | Cost | intervals held |",
+        "|---|---|---|---|---|---|",
     ]
     for r in report["selectors"]:
         if "skipped" in r:
-            lines.append(f"| {r['method']} | skipped: {r['skipped']} | | | |")
+            lines.append(f"| {r['method']} | skipped: {r['skipped']} | | | | |")
         else:
+            held = (
+                f"{r['intervals_held']}/{r['intervals']} ({r['interval_method']})"
+                if r["intervals"]
+                else "-"
+            )
             lines.append(
                 f"| {r['method']} | {r['selected']} | {r['rel_acc']:.3f} | "
-                f"{r['pear_corr']:.3f} | {r['cost']:.4f} |"
+                f"{r['pear_corr']:.3f} | {r['cost']:.4f} | {held} |"
             )
     return "\n".join(lines)
