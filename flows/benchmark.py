@@ -11,8 +11,8 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.benchmark_run import (
-    DEFAULT_EXPERIMENT,
     DEFAULT_METHODS,
+    BenchmarkSettings,
     Steps,
     plain_steps,
     run_benchmark,
@@ -40,14 +40,7 @@ def task_steps() -> Steps:
 
 
 @flow(name="replay-benchmark")
-def benchmark_flow(
-    tables: list[str],
-    out_dir: str = "out/benchmark",
-    methods: list[str] | None = None,
-    tracking_uri: str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
-    plots: bool = True,
-) -> dict:
+def benchmark_flow(settings: BenchmarkSettings) -> dict:
     """Run ``methods`` on each loss table; write selection.csv, calibration.csv, pairwise.csv,
     fit_error.csv, cost_accuracy.csv, report.md and plots; log to MLflow
     (``flows.benchmark_run.run_benchmark``).
@@ -55,13 +48,4 @@ def benchmark_flow(
     Returns the output folder, the MLflow run id per dataset and the wall time.
     """
     logger = get_run_logger()
-    return run_benchmark(
-        tables,
-        out_dir,
-        methods,
-        tracking_uri,
-        experiment,
-        plots,
-        steps=task_steps(),
-        log=logger.info,
-    )
+    return run_benchmark(settings, steps=task_steps(), log=logger.info)

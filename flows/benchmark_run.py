@@ -118,13 +118,34 @@ def _log_run(tracking_uri: str | None = None, **kwargs) -> str:
     return log_benchmark_run(tracker, **kwargs)
 
 
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What to replay and where the outputs go (the CLI's options and the flow's parameter).
+
+    Attributes
+    ----------
+    tables : list of str
+        Loss table CSV paths.
+    out_dir : str
+        Output folder (created).
+    methods : list of str, optional
+        Selector names (default: all of ``DEFAULT_METHODS``).
+    tracking_uri, experiment
+        Where to log (default URI: ``tasks.tracking.client.default_tracking_uri()``).
+    plots : bool
+        Write the PNG plots.
+    """
+
+    tables: list[str]
+    out_dir: str = "out/benchmark"
+    methods: list[str] | None = None
+    tracking_uri: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    plots: bool = True
+
+
 def run_benchmark(
-    tables: list[str],
-    out_dir: str = "out/benchmark",
-    methods: list[str] | None = None,
-    tracking_uri: str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
-    plots: bool = True,
+    settings: BenchmarkSettings,
     *,
     steps: Steps | None = None,
     background_tracking: bool = False,
@@ -143,16 +164,8 @@ def run_benchmark(
 
     Parameters
     ----------
-    tables : list of str
-        Loss table CSV paths.
-    out_dir : str
-        Output folder (created).
-    methods : list of str, optional
-        Selector names (default: all of ``DEFAULT_METHODS``).
-    tracking_uri, experiment
-        Where to log (default URI: ``tasks.tracking.client.default_tracking_uri()``).
-    plots : bool
-        Write the PNG plots.
+    settings : BenchmarkSettings
+        The tables, methods, output folder and tracking.
     steps : Steps, optional
         The functions doing the work (default: :func:`plain_steps`).
     background_tracking : bool
@@ -169,7 +182,9 @@ def run_benchmark(
     """
     from flows.config import check_selector
 
-    methods = list(methods or DEFAULT_METHODS)
+    tables, out_dir, plots = settings.tables, settings.out_dir, settings.plots
+    tracking_uri, experiment = settings.tracking_uri, settings.experiment
+    methods = list(settings.methods or DEFAULT_METHODS)
     for name in methods:
         check_selector(name, "methods")  # unknown names fail here, with suggestions
 

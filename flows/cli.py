@@ -67,23 +67,25 @@ def _benchmark(args: argparse.Namespace) -> int:
     for path in args.table:
         load_loss_table(path)
 
-    settings = {
-        "tables": args.table,
-        "out_dir": args.out,
-        "methods": args.methods,
-        "tracking_uri": args.tracking_uri,
-        "plots": not args.no_plots,
-    }
+    from flows.benchmark_run import BenchmarkSettings
+
+    settings = BenchmarkSettings(
+        tables=args.table,
+        out_dir=args.out,
+        methods=args.methods,
+        tracking_uri=args.tracking_uri,
+        plots=not args.no_plots,
+    )
     if args.prefect:  # the same work as Prefect tasks, under a (temporary) Prefect API
         from flows.benchmark import benchmark_flow
 
         with _no_tracebacks_for_input_errors():
-            result = benchmark_flow(**settings)
+            result = benchmark_flow(settings)
     else:
         from flows.benchmark_run import run_benchmark
 
         # MLflow's import and store set-up run in a helper process alongside the work
-        result = run_benchmark(**settings, background_tracking=True, log=print)
+        result = run_benchmark(settings, background_tracking=True, log=print)
     print(f"\nreplay benchmark written to {result['out_dir']} in {result['seconds']:.2f} s")
     print(
         f"  report: {result['out_dir']}/report.md   tables: selection.csv, calibration.csv, "

@@ -53,11 +53,7 @@ def plot_selection(result: SelectionResult, probes: dict[str, list[ProbeResult]]
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 110)
 
 
 def _rectified_curve(params: dict, grid: np.ndarray) -> np.ndarray:
@@ -89,10 +85,7 @@ def plot_spectra(ntk: dict[str, NtkResult], f_terms: dict[str, float | None], pa
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 100)
 
 
 def plot_prediction(
@@ -148,10 +141,7 @@ def plot_prediction(
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 110)
 
 
 def plot_live_calibration(rows: list[dict], path: str) -> str:
@@ -179,7 +169,12 @@ def plot_live_calibration(rows: list[dict], path: str) -> str:
     ax.set_title(f"Live calibration record: {len(rows)} selections checked", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
+    return _save(fig, path, 110)
+
+
+def _save(fig, path: str, dpi: int) -> str:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

@@ -18,7 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from flows import cli
 from tasks import models
 from tasks.errors import CandidateError, LicenseNotAcceptedError, MissingFileError
-from tasks.models import builtin_names, describe_candidate, gemma3, resolve_candidate
+from tasks.models import builtin, builtin_names, describe_candidate, gemma3, resolve_candidate
 from tasks.models.builtin import family_of
 from tasks.models.store import METADATA_FILE, build_metadata
 
@@ -305,7 +305,7 @@ def test_conversion_from_a_tiny_gguf(
     assert meta["gguf_sha256"] == tiny_gguf.sha256 and meta["upstream"] == gemma3.UPSTREAM
     assert meta["license"].startswith("Gemma Terms of Use")
     assert meta["license_acceptance"]["accepted_with"] == "--accept-license gemma"
-    assert meta["tied_embedding"] is True and meta["max_logit_diff"] <= gemma3.MAX_LOGIT_DIFF
+    assert meta["tied_embedding"] is True and meta["max_logit_diff"] <= builtin.MAX_LOGIT_DIFF
     assert any("LensLLM: hashlib" in how for how in meta["gguf_sha256_verified_by"])
 
     config = AutoConfig.from_pretrained(folder)
@@ -337,12 +337,12 @@ def test_a_conversion_that_changes_the_model_is_an_error(
     tmp_path: Path, tiny_gguf: SimpleNamespace
 ) -> None:
     dest = tmp_path / "out"
-    gemma3.convert_gguf(tiny_gguf.path, dest, "tiny")
+    builtin.convert_gguf(tiny_gguf.path, dest, "tiny")
     ids = torch.tensor([[2, 5, 6, 7]])
     reference = _logits(AutoModelForCausalLM.from_pretrained(dest), ids)
-    assert gemma3.check_converted(dest, ids, reference)["max_logit_diff"] == 0.0
+    assert builtin.check_converted(dest, ids, reference)["max_logit_diff"] == 0.0
     with pytest.raises(RuntimeError, match="largest logit difference"):
-        gemma3.check_converted(dest, ids, reference + 0.01)
+        builtin.check_converted(dest, ids, reference + 0.01)
 
 
 # ---------------------------------------------------------------------------- derived models

