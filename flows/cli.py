@@ -203,19 +203,6 @@ def _print_summary(summary) -> None:
         f"{b.full_finetune_share:.2%} of fine-tuning every candidate on the target "
         f"({b.compute_full_finetune_all:.4g}); {b.n_probes} probes, {b.flops_spent:.3g} FLOPs"
     )
-    for check in summary.checks:
-        print(f"Realized vs predicted: {check.summary()}")
-    if not summary.checks:
-        print("Realized vs predicted: not checked (validate.top_k: 0)")
-    reg = summary.registration
-    if reg is None:
-        print("Registry: disabled (registry.enabled: false)")
-    else:
-        print(
-            f"Registered version {reg.version} (trained on {reg.finetune_size} examples) with "
-            f"aliases {reg.aliases}"
-        )
-        print(f"  gate: {'promoted to champion' if reg.promoted else 'not promoted'}: {reg.reason}")
     if summary.recorded_in:
         print(f"Nothing new logged: MLflow run {summary.recorded_in} already holds this selection")
     print(f"Curve plot: {summary.plot}")
@@ -225,6 +212,20 @@ def _print_summary(summary) -> None:
         f"MLflow run {summary.run_id}: open the UI with `lensllm ui` "
         f"(store {display_uri(summary.tracking_uri)})"
     )
+    # last, what a reader wants to know: was the prediction right, and what did the gate do
+    for check in summary.checks:
+        print(f"Realized vs predicted: {check.summary()}")
+    if not summary.checks:
+        print("Realized vs predicted: not checked (validate.top_k: 0)")
+    reg = summary.registration
+    if reg is None:
+        print("Registry: disabled (registry.enabled: false)")
+    else:
+        print(
+            f"Registered version {reg.version} (the winner trained on {reg.finetune_size} "
+            f"examples) with aliases {reg.aliases}"
+        )
+        print(f"Gate: {'promoted to champion' if reg.promoted else 'not promoted'}: {reg.reason}")
 
 
 def _audit(args: argparse.Namespace) -> int:
