@@ -206,16 +206,25 @@ def test_champion_loads_through_the_server(deployed, monkeypatch):
         if key.startswith("AWS_"):
             monkeypatch.delenv(key)  # proof that the client needs no S3 credentials
     tracker = Tracker(deployed["uri"])
-    client = tracker.client
-    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
-    model_dir = client.get_run(champion.run_id).data.params["model_dir"]
     comps = load_transformers_components(tracker, f"models:/{MODEL_NAME}@champion")
     tokens = comps["tokenizer"]("rope: a strong line", return_tensors="pt")["input_ids"]
-    saved = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    # the worker saved the fine-tuned models it trained (the winner at the target among them)
+    finetuned = deployed["tmp"] / "cache" / "finetuned"
+    folders = sorted({p.parent for p in finetuned.glob("*/*.safetensors")})
+    assert folders, f"no fine-tuned model saved under {finetuned}"
     with torch.no_grad():
-        torch.testing.assert_close(
-            comps["model"].eval()(input_ids=tokens).logits, saved(input_ids=tokens).logits
-        )
+        served = comps["model"].eval()(input_ids=tokens).logits
+        same = [
+            folder
+            for folder in folders
+            if torch.allclose(
+                AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+                .eval()(input_ids=tokens)
+                .logits,
+                served,
+            )
+        ]
+    assert len(same) == 1, f"the champion served through S3 matches {same} of {folders}"
 
 
 def test_s3_rejects_wrong_credentials(deployed):
@@ -279,7 +288,14 @@ def test_registry_rollback_command(deployed, capsys):
     predicted = float(first.tags[T.PREDICTED_LOSS])
     # the REST API leaves ModelVersion.model_id empty; the run's outputs name the logged model
     model_id = first.model_id or client.get_run(first.run_id).outputs.model_outputs[0].model_id
-    # a challenger predicted 0.5 better, registered from the same logged model and promoted
+    # the gate compares measured losses on the champion's test split
+    (split,) = [
+        k.removeprefix(T.MEASURED_PREFIX) for k in first.tags if k.startswith(T.MEASURED_PREFIX)
+    ]
+    measured = registry.measurement(first.version, split)
+    better = measured.model_copy(update={"example_nll": [x / 2 for x in measured.example_nll]})
+    # a challenger measured at half the loss, registered from the same logged model in a run of
+    # its own (measurements are kept per run), and promoted
     tags = version_tags(
         task_key=first.tags[T.TASK],
         selection_key="stack-test-challenger",
@@ -287,14 +303,19 @@ def test_registry_rollback_command(deployed, capsys):
         interval=[predicted - 0.6, predicted - 0.4],
         selector="manual",
     )
+    run_id = tracker.create_run(EXPERIMENT, "stack-test-challenger", {T.RUN_KIND: "register"})
+    client.set_terminated(run_id)
     version = registry.register_version(
         model_uri=first.source,
-        run_id=first.run_id,
+        run_id=run_id,
         model_id=model_id,
         tags=tags,
         description=version_description(tags),
     )
-    second = {"version": version, **registry.promote_if_better(version, margin=0)}
+    second = {
+        "version": version,
+        **registry.promote_if_better(version, measurement=better, margin=0),
+    }
     assert second["promote"] is True
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == second["version"]
     assert main(["registry", "rollback", "--name", MODEL_NAME, "--tracking-uri", uri]) == 0
