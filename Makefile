@@ -32,6 +32,19 @@ data:
 model: $(STAMP)
 	$(BIN)/lensllm models prepare
 
+# Debian's PostgreSQL server for `lensllm stack up --db postgres` and the stack test on it
+# (tests/test_stack.py). The package also creates the `postgres` account the server runs as
+# when the stack is started as root; the stack runs its own cluster, not Debian's default one.
+.PHONY: postgres
+setup: postgres
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian package postgresql (stack database backend)"; \
+	  (apt-get update -qq || sudo apt-get update -qq) && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql || \
+	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql); \
+	fi
+
 demo: setup
 	$(BIN)/lensllm select --config configs/demo.yaml
 

@@ -16,28 +16,45 @@ def _root_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _print_status(st: dict) -> None:
+def _print_status(st: dict, rss: dict[str, int] | None = None) -> None:
     if not st:
         print("no stack yet; start it with `lensllm stack up`")
         return
-    print(f"{'service':<8} {'pid':>8} {'port':>6}  {'state':<9} url")
+    print(f"{'service':<8} {'pid':>8} {'port':>6}  {'state':<9} {'memory':>8}  url")
     for name, s in st.items():
         state = "healthy" if s["healthy"] else ("starting" if s["running"] else "stopped")
-        print(f"{name:<8} {s['pid'] or '-':>8} {s['port']:>6}  {state:<9} {s['url']}")
+        if s.get("external"):
+            state = "external" if s["healthy"] else "unreachable"
+        memory = f"{rss[name] / 2**20:.0f} MiB" if rss and name in rss else "-"
+        print(f"{name:<8} {s['pid'] or '-':>8} {s['port']:>6}  {state:<9} {memory:>8}  {s['url']}")
 
 
 def _stack_up(args: argparse.Namespace) -> int:
     from infra import stack
 
-    ports = {"s3": args.s3_port, "mlflow": args.mlflow_port, "prefect": args.prefect_port}
-    result = stack.up(args.root, ports={k: v for k, v in ports.items() if v}, timeout=args.timeout)
+    ports = {
+        "s3": args.s3_port,
+        "mlflow": args.mlflow_port,
+        "prefect": args.prefect_port,
+        "postgres": args.postgres_port,
+    }
+    result = stack.up(
+        args.root,
+        ports={k: v for k, v in ports.items() if v},
+        timeout=args.timeout,
+        db=args.db,
+        db_url=args.db_url or os.environ.get("LENSLLM_STACK_DB_URL") or None,
+    )
     if result["started"]:
         print(f"started {', '.join(result['started'])}; healthy after {result['seconds']:.1f} s")
     else:
         print("stack already running; nothing started")
-    _print_status(result["status"])
+    _print_status(result["status"], stack.rss_bytes(args.root))
     print("\nclients: " + " ".join(f"{k}={v}" for k, v in stack.stack_env(args.root).items()))
-    print(f"S3 credentials: {stack.stack_root(args.root) / 'credentials.json'} (mode 0600)")
+    base = stack.stack_root(args.root)
+    print(f"S3 credentials: {base / 'credentials.json'} (mode 0600)")
+    if "postgres" in result["status"]:
+        print(f"PostgreSQL password or URL: {base / 'postgres.json'} (mode 0600)")
     return 0
 
 
@@ -53,16 +70,15 @@ def _stack_status(args: argparse.Namespace) -> int:
     from infra import stack
 
     st = stack.status(args.root)
+    rss = stack.rss_bytes(args.root)
     if args.json:
+        for name, service in st.items():
+            service["rss_bytes"] = rss.get(name)
         print(json.dumps(st, indent=2))
     else:
-        _print_status(st)
-        rss = stack.rss_bytes(args.root)
+        _print_status(st, rss)
         if rss:
-            print(
-                f"resident memory: {sum(rss.values()) / 2**20:.0f} MiB "
-                + str({k: f"{v / 2**20:.0f} MiB" for k, v in rss.items()})
-            )
+            print(f"resident memory: {sum(rss.values()) / 2**20:.0f} MiB in all")
     return 0 if st and all(s["healthy"] for s in st.values()) else 1
 
 
@@ -132,20 +148,37 @@ def _history(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Add ``stack``, ``deploy``, ``worker`` and ``registry`` to the ``lensllm`` parser."""
-    stack = sub.add_parser("stack", help="local servers: S3 (SeaweedFS), MLflow, Prefect")
+    stack = sub.add_parser(
+        "stack", help="local servers: S3 (SeaweedFS), MLflow, Prefect (and PostgreSQL)"
+    )
     ssub = stack.add_subparsers(dest="stack_command", required=True)
     up = ssub.add_parser("up", help="start the servers on 127.0.0.1 (idempotent)")
     _root_arg(up)
     up.add_argument("--s3-port", type=int, help="S3 port (default 8333; saved for restarts)")
     up.add_argument("--mlflow-port", type=int, help="MLflow port (default 5000)")
     up.add_argument("--prefect-port", type=int, help="Prefect port (default 4200)")
+    up.add_argument(
+        "--db",
+        choices=["sqlite", "postgres"],
+        help="backend of MLflow and Prefect, chosen on the first up and kept (default sqlite; "
+        "postgres: the stack's own PostgreSQL server on 127.0.0.1)",
+    )
+    up.add_argument(
+        "--postgres-port", type=int, help="port of the stack's PostgreSQL (default 5433)"
+    )
+    up.add_argument(
+        "--db-url",
+        help="an existing PostgreSQL server instead of the stack's own: "
+        "postgresql://USER:PASSWORD@HOST:PORT[/PREFIX] (default $LENSLLM_STACK_DB_URL; prefer "
+        "the variable: a command line is visible to other users)",
+    )
     up.add_argument("--timeout", type=float, default=180.0, help="seconds to become healthy")
     up.set_defaults(func=_stack_up)
     down = ssub.add_parser("down", help="stop the servers (data is kept)")
     _root_arg(down)
     down.add_argument("--timeout", type=float, default=20.0, help="seconds before SIGKILL")
     down.set_defaults(func=_stack_down)
-    st = ssub.add_parser("status", help="pid, port and health of each server")
+    st = ssub.add_parser("status", help="pid, port, health and memory of each server")
     _root_arg(st)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_stack_status)

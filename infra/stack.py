@@ -1,18 +1,25 @@
-"""The local production stack: SeaweedFS (S3), an MLflow tracking server and a Prefect server.
+"""The local production stack: SeaweedFS (S3), an MLflow tracking server and a Prefect server,
+on SQLite (the default) or PostgreSQL (``db="postgres"``: the stack's own server, or an existing
+one; see ``infra.postgres``).
 
 Every server binds to 127.0.0.1 only and keeps its state under one root folder (default
 ``<project>/.lensllm/stack``, or ``$LENSLLM_STACK_ROOT``)::
 
-    stack.json          ports (chosen once, reused on restart) and the bucket name
+    stack.json          ports (chosen once, reused on restart), bucket name, database backend
     credentials.json    generated S3 keys (mode 0600; never printed or logged)
     s3.json             SeaweedFS identity file (mode 0600)
+    postgres.json       PostgreSQL password or existing server's URL (mode 0600; postgres only)
     weed/ mlflow/ prefect/   the servers' data (SeaweedFS volumes, SQLite databases)
+    postgres/data       the stack's own PostgreSQL cluster (owned by the ``postgres`` account
+                        when run as root)
     logs/<service>.log  server output
     run/<service>.json  pid and start time of a running server
     last_up.json        seconds from ``up`` to healthy
 
 ``up`` is idempotent (running services are reported, not restarted), ``down`` stops each
-server's process group (SIGTERM, then SIGKILL after a timeout) and keeps the data.
+server's process group (SIGTERM, then SIGKILL after a timeout; PostgreSQL gets a fast shutdown)
+and keeps the data. The backend is chosen on the first ``up`` and kept: asking an existing stack
+root for the other one is an error, never a fresh empty database over the old one.
 Only the MLflow server holds the S3 credentials: clients log and load artifacts through its
 proxied artifact store (``mlflow-artifacts:``), so they need none.
 """
@@ -31,15 +38,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-from tasks.errors import LensLLMUserError
+from infra import postgres
+from infra.common import HOST, StackError, write_private
 
-HOST = "127.0.0.1"
 BUCKET = "lensllm"
 REGION = "us-east-1"
 SERVICES = ("s3", "mlflow", "prefect")  # start order; stopped in reverse
-DEFAULT_PORTS = {"s3": 8333, "mlflow": 5000, "prefect": 4200}
+DATABASE = "postgres"  # a fourth service, started first, when the stack runs its own PostgreSQL
+ALL_SERVICES = (DATABASE, *SERVICES)
+BACKENDS = ("sqlite", "postgres")
+# 5433, not PostgreSQL's 5432: a system server (Debian's default cluster) may hold that one.
+DEFAULT_PORTS = {"s3": 8333, "mlflow": 5000, "prefect": 4200, "postgres": 5433}
 # SeaweedFS ``mini`` also runs a master, volume server, filer and admin server, each with an
 # HTTP and a gRPC port; all are pinned explicitly (defaults would collide between stacks).
 WEED_INTERNAL_PORTS = (
@@ -56,11 +66,6 @@ WEED_INTERNAL_PORTS = (
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-class StackError(LensLLMUserError, RuntimeError):
-    """A stack server could not be started, checked or stopped; the message says how to fix it
-    (exit status 2 in the CLI)."""
-
-
 # --------------------------------------------------------------------------------------------
 # Paths, configuration, credentials
 # --------------------------------------------------------------------------------------------
@@ -68,17 +73,6 @@ def stack_root(root: str | os.PathLike | None = None) -> Path:
     """The stack folder: ``root``, else ``$LENSLLM_STACK_ROOT``, else ``.lensllm/stack``."""
     chosen = root or os.environ.get("LENSLLM_STACK_ROOT") or PROJECT_ROOT / ".lensllm" / "stack"
     return Path(chosen).expanduser().resolve()
-
-
-def _write_private(path: Path, data: Any) -> None:
-    """Write JSON readable by the owner only (created 0600, never world-readable on the way)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        json.dump(data, file, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def free_port() -> int:
@@ -101,24 +95,86 @@ def port_in_use(port: int) -> bool:
 
 
 def load_config(root: str | os.PathLike | None = None) -> dict | None:
-    """The stack's saved ports and bucket (``stack.json``), or None before the first ``up``."""
+    """The stack's saved ports, bucket and backend (``stack.json``), or None before the first
+    ``up``. A stack saved before the backend was recorded is a SQLite one."""
     path = stack_root(root) / "stack.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text())
+    cfg.setdefault("db", "sqlite")
+    cfg["ports"].setdefault("postgres", DEFAULT_PORTS["postgres"])
+    return cfg
 
 
-def _config(root: Path, ports: dict[str, int] | None) -> dict:
-    """Load ``stack.json``, applying explicit ``ports``; create it on the first ``up``."""
-    unknown = set(ports or {}) - set(SERVICES)
+def services_of(cfg: dict | None) -> tuple[str, ...]:
+    """The stack's servers in start order: PostgreSQL first when the stack runs its own."""
+    if cfg and cfg["db"] == "postgres" and not cfg.get("db_external"):
+        return (DATABASE, *SERVICES)
+    return SERVICES
+
+
+def _backend(root: Path, saved: dict | None, db: str | None, db_url: str | None) -> dict:
+    """``{"db", "db_external"}`` for this ``up``: the saved choice unless this is the first
+    ``up``. Asking a stack that holds data for another backend is an error (its data would be
+    left behind, and the new servers would start on empty databases); one without data yet (a
+    first ``up`` that failed) may switch."""
+    if db is not None and db not in BACKENDS:
+        raise ValueError(f"unknown database backend {db!r}; use one of {list(BACKENDS)}")
+    if db_url and db == "sqlite":
+        raise StackError("--db-url names a PostgreSQL server; it goes with --db postgres")
+    wanted = "postgres" if db_url else db
+    external = postgres.display_url(postgres.parse_url(db_url)) if db_url else None
+    if saved is None:
+        return {"db": wanted or "sqlite", "db_external": external}
+    have = saved.get("db_external")
+    switch = (wanted and wanted != saved["db"]) or (external and external != have)
+    if switch and not _holds_data(root, saved):  # e.g. a first up that failed: nothing to lose
+        return {"db": wanted, "db_external": external}
+    if switch:
+        raise StackError(
+            f"the stack under {root} runs on {_describe(saved['db'], have)}; its runs, models "
+            f"and flow history are there, so it cannot switch to {_describe(wanted, external)}."
+            " Start the other backend on another stack root (--root DIR or LENSLLM_STACK_ROOT),"
+            " or leave out --db/--db-url (and LENSLLM_STACK_DB_URL) to keep this one"
+        )
+    return {"db": saved["db"], "db_external": have}
+
+
+def _holds_data(root: Path, cfg: dict) -> bool:
+    """Whether the saved backend has databases (an existing server: assume it has)."""
+    if cfg.get("db_external"):
+        return True
+    if cfg["db"] == "postgres":
+        return (root / "postgres" / "data" / "PG_VERSION").is_file()
+    return any(root.glob("mlflow/*.db")) or any(root.glob("prefect/*.db"))
+
+
+def _describe(db: str, external: str | None) -> str:
+    if external:
+        return f"the existing PostgreSQL server {external}"
+    return "its own PostgreSQL server" if db == "postgres" else "SQLite"
+
+
+def _config(root: Path, ports: dict[str, int] | None, backend: dict | None = None) -> dict:
+    """Load ``stack.json``, applying explicit ``ports``; create it on the first ``up`` with the
+    ``backend`` (``{"db", "db_external"}``) that :func:`_backend` chose."""
+    unknown = set(ports or {}) - set(DEFAULT_PORTS)
     if unknown:
-        raise ValueError(f"unknown service port(s) {sorted(unknown)}; use {list(SERVICES)}")
+        raise ValueError(f"unknown service port(s) {sorted(unknown)}; use {list(DEFAULT_PORTS)}")
     cfg = load_config(root) or {
         "ports": dict(DEFAULT_PORTS),
         "weed_ports": {name: free_port() for name in WEED_INTERNAL_PORTS},
         "bucket": BUCKET,
+        "db": "sqlite",
     }
+    if backend:
+        cfg["db"] = backend["db"]
+        cfg.pop("db_external", None)
+        cfg.update({"db_external": backend["db_external"]} if backend["db_external"] else {})
     cfg["ports"].update({k: int(v) for k, v in (ports or {}).items() if v})
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if DATABASE not in services_of(cfg):
+        os.chmod(root, 0o700)  # with its own PostgreSQL, postgres.prepare sets the mode
     (root / "stack.json").write_text(json.dumps(cfg, indent=2))
     return cfg
 
@@ -133,7 +189,7 @@ def credentials(root: str | os.PathLike | None = None) -> dict:
         "access_key": "LL" + secrets.token_hex(9).upper(),
         "secret_key": secrets.token_urlsafe(30),
     }
-    _write_private(path, creds)
+    write_private(path, creds)
     return creds
 
 
@@ -145,7 +201,7 @@ def _weed_identities(root: Path, creds: dict) -> Path:
         "credentials": [{"accessKey": creds["access_key"], "secretKey": creds["secret_key"]}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }
-    _write_private(path, {"identities": [identity]})
+    write_private(path, {"identities": [identity]})
     return path
 
 
@@ -218,8 +274,11 @@ def _http_ok(url: str, timeout: float) -> bool:
 
 
 def healthy(service: str, root: str | os.PathLike | None = None, timeout: float = 3.0) -> bool:
-    """One health probe: S3 a signed ``list_buckets``, MLflow ``/health``, Prefect ``/health``."""
+    """One health probe: S3 a signed ``list_buckets``, MLflow ``/health``, Prefect ``/health``,
+    PostgreSQL a password login and ``SELECT 1``."""
     u = urls(root)
+    if service == DATABASE:
+        return postgres.healthy(stack_root(root), _require_config(root), timeout)
     if service == "s3":
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -232,7 +291,7 @@ def healthy(service: str, root: str | os.PathLike | None = None, timeout: float 
         return _http_ok(u["mlflow"] + "/health", timeout)
     if service == "prefect":
         return _http_ok(u["prefect"] + "/health", timeout)
-    raise ValueError(f"unknown service {service!r}; use one of {list(SERVICES)}")
+    raise ValueError(f"unknown service {service!r}; use one of {list(ALL_SERVICES)}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,8 +332,11 @@ def _executable(name: str) -> str:
     return found
 
 
-def _command(service: str, root: Path, cfg: dict) -> tuple[list[str], dict[str, str]]:
-    """Command line and environment of one server."""
+def _command(service: str, root: Path, cfg: dict) -> tuple[list[str], dict[str, str], dict]:
+    """Command line, environment and further ``Popen`` arguments of one server. Database URLs
+    (PostgreSQL passwords) go in the environment, never on a command line."""
+    if service == DATABASE:
+        return postgres.command(root, cfg["ports"][DATABASE])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
     env.pop("PREFECT_API_URL", None)
     port = str(cfg["ports"][service])
@@ -296,7 +358,7 @@ def _command(service: str, root: Path, cfg: dict) -> tuple[list[str], dict[str, 
             "-master.telemetry=false",
             *internal,
         ]
-        return cmd, env
+        return cmd, env, {"cwd": root}
     if service == "mlflow":
         creds = credentials(root)
         env.update(
@@ -306,29 +368,25 @@ def _command(service: str, root: Path, cfg: dict) -> tuple[list[str], dict[str, 
             AWS_SECRET_ACCESS_KEY=creds["secret_key"],
             AWS_DEFAULT_REGION=REGION,
         )
-        cmd = [
-            _executable("mlflow"),
-            "server",
-            "--host",
-            HOST,
-            "--port",
-            port,
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
-            "--artifacts-destination",
-            f"s3://{cfg['bucket']}/mlflow",
-        ]
-        return cmd, env
+        if cfg["db"] == "postgres":
+            env["MLFLOW_BACKEND_STORE_URI"] = postgres.database_url(root, cfg, "mlflow")
+        else:
+            env["MLFLOW_BACKEND_STORE_URI"] = f"sqlite:///{root / 'mlflow' / 'mlflow.db'}"
+        cmd = [_executable("mlflow"), "server", "--host", HOST, "--port", port, "--workers", "1"]
+        cmd += ["--artifacts-destination", f"s3://{cfg['bucket']}/mlflow"]
+        return cmd, env, {"cwd": root}
     home = root / "prefect"
+    if cfg["db"] == "postgres":
+        database = postgres.database_url(root, cfg, "prefect")
+    else:
+        database = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
     env.update(
         PREFECT_HOME=str(home),
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+        PREFECT_API_DATABASE_CONNECTION_URL=database,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
     )
     cmd = [_executable("prefect"), "server", "start", "--host", HOST, "--port", port]
-    return cmd, env
+    return cmd, env, {"cwd": root}
 
 
 def _service_ports(service: str, cfg: dict) -> list[tuple[str, int]]:
@@ -348,20 +406,20 @@ def _start(service: str, root: Path, cfg: dict) -> None:
             )
     import psutil
 
-    cmd, env = _command(service, root, cfg)
     for sub in ("weed", "mlflow", "prefect", "logs", "run"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    cmd, env, extra = _command(service, root, cfg)
     with open(root / "logs" / f"{service}.log", "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start {service}\n".encode())
         log.flush()
         proc = subprocess.Popen(
             cmd,
-            cwd=root,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: down stops workers/children too
+            **extra,
         )
     info = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "cmd": cmd[:2]}
     (_pid_file(root, service)).write_text(json.dumps(info))
@@ -399,35 +457,53 @@ def up(
     ports: dict[str, int] | None = None,
     timeout: float = 180.0,
     services: tuple[str, ...] = SERVICES,
+    db: str | None = None,
+    db_url: str | None = None,
 ) -> dict:
     """Start whatever part of the stack is not running and wait until every server is healthy.
 
-    ``ports`` (``{"s3", "mlflow", "prefect"}``) change the saved ports. ``services`` limits
-    what is started, e.g. ``("s3",)`` alone; S3 is always started (the others need it). Returns
-    ``{"started": [...], "already_running": [...], "seconds": time to healthy, "status": ...}``.
-    On a failed start the servers started by this call are stopped again.
+    ``ports`` (``{"s3", "mlflow", "prefect", "postgres"}``) change the saved ports. ``services``
+    limits what is started, e.g. ``("s3",)`` alone; S3 is always started (the others need it).
+    ``db`` (``"sqlite"``, the default, or ``"postgres"``: the stack's own PostgreSQL server) and
+    ``db_url`` (an existing PostgreSQL server, ``postgresql://USER:PASSWORD@HOST:PORT[/PREFIX]``)
+    choose the backend of MLflow and Prefect on the first ``up``; later calls keep it (None) or
+    must ask for the same one. Returns ``{"started": [...], "already_running": [...],
+    "seconds": time to healthy, "status": ...}``. On a failed start the servers started by this
+    call are stopped again.
     """
     unknown = set(services) - set(SERVICES)
     if unknown:
         raise ValueError(f"unknown service(s) {sorted(unknown)}; use {list(SERVICES)}")
     base = stack_root(root)
     started_at = time.perf_counter()
-    running = [s for s in SERVICES if _process(base, s) is not None]
-    cfg = _config(base, None if running else ports)
+    backend = _backend(base, load_config(base), db, db_url)
+    running = [s for s in ALL_SERVICES if _process(base, s) is not None]
+    cfg = _config(base, None if running else ports, backend)
     if running and ports and any(cfg["ports"][k] != int(v) for k, v in ports.items() if v):
         raise StackError(
             f"{', '.join(running)} already running on the saved ports {cfg['ports']}; "
             "run `lensllm stack down` before changing ports"
         )
     credentials(base)
+    if db_url:
+        postgres.save_external(base, db_url)  # the same server; its password may have changed
+    wanted = [s for s in SERVICES[1:] if s in services]
+    first = ["s3"]
+    if wanted and DATABASE in services_of(cfg):
+        first.insert(0, DATABASE)
+        postgres.prepare(base)
+    elif wanted and cfg.get("db_external"):
+        postgres.ensure_databases(base, cfg)  # before any start: a wrong URL fails at once
     started: list[str] = []
     try:
-        if "s3" not in running:
-            _start("s3", base, cfg)
-            started.append("s3")
-        _wait_healthy(["s3"], base, timeout)
+        for service in first:
+            if service not in running:
+                _start(service, base, cfg)
+                started.append(service)
+        _wait_healthy(first, base, timeout)
         _ensure_bucket(base, cfg["bucket"])
-        wanted = [s for s in SERVICES[1:] if s in services]
+        if DATABASE in first:
+            postgres.ensure_databases(base, cfg)
         for service in wanted:
             if service not in running:
                 _start(service, base, cfg)
@@ -450,44 +526,67 @@ def up(
     }
 
 
-def _stop(root: Path, service: str, timeout: float) -> bool:
-    """SIGTERM the server's process group, SIGKILL what is left after ``timeout``."""
+def _signal_and_wait(procs: list, signals: list[signal.Signals], timeout: float) -> list:
+    """Send ``signals`` to ``procs``; those still alive after ``timeout`` seconds."""
     import psutil
 
+    for proc in procs:
+        for sig in signals:
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+    return psutil.wait_procs(procs, timeout=timeout)[1]
+
+
+def _stop(root: Path, service: str, timeout: float) -> bool:
+    """SIGTERM the server's process group, SIGKILL what is left after ``timeout``.
+
+    PostgreSQL is asked by its postmaster alone (its children are not to be signalled one by
+    one): a fast shutdown (SIGINT: sessions ended, a checkpoint written), then an immediate one
+    (SIGQUIT), then SIGKILL for anything left.
+    """
     proc = _process(root, service)
     pid_file = _pid_file(root, service)
     if proc is None:
         pid_file.unlink(missing_ok=True)
         return False
-    members = [proc, *proc.children(recursive=True)]
+    import psutil
+
+    try:
+        members = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        members = [proc]
+    alive = members
+    if service == DATABASE:
+        if _signal_and_wait([proc], [signal.SIGINT], timeout):
+            _signal_and_wait([proc], [signal.SIGQUIT], 5)
+        alive = psutil.wait_procs(members, timeout=5)[1]
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        for member in members:  # children that left the group
-            try:
-                member.send_signal(sig)
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(members, timeout=timeout if sig == signal.SIGTERM else 5)
         if not alive:
             break
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        # children that left the group
+        alive = _signal_and_wait(alive, [sig], timeout if sig == signal.SIGTERM else 5)
     pid_file.unlink(missing_ok=True)
     return True
 
 
 def down(root: str | os.PathLike | None = None, *, timeout: float = 20.0) -> list[str]:
-    """Stop every running server (data is kept); returns the services that were stopped."""
+    """Stop every running server (data is kept); returns the services that were stopped.
+    An existing PostgreSQL server (``db_url``) is not the stack's to stop."""
     base = stack_root(root)
-    return [s for s in reversed(SERVICES) if _stop(base, s, timeout)]
+    return [s for s in reversed(ALL_SERVICES) if _stop(base, s, timeout)]
 
 
 def processes(root: str | os.PathLike | None = None) -> dict[str, list]:
     """``psutil.Process`` objects (server and children) of each running service."""
     base = stack_root(root)
     out = {}
-    for service in SERVICES:
+    for service in ALL_SERVICES:
         proc = _process(base, service)
         if proc is not None:
             try:
@@ -497,8 +596,10 @@ def processes(root: str | os.PathLike | None = None) -> dict[str, list]:
     return out
 
 
-def rss_bytes(root: str | os.PathLike | None = None) -> dict[str, int]:
-    """Resident memory of each running service, its children included."""
+def rss_bytes(root: str | os.PathLike | None = None, *, pss: bool = False) -> dict[str, int]:
+    """Resident memory of each running service, its children included. With ``pss``, the
+    proportional set size instead: pages shared between processes (PostgreSQL's shared
+    buffers, forked workers) are split among them rather than counted in each."""
     import psutil
 
     total: dict[str, int] = {}
@@ -506,21 +607,37 @@ def rss_bytes(root: str | os.PathLike | None = None) -> dict[str, int]:
         total[service] = 0
         for proc in procs:
             try:
-                total[service] += proc.memory_info().rss
+                total[service] += proc.memory_full_info().pss if pss else proc.memory_info().rss
             except psutil.Error:
                 pass
     return total
 
 
 def status(root: str | os.PathLike | None = None) -> dict[str, dict]:
-    """``{service: {"pid", "port", "url", "running", "healthy"}}`` (empty before first ``up``)."""
+    """``{service: {"pid", "port", "url", "running", "healthy"}}`` in start order (empty before
+    the first ``up``). A PostgreSQL backend adds ``postgres`` (its URL without password); an
+    existing server is marked ``"external": True`` and has no pid."""
     base = stack_root(root)
     cfg = load_config(base)
     if cfg is None:
         return {}
     u = urls(base)
     out = {}
-    for service in SERVICES:
+    if cfg["db"] == "postgres":
+        shown = cfg.get("db_external") or f"postgresql://{postgres.ROLE}@{HOST}:"
+        u[DATABASE] = shown if cfg.get("db_external") else shown + str(cfg["ports"][DATABASE])
+    if cfg.get("db_external"):
+        ok = postgres.healthy(base, cfg)
+        port = postgres.parse_url(postgres.settings(base)["url"]).port or 5432
+        out[DATABASE] = {
+            "pid": None,
+            "port": port,
+            "url": u[DATABASE],
+            "running": ok,
+            "healthy": ok,
+            "external": True,
+        }
+    for service in services_of(cfg):
         proc = _process(base, service)
         out[service] = {
             "pid": proc.pid if proc else None,
