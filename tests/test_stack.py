@@ -1,4 +1,5 @@
-"""The production stack end to end: SeaweedFS S3 + MLflow server + Prefect server + a worker.
+"""The production stack end to end: SeaweedFS S3 + MLflow server + Prefect server + a worker,
+on each database backend: SQLite and the stack's own PostgreSQL (every test runs on both).
 
 Starts the stack in a temporary root on free ports, registers the deployments, runs the
 selection deployment (configs/tiny.yaml) through a process worker, and checks what an operator
@@ -7,7 +8,10 @@ server's proxied artifact store, S3 rejecting wrong keys, loopback-only listener
 rollback, and everything still there after ``stack down`` + ``stack up``. Prefect's persisted
 probe results are local files and identical S3 objects (write-through), a re-run after the
 restart with the local copies deleted takes every probe from S3, and the S3 keys appear nowhere
-(MLflow, bucket objects, Prefect API, logs, files) but in the stack's credentials files.
+(MLflow, bucket objects, Prefect API, logs, files) but in the stack's credentials files; the
+PostgreSQL password likewise appears nowhere but in ``postgres.json``. On PostgreSQL the runs
+and flow runs are rows of its databases, no SQLite file is written, the server listens on
+127.0.0.1 only, and another stack can use it as an existing server (``db_url``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,7 +30,7 @@ import pytest
 import torch
 
 from infra import deploy as deploy_mod
-from infra import stack
+from infra import postgres, stack
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
 from tasks.tracking.models import load_transformers_components
@@ -107,20 +112,36 @@ def _second_candidate(tmp: Path) -> str:
     return make(tmp / "cache" / "models", tmp / "tiny-llama-seed1234")
 
 
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    """Stack up, deployments registered, the tiny selection run by a worker; torn down after."""
-    tmp = tmp_path_factory.mktemp("stack")
-    root = tmp / "stack"
-    ports = {"s3": stack.free_port(), "mlflow": stack.free_port(), "prefect": stack.free_port()}
+def _stack_folder(db: str, tmp: Path) -> Path:
+    """A folder for the stack root. The PostgreSQL server runs as the ``postgres`` account when
+    the tests run as root, and pytest's own folders (mode 0700) would not let it through."""
+    if db == "postgres" and os.geteuid() == 0:
+        folder = Path(tempfile.mkdtemp(prefix="lensllm-stack-test-"))
+        os.chmod(folder, 0o711)  # enter, not list
+        return folder
+    return tmp
+
+
+def _memory_line(root: Path) -> str:
+    rss, pss = stack.rss_bytes(root), stack.rss_bytes(root, pss=True)
+    return (
+        f"resident {sum(rss.values()) / 2**20:.0f} MiB (PSS {sum(pss.values()) / 2**20:.0f}): "
+        + (", ".join(f"{k} {rss[k] / 2**20:.0f} MiB (PSS {pss[k] / 2**20:.0f})" for k in rss))
+    )
+
+
+@pytest.fixture(scope="module", params=stack.BACKENDS)
+def deployed(request, tmp_path_factory):
+    """Stack up on one backend, deployments registered, the tiny selection run by a worker;
+    torn down after."""
+    db = request.param
+    tmp = tmp_path_factory.mktemp(f"stack-{db}")
+    folder = _stack_folder(db, tmp)
+    root = folder / "stack"
+    ports = {name: stack.free_port() for name in stack.services_of({"db": db})}
     try:
-        started = stack.up(root, ports=ports, timeout=240)
-        rss = stack.rss_bytes(root)
-        print(
-            f"\nstack up: healthy after {started['seconds']:.1f} s; resident memory "
-            f"{sum(rss.values()) / 2**20:.0f} MiB "
-            + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in rss.items())
-        )
+        started = stack.up(root, ports=ports, timeout=240, db=db)
+        print(f"\n[{db}] stack up: healthy after {started['seconds']:.1f} s; {_memory_line(root)}")
         env = stack.stack_env(root)
         deployed_info = deploy_mod.deploy(root)
         other = _second_candidate(tmp)
@@ -130,9 +151,11 @@ def deployed(tmp_path_factory):
             f"tracking.uri={env['MLFLOW_TRACKING_URI']}",
         ]
         flow_run, run_s, log_text = _run_selection(root, overrides, tmp / "worker.log")
-        print(f"selection deployment: COMPLETED in {run_s:.1f} s through the worker")
+        print(f"[{db}] selection deployment: COMPLETED in {run_s:.1f} s through the worker")
         yield {
+            "db": db,
             "root": root,
+            "folders": sorted({tmp, folder}),
             "tmp": tmp,
             "env": env,
             "uri": env["MLFLOW_TRACKING_URI"],
@@ -145,6 +168,8 @@ def deployed(tmp_path_factory):
         }
     finally:
         stack.down(root)
+        if folder != tmp:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _selection_runs(client, uri: str):
@@ -243,14 +268,33 @@ def test_s3_rejects_wrong_credentials(deployed):
         assert resp["Error"]["Code"] in {"SignatureDoesNotMatch", "InvalidAccessKeyId"}
 
 
+def _secrets(deployed) -> dict[str, str]:
+    """The stack's secrets by name: the S3 keys and, on PostgreSQL, the database password."""
+    creds = stack.credentials(deployed["root"])
+    found = {"S3 access key": creds["access_key"], "S3 secret key": creds["secret_key"]}
+    if deployed["db"] == "postgres":
+        found["PostgreSQL password"] = postgres.password(deployed["root"])
+    return found
+
+
 def test_credentials_are_private_and_never_logged(deployed):
     root = deployed["root"]
-    for name in ("credentials.json", "s3.json"):
-        assert stat.S_IMODE((root / name).stat().st_mode) == 0o600
-    secret = stack.credentials(root)["secret_key"]
-    logs = [p.read_text(errors="replace") for p in (root / "logs").glob("*.log")]
-    assert len(logs) == 3
-    assert all(secret not in text for text in [*logs, deployed["worker_log"]])
+    private = ["credentials.json", "s3.json"]
+    if deployed["db"] == "postgres":
+        private.append("postgres.json")
+    for name in private:
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o600, name
+    logs = {p.name: p.read_text(errors="replace") for p in (root / "logs").glob("*.log")}
+    assert set(logs) == {f"{s}.log" for s in stack.services_of(stack.load_config(root))}
+    for name, secret in _secrets(deployed).items():
+        if name != "S3 access key":  # an access key id is not a secret (it names the identity)
+            assert all(secret not in text for text in [*logs.values(), deployed["worker_log"]])
+    # nor on a command line, which every user of the machine may read
+    for group in stack.processes(root).values():
+        for proc in group:
+            assert not any(
+                secret in arg for arg in proc.cmdline() for secret in _secrets(deployed).values()
+            )
 
 
 def test_only_loopback_listens(deployed):
@@ -258,15 +302,14 @@ def test_only_loopback_listens(deployed):
 
     procs = [p for group in stack.processes(deployed["root"]).values() for p in group]
     pids = {p.pid for p in procs}
-    assert len(stack.processes(deployed["root"])) == 3
+    assert set(stack.processes(deployed["root"])) == set(deployed["ports"])
     listening = [
         c for c in psutil.net_connections(kind="inet") if c.status == "LISTEN" and c.pid in pids
     ]
     addresses = {(c.laddr.ip, c.laddr.port) for c in listening}
     assert {p for _, p in addresses} >= set(deployed["ports"].values())
     assert {ip for ip, _ in addresses} == {"127.0.0.1"}, addresses
-    rss = stack.rss_bytes(deployed["root"])
-    print(f"\nstack resident memory after a run: {sum(rss.values()) / 2**20:.0f} MiB {rss}")
+    print(f"\n[{deployed['db']}] after a run: {_memory_line(deployed['root'])}")
 
 
 def test_port_taken_is_a_clear_error(deployed, tmp_path):
@@ -326,6 +369,82 @@ def test_registry_rollback_command(deployed, capsys):
     assert "no previous champion recorded" in capsys.readouterr().err
 
 
+def _query(deployed, database: str, query: str) -> list[tuple]:
+    """Rows of ``query`` in one of the stack's databases (SQLite file or PostgreSQL)."""
+    root = deployed["root"]
+    if deployed["db"] == "sqlite":
+        import sqlite3
+
+        files = {
+            "mlflow": root / "mlflow" / "mlflow.db",
+            "prefect": root / "prefect" / "prefect.db",
+        }
+        with sqlite3.connect(files[database]) as conn:
+            return conn.execute(query).fetchall()
+    return _pg_query(root, f"lensllm_{database}", query)
+
+
+def _pg_query(root: Path, database: str, query: str) -> list[tuple]:
+    """Rows of ``query`` in ``database`` of the stack's own PostgreSQL server."""
+    import psycopg2
+
+    conn = psycopg2.connect(
+        host=stack.HOST,
+        port=stack.load_config(root)["ports"]["postgres"],
+        user=postgres.ROLE,
+        password=postgres.password(root),
+        dbname=database,
+    )
+    try:
+        with conn.cursor() as cur:
+            cur.execute(query)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def test_runs_and_flow_runs_are_rows_of_the_chosen_backend(deployed):
+    """MLflow's runs and Prefect's flow runs live in the backend the stack was started with;
+    the other backend's files do not exist."""
+    root, uri = deployed["root"], deployed["uri"]
+    run_ids = {r.info.run_id for r in _selection_runs(Tracker(uri).client, uri)}
+    assert run_ids <= {row[0] for row in _query(deployed, "mlflow", "SELECT run_uuid FROM runs")}
+    flow_runs = {str(row[0]) for row in _query(deployed, "prefect", "SELECT id FROM flow_run")}
+    assert str(deployed["flow_run"].id) in flow_runs
+    sqlite_files = sorted(root.glob("*/*.db"))
+    if deployed["db"] == "postgres":
+        assert sqlite_files == [], sqlite_files
+        assert stack.load_config(root)["db"] == "postgres"
+    else:
+        assert len(sqlite_files) == 2 and not (root / "postgres").exists()
+
+
+def test_status_command_reports_every_server(deployed, capsys):
+    from flows.cli import main
+
+    assert main(["stack", "status", "--root", str(deployed["root"])]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    pids = {name: group[0].pid for name, group in stack.processes(deployed["root"]).items()}
+    for service, port in deployed["ports"].items():  # postgres too, on PostgreSQL
+        name, pid, shown_port, state, memory, unit = lines[service][:6]
+        assert (int(pid), int(shown_port), state, unit) == (pids[service], port, "healthy", "MiB")
+        assert int(memory) > 0
+
+
+def test_switching_backend_is_a_clear_error(deployed):
+    """An existing stack asked for the other backend refuses, and changes nothing."""
+    root = deployed["root"]
+    other = "sqlite" if deployed["db"] == "postgres" else "postgres"
+    before = (stack.load_config(root), {s: p[0].pid for s, p in stack.processes(root).items()})
+    with pytest.raises(
+        stack.StackError,
+        match=f"cannot switch to .*{'SQLite' if other == 'sqlite' else 'PostgreSQL'}",
+    ):
+        stack.up(root, db=other)
+    after = (stack.load_config(root), {s: p[0].pid for s, p in stack.processes(root).items()})
+    assert after == before
+
+
 def test_everything_survives_restart(deployed, tmp_path):
     root, uri = deployed["root"], deployed["uri"]
     client = Tracker(uri).client
@@ -334,13 +453,13 @@ def test_everything_survives_restart(deployed, tmp_path):
     champion_before = client.get_model_version_by_alias(MODEL_NAME, "champion").version
     objects_before = set(_objects(root))
 
-    assert set(stack.down(root)) == set(stack.SERVICES)
+    assert set(stack.down(root)) == set(deployed["ports"])
     assert stack.processes(root) == {}
     assert not any(stack.port_in_use(p) for p in deployed["ports"].values())
-    again = stack.up(root, timeout=240)
-    assert sorted(again["started"]) == sorted(stack.SERVICES)
+    again = stack.up(root, timeout=240)  # no backend named: the saved one
+    assert sorted(again["started"]) == sorted(deployed["ports"])
     assert stack.up(root)["started"] == []  # idempotent: a second up starts nothing
-    print(f"\nrestart: healthy after {again['seconds']:.1f} s")
+    print(f"\n[{deployed['db']}] restart: healthy after {again['seconds']:.1f} s")
 
     client = Tracker(uri).client
     assert {r.info.run_id for r in _selection_runs(client, uri)} == runs_before
@@ -391,6 +510,56 @@ def test_rerun_after_restart_takes_every_probe_from_s3(deployed):
     assert len(states) == 8 and set(states) == {"Cached"}, states
     assert len(list(local.iterdir())) >= 8, "S3 hits were not copied to local disk"
     assert stack.credentials(root)["secret_key"] not in log_text
+
+
+def test_existing_postgres_server(deployed, tmp_path, capsys):
+    """``db_url``: a second stack on an existing PostgreSQL server (the first stack's own):
+    its MLflow and Prefect use databases ``<prefix>_mlflow`` / ``<prefix>_prefect`` there, it
+    starts no database server of its own and ``down`` leaves that server running; the URL's
+    password is kept only in its ``postgres.json``."""
+    from flows.cli import main
+
+    if deployed["db"] != "postgres":
+        pytest.skip("needs a PostgreSQL server: the stack's own (PostgreSQL run) serves as one")
+    root = deployed["root"]
+    stack.up(root, timeout=240)  # idempotent
+    secret = postgres.password(root)
+    port = stack.load_config(root)["ports"]["postgres"]
+    url = f"postgresql://{postgres.ROLE}:{secret}@{stack.HOST}:{port}/team_b"
+    other = tmp_path / "stack"
+    try:
+        started = stack.up(
+            other, ports={s: stack.free_port() for s in stack.SERVICES}, db_url=url, timeout=240
+        )
+        print(f"\n[existing server] stack up: healthy after {started['seconds']:.1f} s")
+        assert sorted(started["started"]) == sorted(stack.SERVICES)
+        shown = started["status"]["postgres"]
+        assert shown["external"] and shown["healthy"] and shown["pid"] is None
+        assert shown["url"] == f"postgresql://{postgres.ROLE}@{stack.HOST}:{port}/team_b"
+        assert main(["stack", "status", "--root", str(other)]) == 0
+        out = capsys.readouterr().out
+        assert "external" in out.split("postgres", 1)[1].splitlines()[0] and secret not in out
+
+        Tracker(stack.urls(other)["mlflow"]).client.create_experiment("team-b-check")
+        query = "SELECT name FROM experiments"
+        assert ("team-b-check",) in _pg_query(root, "team_b_mlflow", query)
+        assert ("team-b-check",) not in _pg_query(root, "lensllm_mlflow", query)
+        assert len(_pg_query(root, "team_b_prefect", "SELECT * FROM alembic_version")) == 1
+
+        assert stat.S_IMODE((other / "postgres.json").stat().st_mode) == 0o600
+        leaked = [
+            p
+            for p in other.rglob("*")
+            if p.is_file() and p.name != "postgres.json" and secret.encode() in p.read_bytes()
+        ]
+        assert leaked == []
+        with pytest.raises(stack.StackError, match="cannot switch to SQLite") as err:
+            stack.up(other, db="sqlite")
+        assert shown["url"] in str(err.value) and secret not in str(err.value)
+    finally:
+        stopped = stack.down(other)
+    assert set(stopped) == set(stack.SERVICES)  # not the existing server
+    assert stack.healthy("postgres", root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,13 +651,17 @@ def _config_places():
 def _search(deployed, needles: list[str], dest: Path) -> dict[str, set[str]]:
     """``{place: needles found there}`` over every place the stack stores data (all searched)."""
     root = deployed["root"]
-    # the only files meant to hold the keys: credentials.json and SeaweedFS's identity file
-    excluded = {(root / "credentials.json").resolve(), (root / "s3.json").resolve()}
+    # the only files meant to hold secrets: credentials.json and SeaweedFS's identity file (S3
+    # keys), postgres.json (the database password)
+    excluded = {
+        (root / name).resolve() for name in ("credentials.json", "s3.json", "postgres.json")
+    }
     places = [
         _mlflow_places(deployed["uri"], dest),
         _bucket_places(root),
         _prefect_places(deployed["env"]["PREFECT_API_URL"]),
-        _file_places([deployed["tmp"]], excluded),  # stack root: logs, run, data; worker logs
+        # stack root: logs, run, data (SQLite files or the PostgreSQL cluster); worker logs
+        _file_places(deployed["folders"], excluded),
         _config_places(),
     ]
     found = {}
@@ -504,12 +677,13 @@ def test_secrets_appear_nowhere_but_the_credentials_files(deployed, tmp_path):
     Searched: MLflow experiments, runs (params, tags, every artifact), registered models and
     versions; every object in the bucket (artifacts, models, Prefect result records); Prefect
     logs (flow runs, task runs, workers), runs, artifacts, deployments, variables and block
-    documents; every file under the test folder (stack root with logs, pid files, SQLite
-    databases and SeaweedFS data; worker logs; local result cache); git-tracked files and
-    ``.prefect``. Not searched: ``credentials.json`` and SeaweedFS's ``s3.json``, the files
-    meant to hold the keys. A canary string planted where a leak would land (an MLflow tag, a
-    Prefect log line, an S3 object, a stack log file) must be found, so the search is known to
-    look in those places.
+    documents; every file under the test folders (stack root with logs, pid files, SQLite
+    databases or the PostgreSQL cluster's files, SeaweedFS data; worker logs; local result
+    cache); git-tracked files and ``.prefect``. Not searched: ``credentials.json``, SeaweedFS's
+    ``s3.json`` and ``postgres.json``, the files meant to hold them. Searched for: the S3 keys
+    and, on PostgreSQL, the database password. A canary string planted where a leak would land
+    (an MLflow tag, a Prefect log line, an S3 object, a stack log file) must be found, so the
+    search is known to look in those places, the MLflow database's files among them.
     """
     from datetime import UTC, datetime
 
@@ -518,8 +692,7 @@ def test_secrets_appear_nowhere_but_the_credentials_files(deployed, tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     root, uri = deployed["root"], deployed["uri"]
-    creds = stack.credentials(root)
-    secrets_ = [creds["access_key"], creds["secret_key"]]
+    secrets_ = _secrets(deployed)
     canary = "canary-" + os.urandom(8).hex()
     client = Tracker(uri).client
     run_id = _selection_runs(client, uri)[0].info.run_id
@@ -538,19 +711,23 @@ def test_secrets_appear_nowhere_but_the_credentials_files(deployed, tmp_path):
     with open(root / "logs" / "s3.log", "a") as server_log:
         server_log.write(f"{canary}\n")
 
-    found = _search(deployed, [*secrets_, canary], tmp_path)
+    found = _search(deployed, [*secrets_.values(), canary], tmp_path)
     canary_at = {where for where, needles in found.items() if canary in needles}
-    print(f"\nsecret search: {len(found)} places (runs, artifacts, objects, logs, files)")
+    print(f"\n[{deployed['db']}] secret search: {len(found)} places (runs, objects, logs, files)")
     assert f"mlflow run {run_id} params/tags" in canary_at
     assert f"s3://{stack.BUCKET}/canary.txt" in canary_at
     assert any(where.startswith("prefect log canary") for where in canary_at)
     assert str(root / "logs" / "s3.log") in canary_at
+    database_files = str(root / ("postgres" if deployed["db"] == "postgres" else "mlflow"))
+    assert any(where.startswith(database_files) for where in canary_at), "database not searched"
     # The Prefect block store is where workers get the S3 keys from (deploy.save_result_storage):
     # it serves the secret key obfuscated; the access key id is a plain AwsCredentials field.
-    block_store = {creds["access_key"], canary}
+    block_store = {secrets_["S3 access key"], canary}
     leaks = sorted(
-        f"{where}: {'secret key' if creds['secret_key'] in needles else 'access key'}"
+        f"{where}: {name}"
         for where, needles in found.items()
-        if needles - (block_store if where.startswith("prefect block documents") else {canary})
+        for name, secret in secrets_.items()
+        if secret
+        in needles - (block_store if where.startswith("prefect block documents") else {canary})
     )
-    assert leaks == [], f"S3 keys found in: {leaks}"
+    assert leaks == [], f"secrets found in: {leaks}"
