@@ -310,6 +310,11 @@ def prepare(root: Path) -> Path:
     account = server_account()
     home = root / "postgres"
     data = home / "data"
+    if (data / "PG_VERSION").is_file() and not (root / SETTINGS_FILE).is_file():
+        raise StackError(
+            f"{root / SETTINGS_FILE} is missing but the cluster {data} exists: its password "
+            "was in that file. Restore the file, or start afresh on another stack root"
+        )
     if account is not None:
         _check_reachable(root, account)
         os.chown(root, -1, account.pw_gid)

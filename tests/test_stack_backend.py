@@ -162,3 +162,11 @@ def test_stack_root_the_postgres_account_cannot_reach_is_a_clear_error(tmp_path)
     assert "chmod o+x" in str(err.value)
     assert stack.processes(blocked / "stack") == {}
     assert not (blocked / "stack" / "postgres").exists()
+
+
+def test_a_cluster_without_its_password_file_is_a_clear_error(tmp_path):
+    root = tmp_path / "stack"
+    _saved_stack(root, data=True, db="postgres")  # a cluster, and postgres.json deleted
+    with pytest.raises(stack.StackError, match="postgres.json is missing but the cluster"):
+        stack.up(root, timeout=5)
+    assert stack.processes(root) == {}
