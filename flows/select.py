@@ -49,6 +49,7 @@ from tasks.tracking.runs import finished_selection_run, open_selection_run
 from tasks.tracking.secrets import display_uri
 from tasks.tracking.selection import (
     check_tags,
+    link_registered_version,
     log_budget,
     log_checks,
     log_selection,
@@ -232,7 +233,9 @@ def _track_and_register(run: _Run) -> SelectionSummary:
             "nothing new is logged",
             done,
         )
-        return _summary(run, done, False, budget, _register(run, done), recorded_in=done)
+        registration = _register(run, done)
+        _link_version(run, done, registration)
+        return _summary(run, done, False, budget, registration, recorded_in=done)
     run_id, resumed = open_selection_run(
         tracker,
         cfg.tracking.experiment,
@@ -259,6 +262,7 @@ def _track_and_register(run: _Run) -> SelectionSummary:
         log_budget(tracker, run_id, budget, run.adaptive.run if run.adaptive else None)
         log_checks(tracker, run_id, run.checks)
         registration = _register(run, run_id)
+        _link_version(run, run_id, registration)
         note = selection_note(run.result, budget, run.checks, registration, cfg.registry.model_name)
         tracker.log(run_id, tags={T.NOTE: note})
         tracker.end_run(run_id)
@@ -266,6 +270,14 @@ def _track_and_register(run: _Run) -> SelectionSummary:
         _mark_failed(tracker, run_id)
         raise
     return _summary(run, run_id, resumed, budget, registration)
+
+
+def _link_version(run: _Run, run_id: str, registration: Registration | None) -> None:
+    """The registered version, shown next to the selection run in the MLflow UI's runs table
+    (a local store does not record that link itself)."""
+    if registration is not None and registration.version:
+        name = run.cfg.registry.model_name
+        link_registered_version(run.tracker, run_id, name, registration.version)
 
 
 def _summary(run: _Run, run_id, resumed, budget, registration, recorded_in=None):

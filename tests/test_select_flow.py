@@ -326,6 +326,17 @@ def test_registered_champion_reloads_to_the_finetuned_weights(selection):
         assert not torch.allclose(base(input_ids=tokens).logits, expected)
 
 
+def test_registered_version_is_linked_from_the_selection_run(selection):
+    """The MLflow UI's runs table shows a run's registered versions from the
+    ``mlflow.modelVersions`` tag of its logged models; a local store does not set it itself."""
+    client = selection["client"]
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    run = client.get_run(selection["summary"].run_id)
+    (output,) = run.outputs.model_outputs
+    linked = json.loads(client.get_logged_model(output.model_id).tags[T.MODEL_VERSIONS])
+    assert linked == [{"name": MODEL_NAME, "version": int(champion.version)}]  # re-run: once
+
+
 def test_rerun_hits_the_probe_cache_and_registers_nothing_new(selection):
     states = [r.state.name for r in selection["second_probes"]]
     assert len(states) == selection["n_probes"]

@@ -295,6 +295,23 @@ class Tracker:
         self.client.log_table(run_id, pd.DataFrame(rows), artifact_file)
         return artifact_file
 
+    def link_model_version(self, model_id: str, name: str, version: str) -> None:
+        """Record on a logged model that it is registered as ``name`` version ``version``.
+
+        The MLflow UI's runs table shows a run's registered versions from this tag
+        (``mlflow.modelVersions`` on the run's logged models). MLflow's server sets it when a
+        version is created through it, but ``MlflowClient.create_model_version`` on a local
+        store (``sqlite:///``, what ``lensllm ui`` serves) does not: without it the table shows
+        the bare logged model. Idempotent.
+        """
+        entry = {"name": name, "version": int(version)}
+        tags = self.client.get_logged_model(model_id).tags
+        linked = json.loads(tags.get(T.MODEL_VERSIONS, "[]"))
+        if entry not in linked:
+            self.client.set_logged_model_tags(
+                model_id, {T.MODEL_VERSIONS: json.dumps([*linked, entry])}
+            )
+
     def log_inputs(self, run_id: str, inputs: list[DatasetInput]) -> None:
         """``log_inputs`` that survives concurrent runs logging the same dataset.
 

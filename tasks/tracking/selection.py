@@ -81,6 +81,18 @@ def selection_inputs(data: PreparedData):
     ]
 
 
+def link_registered_version(tracker: Tracker, run_id: str, model_name: str, version: str) -> None:
+    """Show the registered version next to the selection run in the MLflow UI's runs table:
+    the run's logged model that the version was registered from is tagged with it
+    (:meth:`Tracker.link_model_version`)."""
+    client = tracker.client
+    registered = client.get_model_version(model_name, version)
+    for output in client.get_run(run_id).outputs.model_outputs:
+        logged = client.get_logged_model(output.model_id)
+        if output.model_id == registered.model_id or logged.artifact_location == registered.source:
+            tracker.link_model_version(output.model_id, model_name, version)
+
+
 def selection_note(
     result: SelectionResult,
     budget: Budget,

@@ -60,6 +60,7 @@ RUN_NAME = "mlflow.runName"
 NOTE = "mlflow.note.content"  # a run's description in the UI (markdown)
 EXPERIMENT_KIND = "mlflow.experimentKind"  # the UI's mode for an experiment
 EXPERIMENT_KIND_TRAINING = "custom_model_development"  # training runs, not GenAI traces
+MODEL_VERSIONS = "mlflow.modelVersions"  # on a logged model: the versions registered from it
 
 # Registry history: one registered-model tag per alias move, HISTORY_PREFIX + a 6-digit count
 HISTORY_PREFIX = "lensllm.history."
