@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -26,7 +27,7 @@ import pytest
 import yaml
 
 from tasks.errors import TrackingUnavailableError
-from tasks.records import PreparedData, ProbeResult
+from tasks.records import Measurement, PreparedData, ProbeResult
 from tasks.registry import version_tags
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
@@ -204,7 +205,18 @@ def _register(uri: str, tmp_path: Path, name: str, predicted: float, key: str) -
     return str(version.version)
 
 
-def _promote_concurrently(uri, name, versions, monkeypatch, lock_dir) -> list[dict]:
+def _measured(loss: float) -> Measurement:
+    """``loss`` bits per byte measured on 8 examples of 10 bytes (one shared test split)."""
+    return Measurement(
+        rank_on="bits_per_byte",
+        test_fingerprint="split",
+        example_nll=[loss * math.log(2) * 10] * 8,
+        example_units=[10] * 8,
+        scale=1 / math.log(2),
+    )
+
+
+def _promote_concurrently(uri, name, versions, losses, monkeypatch, lock_dir) -> list[dict]:
     """Both gates read the champion before either writes: the window a real race needs."""
     read = ModelRegistry.alias_version
     barrier = threading.Barrier(len(versions), timeout=30)
@@ -223,7 +235,9 @@ def _promote_concurrently(uri, name, versions, monkeypatch, lock_dir) -> list[di
     def gate(version: str, delay: float) -> None:
         time.sleep(delay)
         registry = ModelRegistry(Tracker(uri), name)
-        results[version] = registry.promote_if_better(version, margin=0.0, lock_dir=lock_dir)
+        results[version] = registry.promote_if_better(
+            version, measurement=_measured(losses[version]), margin=0.0, lock_dir=lock_dir
+        )
 
     # the better version starts first, so without a lock the worse one writes last
     threads = [threading.Thread(target=gate, args=(v, 0.3 * i)) for i, v in enumerate(versions)]
@@ -246,7 +260,8 @@ def test_two_gates_at_once_promote_the_better_version(uri, tmp_path, monkeypatch
     better = _register(uri, tmp_path, name, 1.0, "sel-better")
     worse = _register(uri, tmp_path, name, 1.5, "sel-worse")
     lock_dir = str(tmp_path / "locks") if locked else None
-    decisions = _promote_concurrently(uri, name, [better, worse], monkeypatch, lock_dir)
+    losses = {better: 1.0, worse: 1.5}
+    decisions = _promote_concurrently(uri, name, [better, worse], losses, monkeypatch, lock_dir)
     assert ModelRegistry(Tracker(uri), name).alias_version(T.ALIAS_CHAMPION) == better
     assert sum(d["promote"] for d in decisions) == 1  # one promotion wins
     versions = Tracker(uri).client.search_model_versions(f"name = '{name}'")
@@ -514,8 +529,11 @@ def test_concurrent_selections_of_one_task_keep_the_registry_consistent(mlflow_s
     versions = tracker.client.search_model_versions(f"name = '{registry['model_name']}'")
     keys = {v.tags[T.SELECTION_KEY] for v in versions}
     assert len(versions) == len(keys) == 2  # one version per selection, none lost or doubled
-    predicted = {str(v.version): float(v.tags[T.PREDICTED_LOSS]) for v in versions}
+    # the gate decides on measured loss on the shared test split: the champion measured best
+    measured = {str(v.version): float(v.tags[T.MEASURED_LOSS]) for v in versions}
     champion = ModelRegistry(tracker, registry["model_name"]).alias_version(T.ALIAS_CHAMPION)
-    assert predicted[champion] == min(predicted.values())  # the gate decided, not the timing
+    assert measured[champion] == min(measured.values())  # the gate decided, not the timing
+    history = ModelRegistry(tracker, registry["model_name"]).history()
+    assert [e["after"] for e in history if e["decision"] == "promoted"][-1] == champion
     reasons = [v.tags.get(T.GATE_REASON) for v in versions]
     assert all(reasons), reasons
