@@ -111,7 +111,10 @@ def _ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (store {uri}); Ctrl-C to stop")
+    print(
+        f"MLflow UI on http://127.0.0.1:{args.port}/#/experiments?workflowType=machine_learning "
+        f"(store {uri}); Ctrl-C to stop"
+    )
     os.execvp(cmd[0], cmd)
     return 0
 
@@ -206,12 +209,7 @@ def _print_summary(summary) -> None:
     if summary.recorded_in:
         print(f"Nothing new logged: MLflow run {summary.recorded_in} already holds this selection")
     print(f"Curve plot: {summary.plot}")
-    from tasks.tracking.secrets import display_uri
-
-    print(
-        f"MLflow run {summary.run_id}: open the UI with `lensllm ui` "
-        f"(store {display_uri(summary.tracking_uri)})"
-    )
+    print(_mlflow_link(summary.tracking_uri, summary.run_id))
     # last, what a reader wants to know: was the prediction right, and what did the gate do
     for check in summary.checks:
         print(f"Realized vs predicted: {check.summary()}")
@@ -226,6 +224,22 @@ def _print_summary(summary) -> None:
             f"examples) with aliases {reg.aliases}"
         )
         print(f"Gate: {'promoted to champion' if reg.promoted else 'not promoted'}: {reg.reason}")
+
+
+def _mlflow_link(tracking_uri: str, run_id: str) -> str:
+    """Where to see the run: its page in the MLflow UI, opened as model training (MLflow 3's
+    UI opens experiments in GenAI mode unless the link says otherwise)."""
+    from tasks.tracking.client import Tracker
+    from tasks.tracking.secrets import display_uri
+
+    experiment = Tracker(tracking_uri).client.get_run(run_id).info.experiment_id
+    page = f"#/experiments/{experiment}/runs/{run_id}?workflowType=machine_learning"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"MLflow run: {display_uri(tracking_uri).rstrip('/')}/{page}"
+    return (
+        f"MLflow run: http://127.0.0.1:5000/{page} after `lensllm ui` "
+        f"(store {display_uri(tracking_uri)})"
+    )
 
 
 def _audit(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ The recipe is :func:`run_selection`; each step is a task (or a small group of ta
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import subprocess
 import tempfile
@@ -83,6 +84,11 @@ class _Run:
     targets: dict[str, ProbeResult] = field(default_factory=dict)
     checks: list[TargetCheck] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+
+    @functools.cached_property
+    def provenance(self) -> dict[str, str]:
+        """Computed once, so the run and the registered version carry the same commit."""
+        return provenance_tags(self.cfg, self.plan.data, self.key)
 
 
 def run_selection(cfg: SelectionConfig) -> SelectionSummary:
@@ -240,7 +246,7 @@ def _track_and_register(run: _Run) -> SelectionSummary:
         tracker,
         cfg.tracking.experiment,
         f"select-{cfg.name}",
-        provenance_tags(cfg, plan.data, run.key),
+        run.provenance,
         _run_params(cfg, plan.data, list(run.probes)),
         cfg.resolved_yaml(),
         start_time=run.started_ms,
@@ -325,7 +331,7 @@ def _register(run: _Run, run_id: str) -> Registration | None:
         interval=list(winner.interval),
         selector=cfg.selector,
         tags={
-            **provenance_tags(cfg, plan.data, run.key),
+            **run.provenance,
             T.INTERVAL_LEVEL: result.level,
             T.INTERVAL_METHOD: result.interval_method,
             T.P_BEST: winner.p_best,

@@ -384,6 +384,8 @@ def _command(service: str, root: Path, cfg: dict) -> tuple[list[str], dict[str, 
         PREFECT_HOME=str(home),
         PREFECT_API_DATABASE_CONNECTION_URL=database,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # the UI asks its server which API to call: on any port but the default it must be told
+        PREFECT_UI_API_URL=f"http://{HOST}:{port}/api",
     )
     cmd = [_executable("prefect"), "server", "start", "--host", HOST, "--port", port]
     return cmd, env, {"cwd": root}

@@ -125,6 +125,9 @@ def test_measured_gate(prefect_harness, models, tmp_path, monkeypatch):
     # re-running a registration is idempotent and cheap: no new version, nothing re-measured
     again = _register(uri, models["long"], "sel-3", 2.5, SPLIT_B, locks)
     assert not again["created"] and again["version"] == "3" and calls == ["1"]
+    # the re-run's "already the champion" is kept apart: the reason shown is the promotion's
+    tags = registry.version_info("3")["tags"]
+    assert tags[T.GATE_REASON].startswith("promoted:") and "already" in tags[T.GATE_LAST_CHECK]
 
     # rollback: v1 is champion again, and re-running v3's selection does not undo it
     assert registry.rollback() == {"champion": "1", "rolled_back_from": "3"}

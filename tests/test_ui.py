@@ -516,15 +516,14 @@ def _prefect_ui_api(site: Site) -> str:
 
 
 def _require_prefect_ui(site: Site) -> None:
-    """Known bug, until infra/stack.py passes PREFECT_UI_API_URL to the Prefect server: on any
-    port but 4200 the stack's Prefect UI calls http://127.0.0.1:4200/api and every page says
-    it cannot connect. Expected to fail, not waited on, while that is so."""
+    """The stack starts the Prefect server with PREFECT_UI_API_URL: on any port but 4200 the
+    UI would otherwise call http://127.0.0.1:4200/api and every page say it cannot connect.
+    Fail at once, with the reason, rather than wait for pages that cannot render."""
     api_url = _prefect_ui_api(site)
-    if api_url != f"{site.prefect}/api":
-        pytest.xfail(
-            f"the Prefect UI at {site.prefect} calls {api_url}: infra/stack.py must start the "
-            f"Prefect server with PREFECT_UI_API_URL={site.prefect}/api"
-        )
+    assert api_url == f"{site.prefect}/api", (
+        f"the Prefect UI at {site.prefect} calls {api_url}: the server needs "
+        f"PREFECT_UI_API_URL={site.prefect}/api"
+    )
 
 
 def test_prefect_ui_calls_its_own_server(site):

@@ -250,8 +250,12 @@ class ModelRegistry:
         )
 
     def _record_decision(self, version: str, measurement: Measurement, decision: dict) -> None:
+        """The decision on the version. A re-run of its selection that changes nothing keeps
+        the first decision's reason (what a reviewer wants to read) and records its own apart."""
+        first = T.GATE_REASON not in self.version_info(version)["tags"]
+        key = T.GATE_REASON if first or decision["promote"] else T.GATE_LAST_CHECK
         tags = {
-            T.GATE_REASON: decision["reason"],
+            key: decision["reason"],
             T.MEASURED_LOSS: repr(measurement.loss),
             T.TEST_FINGERPRINT: measurement.test_fingerprint,
         }

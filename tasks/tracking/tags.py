@@ -39,7 +39,8 @@ TEST_FINGERPRINT = "lensllm.test_fingerprint"
 CHAMPION_MEASURED_LOSS = "lensllm.champion_measured_loss"  # the champion's, on the same split
 P_BETTER = "lensllm.p_better"  # paired bootstrap P(challenger better than the champion)
 PREVIOUS_CHAMPION = "lensllm.previous_champion"
-GATE_REASON = "lensllm.gate_reason"
+GATE_REASON = "lensllm.gate_reason"  # the decision of the version's first gate (or promotion)
+GATE_LAST_CHECK = "lensllm.gate_last_check"  # a later re-run's decision, kept apart
 ROLLED_BACK = "lensllm.rolled_back"
 
 # Realized against predicted: the winner trained at the target and measured
