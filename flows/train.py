@@ -22,7 +22,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.config import SelectionConfig, load_config
+from flows.config import RunnerConfig, SelectionConfig, load_config
 from flows.runners import probe_threads
 from tasks.data import prepare_data_task
 from tasks.models import describe_candidate, resolve_candidate_task
@@ -65,7 +65,9 @@ def train_flow(
         models=models,
         trust=trust,
         spec=cfg.probe,
-        threads=probe_threads(cfg.runner),
+        # one training at a time, in this process: it gets every local core, whatever runner
+        # the ladder's probes used
+        threads=probe_threads(RunnerConfig(kind="thread", max_workers=1)),
         cache_dir=cache,
         storage=result_storage(cache),
     )

@@ -352,7 +352,9 @@ def test_kill_9_mid_probing_then_the_same_command_loses_nothing(tmp_path):
     from tests.test_select_flow import MODEL_NAME, _second_candidate
 
     other = _second_candidate(tmp_path / "models", tmp_path / "tiny-llama-seed1234")
-    n_probes = 2 * 4  # two candidates x (zero-shot + a 16-32-64 ladder)
+    # two candidates x (zero-shot + a 16-32-64 ladder), then the winner trained at the target
+    # (the same probe task, in the train-at-target subflow)
+    n_probes = 2 * 4 + 1
 
     # the reference: the same selection, never interrupted
     ref_uri = f"sqlite:///{tmp_path / 'ref.db'}"

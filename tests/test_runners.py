@@ -256,15 +256,23 @@ def _select(tmp: Path, label: str, candidates: list[str], runner: dict | None) -
     state = flow_with_runner(load_config(path))(config_path=path, return_state=True)
     seconds = time.perf_counter() - start
     summary = state.result()
-    probes = _probe_results(root / "cache")
+    results = _probe_results(root / "cache")
+    # the ladder's probes ran on the runner; the winner's training at the target ran in the
+    # train-at-target subflow (its own thread pool, in the flow's process)
+    probes = [p for p in results if p.size != BASE["target_size"]]
     return {
         "summary": summary,
         "seconds": seconds,
-        "probe_states": _probe_states(str(state.state_details.flow_run_id), len(probes)),
+        # the selection flow's own probe tasks: the ladder (the target's is in the subflow)
+        "probe_states": _probe_states(
+            str(state.state_details.flow_run_id),
+            len(probes),
+        ),
         "losses": _test_losses(summary.tracking_uri, summary.run_id),
         "workers": {p.worker for p in probes},
         "threads": {p.threads for p in probes},
-        "n_probes": len(probes),
+        "target_workers": {p.worker for p in results if p.size == BASE["target_size"]},
+        "n_probes": len(results),
     }
 
 
@@ -324,8 +332,10 @@ def _same_selection(sel: dict, base: dict) -> None:
     for (_, loss), (_, want) in zip(ranking, expected, strict=True):
         assert math.isclose(loss, want, rel_tol=LOSS_RTOL), (ranking, expected)
     assert sel["losses"].keys() == base["losses"].keys()
-    # the workers reported every probe to the flow's Prefect API, none came from a cache
-    assert sel["probe_states"] == ["Completed"] * len(base["losses"]), sel["probe_states"]
+    # the workers reported every ladder probe to the flow's Prefect API, none came from a cache
+    # (the winner's training at the target is reported by the train-at-target subflow)
+    ladder = [key for key in base["losses"] if key[1] != BASE["target_size"]]
+    assert sel["probe_states"] == ["Completed"] * len(ladder), sel["probe_states"]
     for key, want in base["losses"].items():
         assert math.isclose(sel["losses"][key], want, rel_tol=LOSS_RTOL), key
 
@@ -335,10 +345,12 @@ def _same_selection(sel: dict, base: dict) -> None:
 def test_thread_runner_probes_every_candidate_in_the_flow_process(selections):
     sel = selections["thread"]
     assert sel["summary"].selected in selections["candidates"]
-    expected = {(c, size) for c in selections["candidates"] for size in LADDER}
+    ladder = {(c, size) for c in selections["candidates"] for size in LADDER}
+    # the winner trained at the target: the same probe task, in the train-at-target subflow
+    expected = ladder | {(sel["summary"].selected, BASE["target_size"])}
     assert set(sel["losses"]) == expected and sel["n_probes"] == len(expected)
-    assert sel["probe_states"] == ["Completed"] * len(expected)
-    assert sel["workers"] == {f"{socket.gethostname()}:{os.getpid()}"}
+    assert sel["probe_states"] == ["Completed"] * len(ladder)  # the selection flow's own
+    assert sel["workers"] == sel["target_workers"] == {f"{socket.gethostname()}:{os.getpid()}"}
 
 
 @pytest.mark.integration
@@ -351,6 +363,7 @@ def test_local_dask_cluster_fans_probes_out_with_the_same_results(selections):
     assert len(sel["workers"]) == 2
     assert not sel["workers"] & base["workers"]
     assert sel["threads"] == {probe_threads(RunnerConfig(kind="dask", max_workers=2))}
+    assert sel["target_workers"] == base["workers"]  # the train-at-target subflow's own pool
 
 
 @pytest.mark.integration

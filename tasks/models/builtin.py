@@ -10,6 +10,7 @@ import difflib
 import importlib
 import importlib.metadata
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lens_model.registry import Registry
+from tasks.errors import CandidateError
+from tasks.models.store import build_cached
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,34 @@ def resolve_builtin(name: str, root: Path) -> Path | None:
         if folder is not None:
             return folder
     return None
+
+
+def resolve_variants(
+    name: str,
+    root: Path,
+    *,
+    family: str,
+    layers: int,
+    base: Callable[[], Path],
+    derive: Callable[[Path, Path, int, bool], Any],
+) -> Path | None:
+    """The folder of ``name`` if it is the family's base model (``family``) or a variant of it:
+    ``<family>-l<N>`` keeps the first N of its ``layers`` decoder layers, ``-scratch`` gives the
+    same shape a random init. ``base()`` returns the base model's folder; variants are built
+    once by ``derive(dest, base_folder, n_layers, scratch)``. None when ``name`` is another's."""
+    if name == family:
+        return base()
+    match = re.fullmatch(rf"{re.escape(family)}-l(\d+)(-scratch)?", name)
+    if match is None:
+        return None
+    n_layers, scratch = int(match.group(1)), match.group(2) is not None
+    if not 1 <= n_layers <= layers:
+        raise CandidateError(
+            f"{name!r}: {family} has {layers} layers; use a depth from 1 to {layers}, e.g. "
+            f"'{family}-l{min(8, layers // 3)}'."
+        )
+    parent = base()
+    return build_cached(root / name, lambda dest: derive(dest, parent, n_layers, scratch))
 
 
 def family_of(name: str) -> BuiltinFamily | None:

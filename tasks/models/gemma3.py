@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import importlib.metadata
 import logging
-import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from tasks.errors import CandidateError, LicenseNotAcceptedError, MissingFileErr
 from tasks.models.builtin import (
     BuiltinFamily,
     convert_gguf,
+    resolve_variants,
     wheel_file,
 )
 from tasks.models.store import DEFAULT_CACHE_DIR, build_cached, build_metadata, is_complete
@@ -79,7 +79,6 @@ FILES = {
 PREPARE_COMMAND = f"lensllm models prepare {NAME} --accept-license {LICENSE_KEY}"
 LAYERS = 18
 SCRATCH_SEED = 0
-_DERIVED_RE = re.compile(r"^gemma3-270m-l(\d+)(-scratch)?$")
 
 # The acceptance given to install() in this process; the base model is built only after one.
 _ACCEPTANCE: dict[str, str] = {}
@@ -269,19 +268,9 @@ def _base(root: Path) -> Path:
 
 def resolve(name: str, root: Path) -> Path | None:
     """The folder of ``name`` if it is of this family (never installs anything)."""
-    if name == NAME:
-        return _base(root)
-    match = _DERIVED_RE.match(name)
-    if match is None:
-        return None
-    n_layers, scratch = int(match.group(1)), match.group(2) is not None
-    if not 1 <= n_layers <= LAYERS:
-        raise CandidateError(
-            f"{name!r}: {NAME} has {LAYERS} layers; use a depth from 1 to {LAYERS}, e.g. "
-            f"'{NAME}-l6'."
-        )
-    base = _base(root)
-    return build_cached(root / name, lambda dest: derive(dest, base, n_layers, scratch))
+    return resolve_variants(
+        name, root, family=NAME, layers=LAYERS, base=lambda: _base(root), derive=derive
+    )
 
 
 FAMILY = BuiltinFamily(

