@@ -210,6 +210,8 @@ def _print_summary(summary) -> None:
         print(f"Nothing new logged: MLflow run {summary.recorded_in} already holds this selection")
     print(f"Curve plot: {summary.plot}")
     print(_mlflow_link(summary.tracking_uri, summary.run_id))
+    if summary.timings:
+        print(f"Time: {summary.time_split()}")
     # last, what a reader wants to know: was the prediction right, and what did the gate do
     for check in summary.checks:
         print(f"Realized vs predicted: {check.summary()}")

@@ -84,6 +84,7 @@ class _Run:
     targets: dict[str, ProbeResult] = field(default_factory=dict)
     checks: list[TargetCheck] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @functools.cached_property
     def provenance(self) -> dict[str, str]:
@@ -96,19 +97,21 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
     the same selection started twice waits and then takes everything from cache) probe,
     fit, select, train the top candidates at the target, track and register."""
     started_ms = int(time.time() * 1000)
+    timings: dict[str, float] = {}
     cache = Path(cfg.cache_dir).resolve()
     tracker = Tracker.resolve(cfg.tracking.uri, cache)
     # What can fail fails before compute is spent: the data ladder, every candidate, MLflow.
-    data = prepare_data_task(cfg.dataset, cfg.ladder, cfg.target_size)
-    models = {
-        c.name: resolve_candidate_task(
-            c.name, cache_dir=str(cache / "models"), trust_remote_code=c.trust_remote_code
-        )
-        for c in cfg.candidates
-    }
-    n_params = {name: int(describe_candidate(path)["n_params"]) for name, path in models.items()}
-    _log_inputs(data, n_params)
-    tracker.check_reachable()
+    with _timed(timings, "data and models"):
+        data = prepare_data_task(cfg.dataset, cfg.ladder, cfg.target_size)
+        models = {
+            c.name: resolve_candidate_task(
+                c.name, cache_dir=str(cache / "models"), trust_remote_code=c.trust_remote_code
+            )
+            for c in cfg.candidates
+        }
+        n_params = {name: int(describe_candidate(p)["n_params"]) for name, p in models.items()}
+        _log_inputs(data, n_params)
+        tracker.check_reachable()
     key = selection_key(cfg, data)
     with held(lock_path(cache / "locks", "selection", key), f"selection {key}", get_run_logger()):
         plan = ProbePlan(
@@ -121,20 +124,43 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
             storage=result_storage(cache),
             progress=_progress(cfg, data, n_params),
         )
-        run = _Run(cfg, tracker, key, started_ms, plan, n_params)
-        run.ntk = candidate_ntk(
-            models, cfg.trust(), data.train, cfg.probe, cfg.ntk, threads=plan.threads,
-            storage=plan.storage,
-        )  # fmt: skip
-        run.probes, run.adaptive = _probe(cfg, plan, n_params)
-        plan.progress.close()
-        run.result = _fit_and_select(run)
-        run.targets, run.checks = _validate(run)
-        run.plots = _plots(run)
-        with _tracking_errors(tracker):
-            summary = _track_and_register(run)
+        run = _Run(cfg, tracker, key, started_ms, plan, n_params, timings=timings)
+        with _timed(timings, "NTK"):
+            run.ntk = candidate_ntk(
+                models, cfg.trust(), data.train, cfg.probe, cfg.ntk, threads=plan.threads,
+                storage=plan.storage,
+            )  # fmt: skip
+        with _timed(timings, "probes"):
+            run.probes, run.adaptive = _probe(cfg, plan, n_params)
+            plan.progress.close()
+        with _timed(timings, "fit"):
+            run.result = _fit_and_select(run)
+        with _timed(timings, "target training"):
+            run.targets, run.checks = _validate(run)
+        with _timed(timings, "tracking"):
+            run.plots = _plots(run)
+            with _tracking_errors(tracker):
+                summary = _track_and_register(run)
+        gate = timings.pop(GATE_STEP, 0.0)
+        timings["tracking"] -= gate
+        timings[GATE_STEP] = gate
+        summary = summary.model_copy(update={"timings": dict(timings)})
     _prefect_artifacts(summary)
+    get_run_logger().info("time split: %s", summary.time_split())
     return summary
+
+
+GATE_STEP = "registration and gate"  # timed inside "tracking", reported apart
+
+
+@contextmanager
+def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
+    """Add the wall time of the block to ``timings[step]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
 
 
 def _progress(cfg: SelectionConfig, data: PreparedData, n_params: dict[str, int]) -> Progress:
@@ -239,7 +265,8 @@ def _track_and_register(run: _Run) -> SelectionSummary:
             "nothing new is logged",
             done,
         )
-        registration = _register(run, done)
+        with _timed(run.timings, GATE_STEP):
+            registration = _register(run, done)
         _link_version(run, done, registration)
         return _summary(run, done, False, budget, registration, recorded_in=done)
     run_id, resumed = open_selection_run(
@@ -267,7 +294,10 @@ def _track_and_register(run: _Run) -> SelectionSummary:
         )
         log_budget(tracker, run_id, budget, run.adaptive.run if run.adaptive else None)
         log_checks(tracker, run_id, run.checks)
-        registration = _register(run, run_id)
+        with _timed(run.timings, GATE_STEP):
+            registration = _register(run, run_id)
+        metrics = [(f"time.{step.replace(' ', '_')}_s", s, 0) for step, s in run.timings.items()]
+        tracker.log(run_id, metrics=metrics)
         _link_version(run, run_id, registration)
         note = selection_note(run.result, budget, run.checks, registration, cfg.registry.model_name)
         tracker.log(run_id, tags={T.NOTE: note})

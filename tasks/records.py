@@ -567,7 +567,21 @@ class SelectionSummary(Record):
     recorded_in: str | None = Field(
         None, description="the finished run that already held this selection (nothing logged)"
     )
+    timings: dict[str, float] = Field(
+        {}, description="wall seconds per step of this process's run (cache hits are fast)"
+    )
+
+    def time_split(self) -> str:
+        """``step 12 s (3 %), ...`` in the order the steps ran."""
+        total = sum(self.timings.values()) or 1.0
+        parts = [f"{step} {_duration(s)} ({s / total:.0%})" for step, s in self.timings.items()]
+        return f"{_duration(total)}: " + ", ".join(parts)
 
     @property
     def selected(self) -> str:
         return self.result.selected
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"

@@ -176,6 +176,26 @@ def test_realized_against_predicted_is_recorded(selection, tmp_path):
     assert (out / "live_calibration.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_time_split_covers_the_selection_and_is_logged(selection):
+    """Where the time went, step by step (the demo's split in the README comes from it)."""
+    summary = selection["summary"]
+    steps = [
+        "data and models", "NTK", "probes", "fit", "target training", "tracking",
+        "registration and gate",
+    ]  # fmt: skip
+    assert list(summary.timings) == steps
+    assert all(s >= 0 for s in summary.timings.values())
+    # the steps add up to the selection (less the Prefect flow's own start and the artifacts)
+    assert sum(summary.timings.values()) <= selection["first_s"]
+    assert sum(summary.timings.values()) > 0.5 * selection["first_s"]
+    assert summary.time_split().count("%") == len(steps)
+    metrics = selection["client"].get_run(summary.run_id).data.metrics
+    assert metrics["time.target_training_s"] == pytest.approx(summary.timings["target training"])
+    assert metrics["time.probes_s"] == pytest.approx(summary.timings["probes"])
+    # the cached re-run reports its own (short) times and logs nothing
+    assert list(selection["summary2"].timings) == steps
+
+
 def test_flow_returns_a_selected_candidate(selection):
     summary = selection["summary"]
     assert summary.selected in selection["candidates"]
