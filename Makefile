@@ -55,7 +55,8 @@ postgres:
 	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql); \
 	fi
 
-demo: setup
+# The demo needs the venv, the data and the model; not Chromium or PostgreSQL (tests, stack).
+demo: $(STAMP) data model
 	$(BIN)/lensllm select --config configs/demo.yaml
 
 test: setup
@@ -67,7 +68,7 @@ test-fast: $(STAMP)
 # The README's screenshots (docs/screenshots/*.png) from the demo's own stores: the browser tests
 # (tests/test_ui.py) on .lensllm/mlflow.db and on a copy of .prefect/prefect.db with the
 # deployments registered in the copy. `demo` first: a re-run takes every probe from cache.
-ui-screenshots: demo
+ui-screenshots: demo browser
 	LENSLLM_UI_SOURCE=demo LENSLLM_UI_SCREENSHOTS=$(CURDIR)/docs/screenshots \
 	  $(BIN)/python -m pytest -q tests/test_ui.py
 
