@@ -430,9 +430,10 @@ def plot_curves(out_dir: Path, table: dict, budget: int, laws: dict | None = Non
                 law.fit(sizes[m], losses[:, m])
             fits[name] = law.predict(grid)
     n = len(table["models"])
-    cols = 6
+    cols = min(6, n)
     rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    height = 2.6 * rows + 0.5  # the title's half inch above the grid
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, height), squeeze=False)
     pos = sizes > 0
     for i, ax in enumerate(axes.flat):
         if i >= n:
@@ -459,7 +460,10 @@ def plot_curves(out_dir: Path, table: dict, budget: int, laws: dict | None = Non
         f"{table['name']}: laws fitted on sizes <= {budget}, extrapolated to {int(target)}"
     )
     # A fixed layout: tight_layout over 30 log-log axes took most of this plot's time.
-    fig.subplots_adjust(left=0.03, right=0.99, bottom=0.03, top=0.93, wspace=0.25, hspace=0.45)
+    fig.subplots_adjust(
+        left=0.2 / cols, right=0.99, bottom=0.3 / height, top=1 - 0.5 / height,
+        wspace=0.25, hspace=0.45,
+    )  # fmt: skip
     path = out_dir / f"{table['name'].lower()}_curves.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -556,15 +556,15 @@ class _TrainingLoop:
             out.diverged = True
             self.log.warning("probe diverged: validation loss %s at step %d", val_loss, out.steps)
             return True
+        improved = val_loss < out.best_val
         if self.progress:
             self.log.info(
-                "step %d val loss %.4f (best %.4f at step %d)",
+                "step %d val loss %.4f (%s)",
                 out.steps,
                 val_loss,
-                out.best_val,
-                out.best_step,
+                "best so far" if improved else f"best {out.best_val:.4f} at step {out.best_step}",
             )
-        if val_loss < out.best_val:
+        if improved:
             out.best_val, out.best_step, self.bad_evals = val_loss, out.steps, 0
             self.best_state = _snapshot(self.model)
             return False
