@@ -121,6 +121,7 @@ def test_config_validates_the_fraction():
 def test_select_flow_adaptive_spends_less_and_shares_the_probe_cache(prefect_harness, tmp_path):
     from tasks.tracking.client import Tracker
     from tests.test_select_flow import LADDER as FLOW_LADDER
+    from tests.test_select_flow import TARGET as FLOW_TARGET
     from tests.test_select_flow import _config, _probe_task_runs, _run, _second_candidate, _write
 
     other = _second_candidate(tmp_path / "cache" / "models", tmp_path / "tiny-llama-seed1234")
@@ -138,7 +139,7 @@ def test_select_flow_adaptive_spends_less_and_shares_the_probe_cache(prefect_har
     assert summary.selected in cfg["candidates"]
     assert summary.result.ranking[0] == summary.selected
     # the registered model is the winner trained at the target
-    assert summary.registration.finetune_size == 1024
+    assert summary.registration.finetune_size == FLOW_TARGET
     assert summary.registration.version == "1"
     assert "champion" in summary.registration.aliases
     parent = Tracker(cfg["tracking"]["uri"]).client.get_run(summary.run_id)

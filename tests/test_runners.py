@@ -37,7 +37,7 @@ BASE = {
     },
     "ladder": {"first_size": 16, "budget": 64},
     "ntk": {"enabled": False},
-    "target_size": 1024,
+    "target_size": 512,
     "registry": {"enabled": False},
 }
 LADDER = [0, 16, 32, 64]  # zero-shot, then the ladder
