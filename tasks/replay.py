@@ -65,6 +65,7 @@ CALIBRATION_COLUMNS = [
     "coverage",
     "median_log_width",
     "mean_interval_score",
+    "interval_method",  # "heuristic" where a calibrated interval had too few probes to backtest
 ]
 PAIRWISE_COLUMNS = [
     "dataset",

@@ -29,6 +29,7 @@ CALIBRATION_COLUMNS = [
     "coverage",
     "median_log_width",
     "mean_interval_score",
+    "interval_method",
 ]
 PREDICTING = ["VanillaFit", "RectifiedFit", "AtS", "Lens"]
 # docs/replay.md: published FLAN cells (percent) that a correct implementation reproduces.
@@ -344,3 +345,45 @@ def test_cli_requires_a_table(capsys):
         main(["benchmark", "--out", "x"])
     assert exc.value.code == 2
     assert "--table" in capsys.readouterr().err
+
+
+def test_a_short_table_says_which_intervals_fell_back_to_the_heuristic(tmp_path):
+    """An audit-sized table (16, 32, 64 below the budget): the law fits cannot be backtested
+    on cut curves of two points, AtS's line can. calibration.csv and report.md say which
+    intervals are heuristic (the zoo audits' laws held 0 of 4 with them)."""
+    import numpy as np
+
+    from tests.conftest import rectified_loss
+
+    sizes = np.array([0, 16, 32, 64, 128, 256, 512], dtype=float)
+    rng = np.random.default_rng(3)
+    n = 4
+    losses = rectified_loss(
+        sizes,
+        b=rng.uniform(3, 30, n),
+        d_l=rng.uniform(5, 50, n),
+        beta=rng.uniform(0.3, 0.7, n),
+        e=rng.uniform(0.6, 1.6, n),
+    ) * np.exp(0.003 * rng.standard_normal((n, len(sizes))))
+    table = {
+        "models": [f"m{i}" for i in range(n)],
+        "sizes": sizes.astype(int).tolist(),
+        "losses": losses.tolist(),
+        "model_sizes": [1e8, 2e8, 3e8, 4e8],
+        "families": ["a", "b", "c", "d"],
+    }
+    path = _write_table(table, tmp_path / "short.csv")
+    out = tmp_path / "out"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["benchmark", "--table", str(path), "--out", str(out), "--tracking-uri", uri]
+    assert main([*args, "--methods", "VanillaFit", "AtS", "--no-plots"]) == 0
+
+    cal = pd.read_csv(out / "calibration.csv")
+    assert list(cal.columns) == CALIBRATION_COLUMNS
+    how = cal.groupby("method").interval_method.unique().to_dict()
+    assert list(how["VanillaFit"]) == ["heuristic"]  # fell back: no backtest on 2-point cuts
+    assert list(how["AtS"]) == ["calibrated"]
+    assert list(how["AtS (heuristic)"]) == ["heuristic"]
+    report = (out / "report.md").read_text()
+    assert "heuristic interval instead: VanillaFit at 1/8" in report
+    assert "AtS at 1/8" not in report
