@@ -54,29 +54,32 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
-def synthetic_table() -> dict:
-    """Eight rectified-law curves on the FLAN ladder (0, 200, ..., 1638400), 0.3 % noise.
-
-    Same keys as ``tasks.tables.load_loss_table`` plus ``params`` (the true law parameters).
-    """
-    rng = np.random.default_rng(7)
-    n = 8
+def rectified_table(
+    sizes, *, n: int, seed: int, b=(30, 300), d_l=(5, 200), name: str = "SYNTH"
+) -> dict:
+    """``n`` rectified-law curves on ``sizes`` with 0.3 % noise, as a loss table: the keys of
+    ``tasks.tables.load_loss_table`` plus ``params`` (the true law parameters). ``b`` and
+    ``d_l`` are the ranges their parameters are drawn from."""
+    rng = np.random.default_rng(seed)
     params = {
-        "b": rng.uniform(30, 300, n),
-        "d_l": rng.uniform(5, 200, n),
+        "b": rng.uniform(*b, n),
+        "d_l": rng.uniform(*d_l, n),
         "beta": rng.uniform(0.3, 0.7, n),
         "e": rng.uniform(0.6, 1.6, n),
     }
-    losses = rectified_loss(LADDER, **params) * np.exp(
-        0.003 * rng.standard_normal((n, len(LADDER)))
-    )
+    losses = rectified_loss(sizes, **params) * np.exp(0.003 * rng.standard_normal((n, len(sizes))))
     return {
-        "name": "SYNTH",
+        "name": name,
         "models": [f"org/model-{i}" for i in range(n)],
-        "sizes": LADDER.astype(int).tolist(),
+        "sizes": np.asarray(sizes).astype(int).tolist(),
         "losses": losses.tolist(),
         "model_sizes": rng.uniform(1e8, 7e9, n).round().tolist(),
         "families": ["a", "b"] * (n // 2),
         "params": {k: v.tolist() for k, v in params.items()},
     }
+
+
+@pytest.fixture(scope="session")
+def synthetic_table() -> dict:
+    """Eight rectified-law curves on the FLAN ladder (0, 200, ..., 1638400), 0.3 % noise."""
+    return rectified_table(LADDER, n=8, seed=7)

@@ -351,27 +351,10 @@ def test_a_short_table_says_which_intervals_fell_back_to_the_heuristic(tmp_path)
     """An audit-sized table (16, 32, 64 below the budget): the law fits cannot be backtested
     on cut curves of two points, AtS's line can. calibration.csv and report.md say which
     intervals are heuristic (the zoo audits' laws held 0 of 4 with them)."""
-    import numpy as np
+    from tests.conftest import rectified_table
 
-    from tests.conftest import rectified_loss
-
-    sizes = np.array([0, 16, 32, 64, 128, 256, 512], dtype=float)
-    rng = np.random.default_rng(3)
-    n = 4
-    losses = rectified_loss(
-        sizes,
-        b=rng.uniform(3, 30, n),
-        d_l=rng.uniform(5, 50, n),
-        beta=rng.uniform(0.3, 0.7, n),
-        e=rng.uniform(0.6, 1.6, n),
-    ) * np.exp(0.003 * rng.standard_normal((n, len(sizes))))
-    table = {
-        "models": [f"m{i}" for i in range(n)],
-        "sizes": sizes.astype(int).tolist(),
-        "losses": losses.tolist(),
-        "model_sizes": [1e8, 2e8, 3e8, 4e8],
-        "families": ["a", "b", "c", "d"],
-    }
+    sizes = [0, 16, 32, 64, 128, 256, 512]
+    table = rectified_table(sizes, n=4, seed=3, b=(3, 30), d_l=(5, 50), name="SHORT")
     path = _write_table(table, tmp_path / "short.csv")
     out = tmp_path / "out"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
