@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -75,11 +76,35 @@ def stack_root(root: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+# Ports handed out by :func:`free_port` in this process (never handed out twice).
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux default)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral
+    range: a port from that range can be taken, between choosing it and starting the server, by
+    the local end of any outgoing connection (MLflow talking to PostgreSQL, say)."""
+    low = _ephemeral_range()[0]
+    if low <= 11000:  # no room below the ephemeral range: let the kernel choose
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            return int(sock.getsockname()[1])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, low)
+        if port not in _HANDED_OUT and not port_in_use(port):
+            _HANDED_OUT.add(port)
+            return port
+    raise StackError(f"no free TCP port found on {HOST} between 10000 and {low}")
 
 
 def port_in_use(port: int) -> bool:

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from flows import cli
+from infra.stack import free_port
 from lens_model.laws import FitWarning, RectifiedLaw
 from lens_model.selectors import SELECTORS, RectifiedFit, TableProbes, ZeroShot
 from tasks import training as training_module
@@ -291,19 +292,12 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
     assert cli.is_input_error(CandidateError("x")) and cli.is_input_error(ProbeDivergedError("x"))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.mark.integration
 def test_unreachable_tracking_server_exits_3_with_one_line(prefect_harness, tmp_path, capfd):
     """A server that does not answer is not bad input: its own exit status (3), one line that
     says to start it and re-run, and no probe spent."""
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     config = _config(tmp_path, ["tiny-llama", _tiny_copy(tmp_path)], tracking={"uri": uri})
     rc, out, err = _cli(capfd, ["select", "--config", _write(tmp_path / "c.yaml", config)])
     assert rc == 3, err
@@ -314,7 +308,7 @@ def test_unreachable_tracking_server_exits_3_with_one_line(prefect_harness, tmp_
 
 
 def test_registry_command_against_a_server_that_is_down_exits_3(capfd):
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     rc, _, err = _cli(capfd, ["registry", "rollback", "--name", "m", "--tracking-uri", uri])
     assert rc == 3
     assert "is unreachable" in _error_line(err)

@@ -170,3 +170,27 @@ def test_a_cluster_without_its_password_file_is_a_clear_error(tmp_path):
     with pytest.raises(stack.StackError, match="postgres.json is missing but the cluster"):
         stack.up(root, timeout=5)
     assert stack.processes(root) == {}
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_repeat():
+    """A port from the kernel's ephemeral range can become the local end of some outgoing
+    connection between being chosen and its server starting (CI once lost a stack that way)."""
+    low = stack._ephemeral_range()[0]
+    ports = [stack.free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(10000 <= port < low for port in ports)
+    assert not any(stack.port_in_use(port) for port in ports)
+
+
+def test_a_port_something_listens_on_is_never_handed_out(monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((stack.HOST, 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        draws = iter([taken, taken, 12345])
+        monkeypatch.setattr(stack.random.Random, "randrange", lambda self, a, b: next(draws))
+        monkeypatch.setattr(stack, "_ephemeral_range", lambda: (max(taken, 12346) + 1, 60999))
+        monkeypatch.setattr(stack, "_HANDED_OUT", set())
+        assert stack.free_port() == 12345
