@@ -164,8 +164,8 @@ def audit_report(cfg: SelectionConfig, summary: SelectionSummary, table: pd.Data
         "best_measured": best,
         "selected_was_best": selected == best,
         "rel_acc": relative_accuracy(names.index(selected), true),
-        "intervals_held": sum(c["held"] for c in checks),
-        "intervals_checked": len(checks),
+        "intervals_held": sum(c["held"] is True for c in checks),
+        "intervals_checked": sum(c["held"] is not None for c in checks),
         "level": result.level,
         "interval_method": result.interval_method,
         "checks": checks,
@@ -192,8 +192,8 @@ def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict
             continue
         # as in the replay protocol: the scores as they are (ModelSize's are log sizes)
         corr = pearson_correlation(sel.scores, true) if np.isfinite(sel.scores).all() else math.nan
-        predicted = np.isfinite(sel.predictions)
-        held = predicted & (sel.lower <= true) & (true <= sel.upper)
+        stated = np.isfinite(sel.predictions) & np.isfinite(sel.lower) & np.isfinite(sel.upper)
+        held = stated & (sel.lower <= true) & (true <= sel.upper)
         rows.append(
             {
                 "method": method,
@@ -202,7 +202,7 @@ def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict
                 "pear_corr": float(corr),
                 "cost": probe_cost(sel.probes, model_sizes, target),
                 "intervals_held": int(held.sum()),
-                "intervals": int(predicted.sum()),
+                "intervals": int(stated.sum()),
                 "interval_method": sel.interval_method,
             }
         )
@@ -240,8 +240,8 @@ def audit_markdown(report: dict, table: pd.DataFrame) -> str:
     for c in report["checks"]:
         lines.append(
             f"| {c['candidate']} | {c['rank']} | {c['predicted_loss']:.4f} | "
-            f"[{c['interval_low']:.4g}, {c['interval_high']:.4g}] | {c['measured_loss']:.4f} | "
-            f"{c['log_error']:+.3f} | {'yes' if c['held'] else 'no'} |"
+            f"{_interval_cell(c)} | {c['measured_loss']:.4f} | "
+            f"{c['log_error']:+.3f} | {({True: 'yes', False: 'no'}).get(c['held'], 'n/a')} |"
         )
     lines += [
         "",
@@ -263,4 +263,15 @@ def audit_markdown(report: dict, table: pd.DataFrame) -> str:
                 f"| {r['method']} | {r['selected']} | {r['rel_acc']:.3f} | "
                 f"{r['pear_corr']:.3f} | {r['cost']:.4f} | {held} |"
             )
+    lines += [
+        "",
+        "-: no interval stated (the selector predicts no loss, or had too few probes to "
+        "calibrate an interval).",
+    ]
     return "\n".join(lines)
+
+
+def _interval_cell(check: dict) -> str:
+    if check["held"] is None:
+        return "none stated"
+    return f"[{check['interval_low']:.4g}, {check['interval_high']:.4g}]"

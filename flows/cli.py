@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -183,21 +184,30 @@ def _select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(summary) -> None:
-    """What ``lensllm select`` prints at the end: ranking, compute, registry, where to look."""
-    result = summary.result
-    print(
-        f"\nRanking ({result.rank_on} predicted at {result.target_size} examples; "
-        f"{result.level:.0%} {result.interval_method} intervals; P(best)):"
+def _print_ranking(result) -> None:
+    """The ranking with each candidate's prediction, interval and P(best)."""
+    how = (
+        "no intervals"
+        if result.interval_method == "none"
+        else f"{result.level:.0%} {result.interval_method} intervals; P(best)"
     )
+    print(f"\nRanking ({result.rank_on} predicted at {result.target_size} examples; {how}):")
     for row in result.ranking_rows():
         p_best = "" if row["p_best"] is None else f"P(best) {row['p_best']:.2f}"
+        low, high = row["interval_low"], row["interval_high"]
+        interval = f"[{low:.4g}, {high:.4g}]" if math.isfinite(low + high) else "(no interval)"
         print(
             f"  {row['rank']}. {row['candidate']:<28} {row['predicted_loss']:.4f} "
-            f"[{row['interval_low']:.4g}, {row['interval_high']:.4g}] {p_best} {row['note']}"
+            f"{interval} {p_best} {row['note']}"
         )
     print(f"  intervals rest on: {result.interval_basis}")
     print(f"Selected: {result.selected}")
+
+
+def _print_summary(summary) -> None:
+    """What ``lensllm select`` prints at the end: ranking, compute, registry, where to look."""
+    result = summary.result
+    _print_ranking(result)
     b = summary.budget
     mode = "adaptive (Lens)" if summary.adaptive else "full ladder"
     print(
@@ -281,19 +291,25 @@ def _calibration(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(rows)} checked selections in {where} ({tracker.display_uri}):")
     for r in rows:
+        interval = (
+            "(no interval)"
+            if r["held"] is None
+            else f"[{r['interval_low']:.4g}, {r['interval_high']:.4g}] ({r['level']:.0%})"
+        )
+        verdict = {True: "held", False: "MISSED"}.get(r["held"], "")
         print(
             f"  {r['run_id'][:8]} {r['task']:<22} {r['selector']:<12} {r['winner']:<24} "
-            f"predicted {r['predicted_loss']:.4f} [{r['interval_low']:.4g}, "
-            f"{r['interval_high']:.4g}] ({r['level']:.0%}), measured {r['measured_loss']:.4f}, "
-            f"log error {r['log_error']:+.3f} {'held' if r['held'] else 'MISSED'}"
+            f"predicted {r['predicted_loss']:.4f} {interval}, measured {r['measured_loss']:.4f}, "
+            f"log error {r['log_error']:+.3f} {verdict}"
         )
-    print("\nper selector: selections, intervals held, median |log error|")
+    print("\nper selector: selections, intervals held (of those stated), median |log error|")
     for selector in sorted({r["selector"] for r in rows}):
         part = [r for r in rows if r["selector"] == selector]
-        held = sum(r["held"] for r in part)
+        held = sum(r["held"] is True for r in part)
+        stated = sum(r["held"] is not None for r in part)
+        share = f"{held / stated:.0%}" if stated else "no interval stated"
         error = statistics.median(abs(r["log_error"]) for r in part)
-        print(f"  {selector:<12} {len(part):>4}  {held}/{len(part)} ({held / len(part):.0%})"
-              f"  {error:.3f}")  # fmt: skip
+        print(f"  {selector:<12} {len(part):>4}  {held}/{stated} ({share})  {error:.3f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"plot: {plot_live_calibration(rows, str(out / 'live_calibration.png'))}")

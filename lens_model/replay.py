@@ -147,7 +147,8 @@ def calibration_replay(
         One per (method label, budget, nominal level): ``method``, ``budget``, ``nominal``,
         ``coverage`` (share of the candidates' intervals that hold the true target loss),
         ``median_log_width`` (median of ln(upper / lower)), ``mean_interval_score`` and
-        ``interval_method`` (``"heuristic"`` where a calibrated interval fell back to it).
+        ``interval_method`` (``"none"`` where a calibrated selector had too few probes for a
+        backtest: its coverage and widths are NaN).
     pairwise : dict
         Per method label, the reliability (:func:`lens_model.calibration.reliability`) of
         ``P(i better than j)`` over every ordered pair of candidates with predictions, pooled
@@ -178,22 +179,11 @@ def calibration_replay(
                         )
                         if not np.isfinite(sel.predictions).any():
                             break  # this selector predicts no loss: nothing to score
+                    # a calibrated selection reports every level from one predictive model;
+                    # one with too few probes for a backtest has none (NaN bounds)
                     lower, upper = (
-                        sel.interval(level)
-                        if kind == "calibrated" and sel.interval_method == "calibrated"
-                        else (sel.lower, sel.upper)
+                        sel.interval(level) if kind == "calibrated" else (sel.lower, sel.upper)
                     )
-                    if kind == "calibrated" and sel.interval_method != "calibrated":
-                        lower, upper = _rerun(
-                            selectors[name],
-                            sizes,
-                            losses,
-                            model_sizes,
-                            budget,
-                            target_size,
-                            level,
-                            kind,
-                        )
                     row = _interval_row(label, budget, level, lower, upper, log_truth)
                     rows.append(row | {"interval_method": sel.interval_method})
                     if level == top:
@@ -204,13 +194,6 @@ def calibration_replay(
                 pairwise[label] = reliability(np.concatenate(probs), np.concatenate(outcomes))
                 pairwise[label]["n_bins"] = n_bins
     return rows, pairwise
-
-
-def _rerun(selector, sizes, losses, model_sizes, budget, target, level, kind):
-    """The interval of a selection run at ``level`` (a calibrated selector that fell back to
-    its heuristic interval reports it at each level)."""
-    sel = _select(selector, sizes, losses, model_sizes, budget, target, level=level, interval=kind)
-    return sel.lower, sel.upper
 
 
 def _interval_row(label: str, budget: int, level: float, lower, upper, log_truth) -> dict:

@@ -10,7 +10,9 @@ probabilities that each candidate is the best and that one beats another. By def
 (``interval="calibrated"``) both come from a rolling-origin backtest of the selector's own
 predictor on the probes it read (``lens_model.calibration``); ``interval="heuristic"`` keeps
 the intervals each predictor had before (least-squares, delta-method and local-bend
-intervals), with independent normal distributions behind the probabilities.
+intervals), with independent normal distributions behind the probabilities. A calibrated
+selector with too few probes for a backtest states no interval and no probabilities (method
+``"none"``) rather than an uncalibrated one.
 """
 
 from __future__ import annotations
@@ -139,8 +141,9 @@ class Selection:
     level : float
         Nominal level of ``lower`` / ``upper`` (0.9: a 90 % interval).
     interval_method : str
-        ``"calibrated"``, ``"heuristic"`` (asked for, or a calibrated interval fell back to it:
-        ``interval_basis`` says why) or ``"none"`` (the selector predicts no loss).
+        ``"calibrated"``, ``"heuristic"`` (asked for) or ``"none"``: no interval, because the
+        selector predicts no loss or had too few probes to calibrate one (``interval_basis``
+        says which).
     interval_basis : str
         What the intervals rest on, in words (e.g. the backtest's size).
     predictive : Predictive
@@ -282,20 +285,26 @@ class Selector:
     ) -> Scored:
         """Scores = predictions, with calibrated intervals from ``backtest()`` (errors of the
         selector's own predictor on its own probes; ``scale`` is the predictor's error scale
-        at each prediction's horizon), or the heuristic ``lower`` / ``upper``."""
+        at each prediction's horizon), or the heuristic ``lower`` / ``upper`` when asked for.
+
+        Too few probes for a backtest: no interval at all (NaN bounds and probabilities,
+        method ``"none"``), never the heuristic one in its place. A predictor's own interval
+        has no backtest behind it: the zoo audits' held 5 of 24 at a stated 90 %."""
         pred = np.asarray(predictions, dtype=float)
-        heuristic = Scored(pred, pred, lower, upper, dropped, basis="heuristic (as asked)")
         if self.interval == "heuristic":
-            return heuristic
+            return Scored(pred, pred, lower, upper, dropped, basis="heuristic (as asked)")
         bt = backtest()
         try:
             calibrator = IntervalCalibrator().fit(bt)
         except ValueError as err:
-            heuristic.basis = (
-                f"heuristic: too few probes for a calibrated interval ({err}); the predictor's "
-                "own interval, which has no backtest behind it"
+            nan = _nan(len(pred))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                predictive = Predictive(centre=np.log(pred), scale=nan)
+            basis = (
+                f"no interval: too few probes to calibrate one ({err}); the predictor's own "
+                "interval has no backtest behind it and is not stated"
             )
-            return heuristic
+            return Scored(pred, pred, nan, nan.copy(), dropped, predictive, "none", basis)
         with np.errstate(divide="ignore", invalid="ignore"):
             predictive = calibrator.predictive(np.log(pred), scale)
         lo, hi = predictive.interval(self.level)
@@ -500,7 +509,7 @@ class Lens(Selector):
     the live pipeline measures the whole ladder anyway. local-slope errors scale with a
     constant curvature of the curve (``secant_scale``), power-phase and law errors with
     ``h ** 1.5``. A first round of two sizes leaves no backtest for anyone that was dropped
-    after it: the intervals then fall back to the heuristic and ``interval_basis`` says so.
+    after it: the selection then states no interval and ``interval_basis`` says why.
     """
 
     def __init__(

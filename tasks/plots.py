@@ -120,12 +120,15 @@ def plot_prediction(
                   [check.interval_high - check.predicted_loss]],
             fmt="*", ms=12, color="C1", capsize=5,
         )  # fmt: skip
+    else:  # too few probes to calibrate an interval: the prediction alone, and the plot says so
+        ax.plot([target], [check.predicted_loss], "*", ms=12, color="C1",
+                label="no interval at the target (too few probes to calibrate one)")  # fmt: skip
     ax.plot(
         [check.trained_examples],
         [check.measured_loss],
         "X",
         ms=12,
-        color="C3" if not check.held else "C2",
+        color={True: "C2", False: "C3"}.get(check.held, "grey"),
         label=f"measured after training on {check.trained_examples} examples",
     )
     ax.set_xscale("log")
@@ -133,10 +136,9 @@ def plot_prediction(
     unit = "bits per byte" if rank_on == "bits_per_byte" else "nats per token"
     ax.set_xlabel("fine-tuning examples")
     ax.set_ylabel(f"test loss ({unit})")
-    verdict = "held" if check.held else "did NOT hold"
     ax.set_title(
         f"{check.candidate}: predicted {check.predicted_loss:.4f}, measured "
-        f"{check.measured_loss:.4f}\nlog error {check.log_error:+.3f}; the interval {verdict}",
+        f"{check.measured_loss:.4f}\nlog error {check.log_error:+.3f}; {check.verdict}",
         fontsize=10,
     )
     ax.grid(alpha=0.3, which="both")
@@ -154,12 +156,19 @@ def plot_live_calibration(rows: list[dict], path: str) -> str:
         pred = np.array([r["predicted_loss"] for r in part])
         low = np.array([r["interval_low"] for r in part])
         high = np.array([r["interval_high"] for r in part])
-        held = sum(r["held"] for r in part)
+        held = sum(r["held"] is True for r in part)
+        stated = sum(r["held"] is not None for r in part)
         ax.errorbar(
             measured, pred, yerr=[pred - low, high - pred], fmt="o", color=f"C{i}", capsize=3,
-            label=f"{selector}: {held}/{len(part)} intervals held",
+            label=f"{selector}: {held}/{stated} intervals held"
+            + (f" ({len(part) - stated} without one)" if stated < len(part) else ""),
         )  # fmt: skip
-    values = [v for r in rows for v in (r["measured_loss"], r["interval_low"], r["interval_high"])]
+    values = [
+        v
+        for r in rows
+        for v in (r["measured_loss"], r["predicted_loss"], r["interval_low"], r["interval_high"])
+        if np.isfinite(v)
+    ]
     lo, hi = min(values) * 0.95, max(values) * 1.05
     ax.plot([lo, hi], [lo, hi], ":", color="grey", label="prediction = measurement")
     ax.set_xscale("log")

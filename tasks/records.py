@@ -508,16 +508,31 @@ class TargetCheck(Record):
         return math.log(self.measured_loss / self.predicted_loss)
 
     @property
-    def held(self) -> bool:
-        """Whether the interval holds the measured loss."""
+    def held(self) -> bool | None:
+        """Whether the interval holds the measured loss; None where no interval was stated
+        (too few probes to calibrate one)."""
+        if not (math.isfinite(self.interval_low) and math.isfinite(self.interval_high)):
+            return None
         return self.interval_low <= self.measured_loss <= self.interval_high
+
+    @property
+    def verdict(self) -> str:
+        """ "the interval held", "the interval did not hold" or "no interval was stated"."""
+        return {True: "the interval held", False: "the interval did not hold"}.get(
+            self.held, "no interval was stated"
+        )
+
+    def interval_text(self) -> str:
+        if self.held is None:
+            return "(no interval)"
+        return f"[{self.interval_low:.4g}, {self.interval_high:.4g}] ({self.level:.0%})"
 
     def summary(self) -> str:
         return (
             f"{self.candidate} at {self.trained_examples} examples: predicted "
-            f"{self.predicted_loss:.4f} [{self.interval_low:.4g}, {self.interval_high:.4g}] "
-            f"({self.level:.0%}), measured {self.measured_loss:.4f} {self.rank_on}; log error "
-            f"{self.log_error:+.3f}, the interval {'held' if self.held else 'did not hold'} it"
+            f"{self.predicted_loss:.4f} {self.interval_text()}, measured "
+            f"{self.measured_loss:.4f} {self.rank_on}; log error {self.log_error:+.3f}, "
+            f"{self.verdict}"
         )
 
 

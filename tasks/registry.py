@@ -219,10 +219,14 @@ def version_description(tags: dict[str, str]) -> str:
     """A readable description of a registered version from its tags."""
     pred = float(tags[T.PREDICTED_LOSS])
     low, high = float(tags[T.INTERVAL_LOW]), float(tags[T.INTERVAL_HIGH])
+    interval = (
+        f"{_level(tags)} interval {low:.4f} .. {high:.4f}{_p_best(tags)}"
+        if math.isfinite(low) and math.isfinite(high)
+        else "no interval: too few probes to calibrate one"
+    )
     lines = [
         f"Selected by {tags[T.SELECTOR]} for task {tags[T.TASK]!r}.",
-        f"Predicted target loss {pred:.4f} ({_level(tags)} interval {low:.4f} .. {high:.4f}"
-        f"{_p_best(tags)}).",
+        f"Predicted target loss {pred:.4f} ({interval}).",
         f"Selection key: {tags[T.SELECTION_KEY]}.",
     ]
     provenance = [

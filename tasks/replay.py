@@ -65,7 +65,7 @@ CALIBRATION_COLUMNS = [
     "coverage",
     "median_log_width",
     "mean_interval_score",
-    "interval_method",  # "heuristic" where a calibrated interval had too few probes to backtest
+    "interval_method",  # "none" where a calibrated selector had too few probes to backtest
 ]
 PAIRWISE_COLUMNS = [
     "dataset",
@@ -209,7 +209,7 @@ def markdown_table(frame: pd.DataFrame, digits: int) -> str:
     head = [str(frame.index.name or "")] + [str(c) for c in frame.columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for idx, row in frame.iterrows():
-        cells = [f"{v:.{digits}f}" for v in row.to_numpy(dtype=float)]
+        cells = [f"{v:.{digits}f}" if np.isfinite(v) else "n/a" for v in row.to_numpy(float)]
         out.append("| " + " | ".join([str(idx)] + cells) + " |")
     return "\n".join(out)
 
@@ -294,13 +294,13 @@ def calibration_report(calibration: pd.DataFrame, pairwise: pd.DataFrame | None)
             mine = calibration[
                 (calibration.dataset == dataset) & ~calibration.method.str.contains("heuristic")
             ]
-            fell = mine[mine.interval_method == "heuristic"].drop_duplicates(["method", "ratio"])
-            if len(fell):
-                cells = ", ".join(f"{r.method} at 1/{r.ratio}" for r in fell.itertuples())
+            none = mine[mine.interval_method == "none"].drop_duplicates(["method", "ratio"])
+            if len(none):
+                cells = ", ".join(f"{r.method} at 1/{r.ratio}" for r in none.itertuples())
                 lines += [
                     "",
-                    f"Too few probes for a backtest, heuristic interval instead: {cells} "
-                    "(included in the averages above).",
+                    f"Too few probes for a backtest, so no interval stated: {cells} (left out "
+                    "of the averages above).",
                 ]
     return "\n".join(lines) + "\n"
 

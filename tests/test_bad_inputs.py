@@ -292,7 +292,6 @@ def test_unexpected_errors_keep_their_traceback(tmp_path, monkeypatch):
     assert cli.is_input_error(CandidateError("x")) and cli.is_input_error(ProbeDivergedError("x"))
 
 
-
 @pytest.mark.integration
 def test_unreachable_tracking_server_exits_3_with_one_line(prefect_harness, tmp_path, capfd):
     """A server that does not answer is not bad input: its own exit status (3), one line that

@@ -347,10 +347,10 @@ def test_cli_requires_a_table(capsys):
     assert "--table" in capsys.readouterr().err
 
 
-def test_a_short_table_says_which_intervals_fell_back_to_the_heuristic(tmp_path):
+def test_a_short_table_states_no_interval_where_no_backtest_is_possible(tmp_path):
     """An audit-sized table (16, 32, 64 below the budget): the law fits cannot be backtested
-    on cut curves of two points, AtS's line can. calibration.csv and report.md say which
-    intervals are heuristic (the zoo audits' laws held 0 of 4 with them)."""
+    on cut curves of two points, AtS's line can. The law fits state no interval (never their
+    uncalibrated one: the zoo audits' held 0 of 4), and calibration.csv and report.md say so."""
     from tests.conftest import rectified_table
 
     sizes = [0, 16, 32, 64, 128, 256, 512]
@@ -364,9 +364,11 @@ def test_a_short_table_says_which_intervals_fell_back_to_the_heuristic(tmp_path)
     cal = pd.read_csv(out / "calibration.csv")
     assert list(cal.columns) == CALIBRATION_COLUMNS
     how = cal.groupby("method").interval_method.unique().to_dict()
-    assert list(how["VanillaFit"]) == ["heuristic"]  # fell back: no backtest on 2-point cuts
+    assert list(how["VanillaFit"]) == ["none"]  # no backtest on 2-point cuts
+    assert cal[cal.method == "VanillaFit"].coverage.isna().all()
     assert list(how["AtS"]) == ["calibrated"]
+    assert cal[cal.method == "AtS"].coverage.notna().all()
     assert list(how["AtS (heuristic)"]) == ["heuristic"]
     report = (out / "report.md").read_text()
-    assert "heuristic interval instead: VanillaFit at 1/8" in report
+    assert "so no interval stated: VanillaFit at 1/8" in report
     assert "AtS at 1/8" not in report

@@ -332,7 +332,7 @@ def test_three_candidates_three_sizes_get_a_t_interval_that_says_so():
     assert np.all(sel.predictions < sel.upper)
 
 
-def test_lens_with_two_first_round_sizes_falls_back_and_says_why():
+def test_lens_with_two_first_round_sizes_states_no_interval_and_says_why():
     sizes = np.array([0, 16, 32, 64, 128, 256], dtype=float)
     losses = np.array(
         [
@@ -342,10 +342,14 @@ def test_lens_with_two_first_round_sizes_falls_back_and_says_why():
         ]
     )
     sel = select("Lens", sizes, losses, 64, target=256)  # first round 16 and 64
-    assert sel.interval_method == "heuristic"
-    assert sel.interval_basis.startswith("heuristic: too few probes for a calibrated interval")
-    assert np.all(np.isfinite(sel.lower) & np.isfinite(sel.upper) & (sel.upper > sel.lower))
-    assert sel.p_best.sum() == pytest.approx(1.0)
+    assert sel.interval_method == "none"
+    assert sel.interval_basis.startswith("no interval: too few probes to calibrate one")
+    assert np.all(np.isfinite(sel.predictions))  # it still predicts and ranks
+    assert np.all(np.isnan(sel.lower) & np.isnan(sel.upper) & np.isnan(sel.p_best))
+    assert np.all(np.isnan(sel.interval(0.5)[0])) and np.isnan(sel.prob_better(0, 1))
+    assert select("Lens", sizes, losses, 64, target=256, interval="heuristic").interval_method == (
+        "heuristic"
+    )  # the uncalibrated interval only when asked for
 
 
 def test_exact_curves_never_get_a_zero_width_interval():

@@ -211,6 +211,6 @@ def test_lens_keeps_the_local_slope_when_the_law_with_f_would_be_underdetermined
     with pytest.raises(ValueError, match="at least 3 first-round sizes"):
         Lens(predictor="lens_law").select(short, budget=800, target_size=1_638_400)
     longer = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=budget, f_terms=f)
-    sel = (lens := Lens()).select(longer, budget=budget, target_size=1_638_400)
+    sel = (lens := Lens(interval="heuristic")).select(longer, budget=budget, target_size=1_638_400)
     assert lens.predictor_ == "lens_law"
     assert np.all(np.isfinite(sel.lower)) and np.all(np.isfinite(sel.upper))

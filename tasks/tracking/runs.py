@@ -4,6 +4,7 @@ crash), probe logging with dataset inputs, and the replay benchmark's run."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -255,7 +256,8 @@ def checked_selections(tracker: Tracker, experiment: str | None = None) -> list[
                 "level": m["target.level"],
                 "measured_loss": m["target.measured_loss"],
                 "log_error": m["target.log_error"],
-                "held": bool(m["target.interval_held"]),
+                # NaN: no interval was stated (too few probes to calibrate one)
+                "held": None if math.isnan(held := m["target.interval_held"]) else bool(held),
             }
         )
     return rows

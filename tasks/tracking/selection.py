@@ -3,6 +3,8 @@ and the compute spent, and one nested run per candidate with its curve and predi
 
 from __future__ import annotations
 
+import math
+
 from tasks.records import (
     AdaptiveRun,
     Budget,
@@ -106,8 +108,12 @@ def selection_note(
     unit = result.rank_on.replace("_", " ")
     text = (
         f"**{result.selector} selected `{result.selected}`**: predicted {winner.predicted_loss:.4f}"
-        f" {unit} at {result.target_size} examples ({result.level:.0%} {result.interval_method}"
-        f" interval {lo:.4g} to {hi:.4g}"
+        f" {unit} at {result.target_size} examples ("
+        + (
+            f"{result.level:.0%} {result.interval_method} interval {lo:.4g} to {hi:.4g}"
+            if math.isfinite(lo) and math.isfinite(hi)
+            else "no interval: too few probes to calibrate one"
+        )
     )
     if winner.p_best is not None:
         text += f"; probability of being the best {winner.p_best:.2f}"
@@ -124,8 +130,7 @@ def selection_note(
     if check is not None:
         text += (
             f" Trained at the target ({check.trained_examples} examples) it measured "
-            f"{check.measured_loss:.4f}: log error {check.log_error:+.3f}, the interval "
-            f"{'held' if check.held else 'did not hold'}."
+            f"{check.measured_loss:.4f}: log error {check.log_error:+.3f}, {check.verdict}."
         )
     if registration is not None and registration.version:
         verdict = "promoted to champion" if registration.promoted else "not promoted"
@@ -146,7 +151,7 @@ def check_metrics(check: TargetCheck) -> list[tuple[str, float, int]]:
         "level": check.level,
         "log_error": check.log_error,
         "abs_log_error": abs(check.log_error),
-        "interval_held": float(check.held),
+        "interval_held": math.nan if check.held is None else float(check.held),
         "trained_examples": check.trained_examples,
     }
     return [(f"target.{k}", float(v), check.target_size) for k, v in values.items()]
@@ -158,7 +163,7 @@ def check_tags(check: TargetCheck) -> dict[str, str]:
         T.TARGET_MEASURED_LOSS: repr(check.measured_loss),
         T.TARGET_PREDICTED_LOSS: repr(check.predicted_loss),
         T.TARGET_LOG_ERROR: repr(check.log_error),
-        T.TARGET_INTERVAL_HELD: str(check.held).lower(),
+        T.TARGET_INTERVAL_HELD: {True: "true", False: "false"}.get(check.held, "no interval"),
         T.TARGET_EXAMPLES: str(check.trained_examples),
     }
 

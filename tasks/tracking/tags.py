@@ -47,7 +47,7 @@ ROLLED_BACK = "lensllm.rolled_back"
 TARGET_MEASURED_LOSS = "lensllm.target_measured_loss"
 TARGET_PREDICTED_LOSS = "lensllm.target_predicted_loss"
 TARGET_LOG_ERROR = "lensllm.target_log_error"  # ln(measured / predicted)
-TARGET_INTERVAL_HELD = "lensllm.target_interval_held"  # "true" / "false"
+TARGET_INTERVAL_HELD = "lensllm.target_interval_held"  # "true" / "false" / "no interval"
 TARGET_EXAMPLES = "lensllm.target_examples"  # what the training at the target saw
 
 # Dataset inputs (tags of an ``mlflow.log_input`` entry)
