@@ -67,6 +67,36 @@ def select_flow(
     return run_selection(cfg)
 
 
+GATE_STEP = "registration and gate"
+
+
+class StepTimer:
+    """Wall time per step, in the order the steps started. A step timed inside another counts
+    for itself only: the outer step's time excludes it, so the steps add up to the whole."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._open: list[list] = []  # per open step: its name, the time of the steps inside it
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self.seconds.setdefault(name, 0.0)
+        self._open.append([name, 0.0])
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds[name] += elapsed - self._open.pop()[1]
+            if self._open:
+                self._open[-1][1] += elapsed
+
+    def finished(self) -> dict[str, float]:
+        """The steps that are over (a step still running has no time yet)."""
+        running = {name for name, _ in self._open}
+        return {name: s for name, s in self.seconds.items() if name not in running}
+
+
 @dataclass
 class _Run:
     """What the steps of one selection share (the recipe below fills it in)."""
@@ -84,7 +114,7 @@ class _Run:
     targets: dict[str, ProbeResult] = field(default_factory=dict)
     checks: list[TargetCheck] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
+    timer: StepTimer = field(default_factory=StepTimer)
 
     @functools.cached_property
     def provenance(self) -> dict[str, str]:
@@ -97,11 +127,11 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
     the same selection started twice waits and then takes everything from cache) probe,
     fit, select, train the top candidates at the target, track and register."""
     started_ms = int(time.time() * 1000)
-    timings: dict[str, float] = {}
+    timer = StepTimer()
     cache = Path(cfg.cache_dir).resolve()
     tracker = Tracker.resolve(cfg.tracking.uri, cache)
     # What can fail fails before compute is spent: the data ladder, every candidate, MLflow.
-    with _timed(timings, "data and models"):
+    with timer.step("data and models"):
         data = prepare_data_task(cfg.dataset, cfg.ladder, cfg.target_size)
         models = {
             c.name: resolve_candidate_task(
@@ -124,43 +154,27 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
             storage=result_storage(cache),
             progress=_progress(cfg, data, n_params),
         )
-        run = _Run(cfg, tracker, key, started_ms, plan, n_params, timings=timings)
-        with _timed(timings, "NTK"):
+        run = _Run(cfg, tracker, key, started_ms, plan, n_params, timer=timer)
+        with timer.step("NTK"):
             run.ntk = candidate_ntk(
                 models, cfg.trust(), data.train, cfg.probe, cfg.ntk, threads=plan.threads,
                 storage=plan.storage,
             )  # fmt: skip
-        with _timed(timings, "probes"):
+        with timer.step("probes"):
             run.probes, run.adaptive = _probe(cfg, plan, n_params)
             plan.progress.close()
-        with _timed(timings, "fit"):
+        with timer.step("fit"):
             run.result = _fit_and_select(run)
-        with _timed(timings, "target training"):
+        with timer.step("target training"):
             run.targets, run.checks = _validate(run)
-        with _timed(timings, "tracking"):
+        with timer.step("tracking"):  # registration and the gate, inside it, timed apart
             run.plots = _plots(run)
             with _tracking_errors(tracker):
                 summary = _track_and_register(run)
-        gate = timings.pop(GATE_STEP, 0.0)
-        timings["tracking"] -= gate
-        timings[GATE_STEP] = gate
-        summary = summary.model_copy(update={"timings": dict(timings)})
+        summary = summary.model_copy(update={"timings": dict(timer.seconds)})
     _prefect_artifacts(summary)
     get_run_logger().info("time split: %s", summary.time_split())
     return summary
-
-
-GATE_STEP = "registration and gate"  # timed inside "tracking", reported apart
-
-
-@contextmanager
-def _timed(timings: dict[str, float], step: str) -> Iterator[None]:
-    """Add the wall time of the block to ``timings[step]``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[step] = timings.get(step, 0.0) + time.perf_counter() - start
 
 
 def _progress(cfg: SelectionConfig, data: PreparedData, n_params: dict[str, int]) -> Progress:
@@ -265,7 +279,7 @@ def _track_and_register(run: _Run) -> SelectionSummary:
             "nothing new is logged",
             done,
         )
-        with _timed(run.timings, GATE_STEP):
+        with run.timer.step(GATE_STEP):
             registration = _register(run, done)
         _link_version(run, done, registration)
         return _summary(run, done, False, budget, registration, recorded_in=done)
@@ -294,9 +308,11 @@ def _track_and_register(run: _Run) -> SelectionSummary:
         )
         log_budget(tracker, run_id, budget, run.adaptive.run if run.adaptive else None)
         log_checks(tracker, run_id, run.checks)
-        with _timed(run.timings, GATE_STEP):
+        with run.timer.step(GATE_STEP):
             registration = _register(run, run_id)
-        metrics = [(f"time.{step.replace(' ', '_')}_s", s, 0) for step, s in run.timings.items()]
+        metrics = [
+            (f"time.{step.replace(' ', '_')}_s", s, 0) for step, s in run.timer.finished().items()
+        ]
         tracker.log(run_id, metrics=metrics)
         _link_version(run, run_id, registration)
         note = selection_note(run.result, budget, run.checks, registration, cfg.registry.model_name)

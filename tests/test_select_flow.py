@@ -418,3 +418,22 @@ def test_select_flow_called_directly_probes_concurrently(prefect_harness, tmp_pa
     config["registry"] = {"enabled": False}
     summary = select_flow(config_path=_write(tmp_path / "direct.yaml", config))
     assert summary.selected in config["candidates"]
+
+
+def test_a_step_inside_another_counts_for_itself_only(monkeypatch):
+    from flows import select
+
+    now = [0.0]
+    monkeypatch.setattr(select.time, "perf_counter", lambda: now[0])
+    timer = select.StepTimer()
+    with timer.step("outer"):
+        now[0] += 5
+        with timer.step("inner"):
+            now[0] += 10
+            assert list(timer.finished()) == []  # both still running
+        assert list(timer.finished()) == ["inner"]
+        now[0] += 1
+    with timer.step("inner"):  # a step run twice adds up
+        now[0] += 3
+    assert timer.seconds == {"outer": 6.0, "inner": 13.0}
+    assert list(timer.seconds) == ["outer", "inner"]  # the order the steps started
