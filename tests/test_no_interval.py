@@ -100,3 +100,32 @@ def test_plots_draw_the_prediction_without_an_interval(result, tmp_path):
     ]  # fmt: skip
     plot_live_calibration(rows, str(tmp_path / "live.png"))
     assert (tmp_path / "live.png").stat().st_size > 0
+
+
+def test_the_calibration_record_keeps_no_interval_apart_through_mlflow(result, tmp_path, capsys):
+    """``target.interval_held`` is NaN in MLflow (neither 1 nor 0); ``lensllm calibration``
+    reads it back as no interval and counts only the intervals that were stated."""
+    from mlflow import MlflowClient
+
+    from tasks.tracking.client import Tracker
+    from tasks.tracking.runs import checked_selections
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("no-interval")
+    stated = _check(result[0]).model_copy(update={"interval_low": 1.5, "interval_high": 2.5})
+    for check in (_check(result[0]), stated):
+        run = client.create_run(experiment, tags={T.RUN_KIND: "selection", T.TASK: "t"})
+        run_id = run.info.run_id
+        for key, value in (("selector", "AtS"), ("rank_on", "bits_per_byte")):
+            client.log_param(run_id, key, value)
+        client.log_param(run_id, "target_size", 1024)
+        for key, value, step in check_metrics(check):
+            client.log_metric(run_id, key, value, step=step)
+        client.set_terminated(run_id)
+    rows = checked_selections(Tracker(uri), "no-interval")
+    assert [r["held"] for r in rows] == [None, True]
+    assert cli.main(["calibration", "--tracking-uri", uri, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(no interval)" in out and "AtS             2  1/1 (100%)" in out
+    assert (tmp_path / "live_calibration.png").stat().st_size > 0
