@@ -169,13 +169,20 @@ class SelectionConfig(_Strict):
         return self
 
     def _check_selection_settings(self) -> None:
-        """The selector exists and an adaptive cap fits the ladder (deployment runs, which
-        skip the CLI, get the same errors before any probe)."""
+        """The selector exists, the ladder is long enough for it and an adaptive cap fits the
+        ladder (deployment runs, which skip the CLI, get the same errors before any probe)."""
+        from lens_model.selectors import SELECTORS
         from tasks.live_probes import adaptive_settings
 
         check_selector(self.selector, "selector")
+        sizes, needed = self.ladder.sizes(), SELECTORS.get(self.selector).min_ladder_sizes
+        if len(sizes) < needed:
+            raise ValueError(
+                f"selector {self.selector} needs at least {needed} ladder sizes to extrapolate "
+                f"a curve, the ladder has {sizes}: lower ladder.first_size (e.g. to "
+                f"{self.ladder.budget // 2}) or choose SubTuning"
+            )
         if self.adaptive.enabled:
-            sizes = self.ladder.sizes()
             fraction = self.adaptive.ladder_fraction(self.target_size, sizes)
             adaptive_settings(sizes, self.ladder.budget, fraction)
 

@@ -235,6 +235,9 @@ class Selector:
     greater_is_better = False
     level = 0.9  # class defaults: a subclass whose __init__ skips super() still selects
     interval = "calibrated"
+    # probe sizes up to the budget (zero-shot aside) the selector needs: a curve to extrapolate
+    # needs two
+    min_ladder_sizes = 2
 
     def __init__(self, *, level: float = 0.9, interval: str = "calibrated") -> None:
         self.level = check_level(level)
@@ -246,6 +249,12 @@ class Selector:
             raise ValueError(f"budget ({budget}) must not exceed target_size ({target_size})")
         level = check_level(self.level)  # settings may have been changed since __init__
         check_interval_method(self.interval)
+        ladder = sorted(int(d) for d in source.sizes if 0 < d <= budget)
+        if len(ladder) < self.min_ladder_sizes:
+            raise ValueError(
+                f"{type(self).__name__} needs at least {self.min_ladder_sizes} probe sizes up to "
+                f"the budget ({budget}) to extrapolate a curve, got {ladder}: lengthen the ladder"
+            )
         scored = self._score(source, budget, target_size)
         if isinstance(scored, tuple):  # (scores, predictions, lower, upper, dropped)
             scored = Scored(*scored)
@@ -331,6 +340,8 @@ def _nan(n: int) -> np.ndarray:
 class ZeroShot(Selector):
     """Rank by the zero-shot loss (no fine-tuning)."""
 
+    min_ladder_sizes = 0
+
     def _score(self, source, budget, target_size):
         n = len(source.model_sizes)
         z = _read(source, range(n), [0])[:, 0]
@@ -340,6 +351,8 @@ class ZeroShot(Selector):
 @SELECTORS.register("SubTuning")
 class SubTuning(Selector):
     """Rank by the loss after fine-tuning on the budget itself."""
+
+    min_ladder_sizes = 1
 
     def _score(self, source, budget, target_size):
         n = len(source.model_sizes)
@@ -352,6 +365,7 @@ class ModelSize(Selector):
     """Rank by ln(parameter count), largest first (no probes)."""
 
     greater_is_better = True
+    min_ladder_sizes = 0
 
     def _score(self, source, budget, target_size):
         n = len(source.model_sizes)
@@ -562,6 +576,8 @@ class Lens(Selector):
         first = [int(top[-1])]
         while first[-1] // self.spacing >= min_size:
             first.append(first[-1] // self.spacing)
+        if len(first) == 1 and (below := ladder[ladder < first[0]]).size:
+            first.append(int(below.max()))  # a short ladder: the secant needs two sizes
         first = sorted(first)
         cap = self.cost_fraction * ladder[ladder <= budget].sum() * w.sum()
         spent = w.sum() * sum(first)

@@ -109,8 +109,17 @@ def test_budget_not_first_size_times_power_of_two(tmp_path, budget):
 
 @pytest.mark.parametrize(("first", "budget", "sizes"), [(16, 16, [16]), (8, 64, [8, 16, 32, 64])])
 def test_ladder_sizes_double_up_to_budget(tmp_path, first, budget, sizes):
-    data = _with(ladder={"first_size": first, "budget": budget})
+    data = _with(ladder={"first_size": first, "budget": budget}, selector="SubTuning")
     assert load_config(_write(tmp_path, data)).ladder.sizes() == sizes
+
+
+@pytest.mark.parametrize("selector", ["Lens", "AtS", "VanillaFit", "RectifiedFit"])
+def test_a_one_size_ladder_is_refused_for_selectors_that_extrapolate(tmp_path, selector):
+    """Caught at load time, before any probe is spent (the fit would fail after them)."""
+    data = _with(ladder={"first_size": 64, "budget": 64}, selector=selector)
+    with pytest.raises(ConfigError, match=rf"selector {selector} needs at least 2 ladder sizes"):
+        load_config(_write(tmp_path, data))
+    assert load_config(_write(tmp_path, _with(selector=selector))).selector == selector
 
 
 def test_target_below_budget(tmp_path):

@@ -23,14 +23,18 @@ SIZES = [0, 32, 64]  # a ladder of two sizes: a backtest needs a third
 CURVES = {"a": [3.0, 2.4, 2.2], "b": [3.2, 2.6, 2.45], "c": [2.9, 2.7, 2.6]}
 
 
-@pytest.fixture(scope="module")
-def result():
+@pytest.fixture(scope="module", params=["AtS", "Lens"])
+def result(request):
+    """The selection of each selector on the two-size ladder, and its probes."""
     probes = {
         name: [probe_result(name, d, v) for d, v in zip(SIZES, curve, strict=True)]
         for name, curve in CURVES.items()
     }
     n_params = {name: 1_000 for name in CURVES}
-    return fit_and_select(probes, n_params, target_size=1024, budget=64, selector="AtS"), probes
+    selection = fit_and_select(
+        probes, n_params, target_size=1024, budget=64, selector=request.param
+    )
+    return selection, probes
 
 
 def _check(result) -> TargetCheck:

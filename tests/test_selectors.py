@@ -274,3 +274,24 @@ def test_table_probes_block_read_is_the_single_reads(synthetic_table):
         block.read([0], [TARGET_SIZE])
     with pytest.raises(KeyError, match="not in the ladder"):
         block.read([0], [300])
+
+
+def test_lens_on_a_two_size_ladder_reads_both_sizes():
+    """Spacing 4 from the budget would leave one first-round size on a 32-64 ladder: the
+    secant takes the size below instead of failing."""
+    sizes = np.array([0, 32, 64, 1024], dtype=float)
+    losses = np.array([[3.0, 2.5, 2.3, 2.0], [3.2, 2.6, 2.4, 2.1], [2.9, 2.8, 2.7, 2.6]])
+    source = TableProbes(sizes, losses, np.array([1e8, 2e8, 3e8]), max_size=64)
+    sel = SELECTORS.get("Lens")().select(source, budget=64, target_size=1024)
+    assert {d for _, d in sel.probes} >= {32, 64} and np.isfinite(sel.predictions).all()
+    assert sel.selected == 0 and sel.interval_method == "none"  # no backtest on two sizes
+
+
+@pytest.mark.parametrize("name", ["Lens", "AtS", "VanillaFit", "RectifiedFit"])
+def test_one_probe_size_is_too_few_to_extrapolate(name):
+    sizes = np.array([0, 64, 1024], dtype=float)
+    losses = np.array([[3.0, 2.3, 2.0], [3.2, 2.4, 2.1]])
+    source = TableProbes(sizes, losses, np.array([1e8, 2e8]), max_size=64)
+    with pytest.raises(ValueError, match=rf"{name} needs at least 2 probe sizes .* got \[64\]"):
+        SELECTORS.get(name)().select(source, budget=64, target_size=1024)
+    assert SELECTORS.get("SubTuning")().select(source, budget=64, target_size=1024).selected == 0
