@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
 from tasks.fit import curve_matrix  # noqa: E402
 from tasks.records import NtkResult, ProbeResult, SelectionResult, TargetCheck  # noqa: E402
@@ -41,13 +42,17 @@ def plot_selection(result: SelectionResult, probes: dict[str, list[ProbeResult]]
             err = [[pred - lo], [hi - pred]] if np.isfinite(lo) and np.isfinite(hi) else None
             ax.errorbar([target], [pred], yerr=err, fmt="*", ms=12, color=color, capsize=4)
     ax.axvline(target, color="grey", ls=":", lw=1)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax)
     unit = "bits per byte" if result.rank_on == "bits_per_byte" else "nats per token"
     ax.set_xlabel("fine-tuning examples (squares at the left: zero-shot)")
     ax.set_ylabel(f"test loss ({unit})")
+    interval = (
+        "no interval: too few probes to calibrate one"
+        if result.interval_method == "none"
+        else f"{result.level:.0%} {result.interval_method} interval"
+    )
     ax.set_title(
-        f"{result.selector}: predicted loss at {target} examples (stars, 90% interval)\n"
+        f"{result.selector}: predicted loss at {target} examples (stars; {interval})\n"
         "dashed: selector's extrapolation; dotted: rectified-law fit",
         fontsize=10,
     )
@@ -131,8 +136,7 @@ def plot_prediction(
         color={True: "C2", False: "C3"}.get(check.held, "grey"),
         label=f"measured after training on {check.trained_examples} examples",
     )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax)
     unit = "bits per byte" if rank_on == "bits_per_byte" else "nats per token"
     ax.set_xlabel("fine-tuning examples")
     ax.set_ylabel(f"test loss ({unit})")
@@ -171,14 +175,22 @@ def plot_live_calibration(rows: list[dict], path: str) -> str:
     ]
     lo, hi = min(values) * 0.95, max(values) * 1.05
     ax.plot([lo, hi], [lo, hi], ":", color="grey", label="prediction = measurement")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    _log_axes(ax)
     ax.set_xlabel("measured after training at the target")
     ax.set_ylabel("predicted (interval)")
     ax.set_title(f"Live calibration record: {len(rows)} selections checked", fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path, 110)
+
+
+def _log_axes(ax) -> None:
+    """Log-log axes whose loss ticks read as plain numbers (2.9, not 2.9 x 10^0): a loss axis
+    often spans less than a decade, where matplotlib labels the minor ticks in powers."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
 
 
 def _save(fig, path: str, dpi: int) -> str:

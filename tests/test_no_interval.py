@@ -12,7 +12,7 @@ import pytest
 
 from flows import cli
 from tasks.fit import fit_and_select
-from tasks.plots import plot_live_calibration, plot_prediction
+from tasks.plots import plot_live_calibration, plot_prediction, plot_selection
 from tasks.records import Budget, TargetCheck
 from tasks.registry import version_description, version_tags
 from tasks.tracking import tags as T
@@ -96,6 +96,8 @@ def test_plots_draw_the_prediction_without_an_interval(result, tmp_path):
     check = _check(result)
     path = plot_prediction(result, probes[result.selected], check, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 0 and path.endswith("p.png")
+    plot_selection(result, probes, str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").stat().st_size > 0
     rows = [
         {"selector": "AtS", "measured_loss": 2.0, "predicted_loss": 2.1, "interval_low": 1.5,
          "interval_high": 3.0, "held": True},
