@@ -517,7 +517,7 @@ class TargetCheck(Record):
 
     @property
     def verdict(self) -> str:
-        """ "the interval held", "the interval did not hold" or "no interval was stated"."""
+        """The check in words: the interval held, did not hold, or no interval was stated."""
         return {True: "the interval held", False: "the interval did not hold"}.get(
             self.held, "no interval was stated"
         )
