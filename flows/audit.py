@@ -38,7 +38,7 @@ from tasks.data import prepare_data_task
 from tasks.errors import ConfigError
 from tasks.models import describe_candidate, family_of, resolve_candidate_task
 from tasks.probing import ProbePlan
-from tasks.records import Ladder, SelectionSummary
+from tasks.records import Ladder, SelectionSummary, count_held
 from tasks.result_storage import result_storage
 from tasks.tracking.client import Tracker
 
@@ -154,6 +154,7 @@ def audit_report(cfg: SelectionConfig, summary: SelectionSummary, table: pd.Data
         c.model_dump() | {"log_error": c.log_error, "held": c.held}
         for c in sorted(summary.checks, key=lambda c: c.rank)
     ]
+    held, stated = count_held(c["held"] for c in checks)
     return {
         "task": cfg.name,
         "selector": cfg.selector,
@@ -164,8 +165,8 @@ def audit_report(cfg: SelectionConfig, summary: SelectionSummary, table: pd.Data
         "best_measured": best,
         "selected_was_best": selected == best,
         "rel_acc": relative_accuracy(names.index(selected), true),
-        "intervals_held": sum(c["held"] is True for c in checks),
-        "intervals_checked": sum(c["held"] is not None for c in checks),
+        "intervals_held": held,
+        "intervals_checked": stated,
         "level": result.level,
         "interval_method": result.interval_method,
         "checks": checks,

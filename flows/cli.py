@@ -278,6 +278,7 @@ def _calibration(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tasks.plots import plot_live_calibration
+    from tasks.records import count_held
     from tasks.tracking.client import Tracker
     from tasks.tracking.runs import checked_selections
 
@@ -305,8 +306,7 @@ def _calibration(args: argparse.Namespace) -> int:
     print("\nper selector: selections, intervals held (of those stated), median |log error|")
     for selector in sorted({r["selector"] for r in rows}):
         part = [r for r in rows if r["selector"] == selector]
-        held = sum(r["held"] is True for r in part)
-        stated = sum(r["held"] is not None for r in part)
+        held, stated = count_held(r["held"] for r in part)
         share = f"{held / stated:.0%}" if stated else "no interval stated"
         error = statistics.median(abs(r["log_error"]) for r in part)
         print(f"  {selector:<12} {len(part):>4}  {held}/{stated} ({share})  {error:.3f}")

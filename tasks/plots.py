@@ -12,7 +12,14 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
 from tasks.fit import curve_matrix  # noqa: E402
-from tasks.records import NtkResult, ProbeResult, SelectionResult, TargetCheck  # noqa: E402
+from tasks.records import (  # noqa: E402
+    NO_INTERVAL,
+    NtkResult,
+    ProbeResult,
+    SelectionResult,
+    TargetCheck,
+    count_held,
+)
 
 
 def plot_selection(result: SelectionResult, probes: dict[str, list[ProbeResult]], path: str) -> str:
@@ -47,7 +54,7 @@ def plot_selection(result: SelectionResult, probes: dict[str, list[ProbeResult]]
     ax.set_xlabel("fine-tuning examples (squares at the left: zero-shot)")
     ax.set_ylabel(f"test loss ({unit})")
     interval = (
-        "no interval: too few probes to calibrate one"
+        NO_INTERVAL
         if result.interval_method == "none"
         else f"{result.level:.0%} {result.interval_method} interval"
     )
@@ -160,8 +167,7 @@ def plot_live_calibration(rows: list[dict], path: str) -> str:
         pred = np.array([r["predicted_loss"] for r in part])
         low = np.array([r["interval_low"] for r in part])
         high = np.array([r["interval_high"] for r in part])
-        held = sum(r["held"] is True for r in part)
-        stated = sum(r["held"] is not None for r in part)
+        held, stated = count_held(r["held"] for r in part)
         ax.errorbar(
             measured, pred, yerr=[pred - low, high - pred], fmt="o", color=f"C{i}", capsize=3,
             label=f"{selector}: {held}/{stated} intervals held"

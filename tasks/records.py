@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -486,6 +487,16 @@ class Budget(Record):
     @property
     def full_finetune_share(self) -> float:
         return self.compute_spent / self.compute_full_finetune_all
+
+
+NO_INTERVAL = "no interval: too few probes to calibrate one"
+
+
+def count_held(held: Iterable[bool | None]) -> tuple[int, int]:
+    """``(held, stated)``: how many checks' intervals held the measured loss, and how many
+    stated an interval at all (``held`` is None where none was stated)."""
+    values = list(held)
+    return sum(v is True for v in values), sum(v is not None for v in values)
 
 
 class TargetCheck(Record):

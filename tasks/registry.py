@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from tasks.records import NO_INTERVAL
 from tasks.tracking import tags as T
 
 
@@ -222,7 +223,7 @@ def version_description(tags: dict[str, str]) -> str:
     interval = (
         f"{_level(tags)} interval {low:.4f} .. {high:.4f}{_p_best(tags)}"
         if math.isfinite(low) and math.isfinite(high)
-        else "no interval: too few probes to calibrate one"
+        else NO_INTERVAL
     )
     lines = [
         f"Selected by {tags[T.SELECTOR]} for task {tags[T.TASK]!r}.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from tasks.records import (
+    NO_INTERVAL,
     AdaptiveRun,
     Budget,
     CandidateResult,
@@ -112,7 +113,7 @@ def selection_note(
         + (
             f"{result.level:.0%} {result.interval_method} interval {lo:.4g} to {hi:.4g}"
             if math.isfinite(lo) and math.isfinite(hi)
-            else "no interval: too few probes to calibrate one"
+            else NO_INTERVAL
         )
     )
     if winner.p_best is not None:
