@@ -28,7 +28,7 @@ data:
 	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base); \
 	fi
 
-# Debian's Chromium for the browser tests (tests/test_ui.py): Playwright drives it; it cannot
+# Debian's Chromium for the browser tests (tests/ui/test_ui.py): Playwright drives it; it cannot
 # download a browser of its own here.
 browser:
 	@if [ ! -x /usr/bin/chromium ]; then \
@@ -43,7 +43,7 @@ model: $(STAMP)
 	$(BIN)/lensllm models prepare
 
 # Debian's PostgreSQL server for `lensllm stack up --db postgres` and the stack test on it
-# (tests/test_stack.py). The package also creates the `postgres` account the server runs as
+# (tests/service/test_stack.py). The package also creates the `postgres` account the server runs as
 # when the stack is started as root; the stack runs its own cluster, not Debian's default one.
 .PHONY: postgres
 setup: postgres
@@ -66,11 +66,11 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The README's screenshots (docs/screenshots/*.png) from the demo's own stores: the browser tests
-# (tests/test_ui.py) on .lensllm/mlflow.db and on a copy of .prefect/prefect.db with the
+# (tests/ui/test_ui.py) on .lensllm/mlflow.db and on a copy of .prefect/prefect.db with the
 # deployments registered in the copy. `demo` first: a re-run takes every probe from cache.
 ui-screenshots: demo browser
 	LENSLLM_UI_SOURCE=demo LENSLLM_UI_SCREENSHOTS=$(CURDIR)/docs/screenshots \
-	  $(BIN)/python -m pytest -q tests/test_ui.py
+	  $(BIN)/python -m pytest -q tests/ui/test_ui.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

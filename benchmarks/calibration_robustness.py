@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from lens_model.laws import RectifiedLaw  # noqa: E402
 from lens_model.replay import calibration_replay  # noqa: E402
-from tasks.tables import load_loss_table  # noqa: E402
+from tasks.reporting.loss_tables import load_loss_table  # noqa: E402
 
 METHODS = ["Lens", "AtS", "RectifiedFit", "VanillaFit"]
 RATIOS = (8, 16, 32, 64, 128, 256, 512)

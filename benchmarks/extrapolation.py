@@ -39,9 +39,9 @@ from lens_model.selectors import Lens, TableProbes  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.fit import curve_matrix  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
-from tasks.ntk import candidate_ntk  # noqa: E402
-from tasks.probing import ProbePlan  # noqa: E402
-from tasks.result_storage import result_storage  # noqa: E402
+from tasks.ntk_features import candidate_ntk  # noqa: E402
+from tasks.probing.plan import ProbePlan  # noqa: E402
+from tasks.runtime.result_storage import result_storage  # noqa: E402
 
 
 @flow(name="extrapolation-benchmark", task_runner=ThreadPoolTaskRunner(max_workers=1))

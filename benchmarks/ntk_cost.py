@@ -10,7 +10,7 @@ and LoRA adapter the probes use (r = 8 on q_proj/v_proj, seeded), it times:
 
 and the peak memory above the loaded model during the extraction (CUDA: peak allocated; CPU:
 peak resident set size sampled every 5 ms). The reference is one LoRA training step
-(``tasks.probe.train_step``, AdamW, batch ``--batch-size`` of the same examples), median of
+(``tasks.probing.probe.train_step``, AdamW, batch ``--batch-size`` of the same examples), median of
 ``--steps`` steps after one warm-up step. Everything runs in one process, one after the other.
 
     .venv/bin/python benchmarks/ntk_cost.py                   # smollm2-135m-l8 when prepared
@@ -36,8 +36,8 @@ import torch  # noqa: E402
 from lens_model.ntk import empirical_ntk, ntk_spectrum, per_example_outputs  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.models.store import DEFAULT_CACHE_DIR  # noqa: E402
-from tasks.records import DataSpec, Ladder, ProbeSpec  # noqa: E402
-from tasks.training import (  # noqa: E402
+from tasks.records.schema import DataSpec, Ladder, ProbeSpec  # noqa: E402
+from tasks.training.finetune import (  # noqa: E402
     collate,
     configure_cpu,
     encode_examples,

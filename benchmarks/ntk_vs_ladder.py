@@ -2,9 +2,10 @@
 
 usage: python benchmarks/ntk_vs_ladder.py [--config configs/demo.yaml]
 
-For every candidate: the time of `tasks.ntk.compute_ntk_features` on the config's NTK probe set
+For every candidate: the time of `tasks.ntk_features.compute_ntk_features` on the config's NTK
+probe set
 and the time of running the whole probe ladder (zero-shot + every ladder size, the config's
-probe settings, no cache) with `tasks.probe.run_probe`, measured back to back on the same
+probe settings, no cache) with `tasks.probing.probe.run_probe`, measured back to back on the same
 machine, after one untimed warm-up of torch.func. Prints a markdown table with the ratio (the
 issue's target: <= 10 %) and the NTK process's peak RSS.
 """
@@ -22,8 +23,8 @@ sys.path.insert(0, str(ROOT))
 from flows.config import load_config  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
-from tasks.ntk import compute_ntk_features  # noqa: E402
-from tasks.probe import run_probe  # noqa: E402
+from tasks.ntk_features import compute_ntk_features  # noqa: E402
+from tasks.probing.probe import run_probe  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ Task path: what the select flow does per probe: the cached ``probe_task`` (input
 version, persisted result, here with ``refresh_cache=True`` so it is really computed)
 submitted inside a Prefect flow, then the result logged to MLflow
 (``tasks.tracking.runs.log_probe`` on a run). Bare loop: the same steps written directly with
-the building blocks of ``tasks/training.py`` (``prepare_model``, ``encode_examples``,
+the building blocks of ``tasks/training/finetune.py`` (``prepare_model``, ``encode_examples``,
 ``train_batches``/``collate``, ``train_step``, ``evaluate_loss``) on the same model, data and
 settings.
 
@@ -37,16 +37,16 @@ sys.path.insert(0, str(PROJECT))
 import torch  # noqa: E402
 from prefect import flow  # noqa: E402
 
-from tasks.cache import cached  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 from tasks.models.store import DEFAULT_CACHE_DIR  # noqa: E402
-from tasks.probe import probe_task  # noqa: E402
-from tasks.probing import NOT_IN_CACHE_KEY  # noqa: E402
-from tasks.records import DataSpec, Ladder, PreparedData, ProbeSpec  # noqa: E402
+from tasks.probing.plan import NOT_IN_CACHE_KEY  # noqa: E402
+from tasks.probing.probe import probe_task  # noqa: E402
+from tasks.records.schema import DataSpec, Ladder, PreparedData, ProbeSpec  # noqa: E402
+from tasks.runtime.cache import cached  # noqa: E402
 from tasks.tracking.client import Tracker  # noqa: E402
 from tasks.tracking.runs import log_probe  # noqa: E402
-from tasks.training import (  # noqa: E402
+from tasks.training.finetune import (  # noqa: E402
     configure_cpu,
     encode_examples,
     evaluate_loss,

@@ -35,11 +35,11 @@ from flows.select import run_selection
 from lens_model.metrics import pearson_correlation, probe_cost, relative_accuracy
 from lens_model.selectors import SELECTORS, TableProbes
 from tasks.data import prepare_data_task
-from tasks.errors import ConfigError
 from tasks.models import describe_candidate, family_of, resolve_candidate_task
-from tasks.probing import ProbePlan
-from tasks.records import Ladder, SelectionSummary, count_held
-from tasks.result_storage import result_storage
+from tasks.probing.plan import ProbePlan
+from tasks.records.errors import ConfigError
+from tasks.records.schema import Ladder, SelectionSummary, count_held
+from tasks.runtime.result_storage import result_storage
 from tasks.tracking.client import Tracker
 
 

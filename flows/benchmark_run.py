@@ -44,13 +44,13 @@ class Steps:
     Attributes
     ----------
     load : (path) -> table
-        ``tasks.tables.load_loss_table``.
+        ``tasks.reporting.loss_tables.load_loss_table``.
     replay : (table, methods, selectors) -> dict
-        ``tasks.replay.replay_table``: selection, calibration and pairwise rows.
+        ``tasks.reporting.replay_report.replay_table``: selection, calibration and pairwise rows.
     fit_errors : (table) -> rows
-        ``tasks.replay.fit_errors``.
+        ``tasks.reporting.replay_report.fit_errors``.
     cost_accuracy : (table) -> rows
-        ``tasks.replay.run_cost_accuracy``.
+        ``tasks.reporting.replay_report.run_cost_accuracy``.
     log_run : (**kwargs) -> run id
         ``tasks.tracking.runs.log_benchmark_run`` (used when tracking is not in the background).
     """
@@ -64,8 +64,8 @@ class Steps:
 
 def plain_steps() -> Steps:
     """The steps as plain functions."""
-    from tasks.replay import fit_errors, replay_table, run_cost_accuracy
-    from tasks.tables import load_loss_table
+    from tasks.reporting.loss_tables import load_loss_table
+    from tasks.reporting.replay_report import fit_errors, replay_table, run_cost_accuracy
 
     return Steps(load_loss_table, replay_table, fit_errors, run_cost_accuracy, _log_run)
 
@@ -224,7 +224,7 @@ def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, lo
     import pandas as pd
 
     from lens_model.replay import make_selectors
-    from tasks import replay as outputs
+    from tasks.reporting import replay_report as outputs
 
     selection, calibration, pairwise, fit_error, tradeoff = [], [], [], [], []
     for path in tables:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from tasks.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, LensLLMUserError
+from tasks.records.errors import EXIT_BAD_INPUT, EXIT_UNREACHABLE, LensLLMUserError
 
 EXIT_CODES_HELP = (
     f"exit status: 0 success, 1 a bug (with its traceback), {EXIT_BAD_INPUT} bad input "
@@ -60,7 +60,7 @@ def _no_tracebacks_for_input_errors() -> Iterator[None]:
 
 def _benchmark(args: argparse.Namespace) -> int:
     from flows.config import check_selector
-    from tasks.tables import load_loss_table
+    from tasks.reporting.loss_tables import load_loss_table
 
     # Bad names and bad tables fail here, with one clear line, before any work.
     for name in args.methods or []:
@@ -277,8 +277,8 @@ def _calibration(args: argparse.Namespace) -> int:
     import statistics
     from pathlib import Path
 
-    from tasks.plots import plot_live_calibration
-    from tasks.records import count_held
+    from tasks.records.schema import count_held
+    from tasks.reporting.plots import plot_live_calibration
     from tasks.tracking.client import Tracker
     from tasks.tracking.runs import checked_selections
 

@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.errors import ConfigError
-from tasks.records import DataSpec, IntervalSpec, Ladder, NtkSpec, ProbeSpec
+from tasks.records.errors import ConfigError
+from tasks.records.schema import DataSpec, IntervalSpec, Ladder, NtkSpec, ProbeSpec
 
 __all__ = ["ConfigError", "SelectionConfig", "load_config", "check_selector"]
 
@@ -172,7 +172,7 @@ class SelectionConfig(_Strict):
         """The selector exists, the ladder is long enough for it and an adaptive cap fits the
         ladder (deployment runs, which skip the CLI, get the same errors before any probe)."""
         from lens_model.selectors import SELECTORS
-        from tasks.live_probes import adaptive_settings
+        from tasks.probing.adaptive import adaptive_settings
 
         check_selector(self.selector, "selector")
         sizes, needed = self.ladder.sizes(), SELECTORS.get(self.selector).min_ladder_sizes

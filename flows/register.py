@@ -1,5 +1,5 @@
 """Register flow: log a merged fine-tuned model, register it, and run the promotion gate on
-measured loss (``tasks/registry.py`` states the rule).
+measured loss (``tasks/promotion/policy.py`` states the rule).
 
 Runnable alone (the model is measured on the given test file first)::
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from prefect import flow
 
 from tasks.data.splits import fingerprint
-from tasks.measure import measure_folder
-from tasks.records import GateInputs, ProbeSpec
+from tasks.promotion.policy import version_description, version_tags
+from tasks.records.schema import GateInputs, ProbeSpec
 from tasks.registration import (
     end_run_task,
     find_version_task,
@@ -30,9 +30,9 @@ from tasks.registration import (
     start_run_task,
     version_info_task,
 )
-from tasks.registry import version_description, version_tags
 from tasks.tracking import tags as T
 from tasks.tracking.client import default_tracking_uri
+from tasks.training.measure import measure_folder
 
 
 @flow(name="register-model")
@@ -60,7 +60,7 @@ def register_flow(
     version links to the selection in the MLflow UI; alone, a run of its own is made. ``tags``
     should hold the provenance tags (``lensllm.git_commit``, ``lensllm.config_hash``,
     ``lensllm.data_fingerprint``). The gate (``gate``: the current test split and the
-    challenger's measurement on it) runs under a lock in ``lock_dir`` (``tasks.locks``), so
+    challenger's measurement on it) runs under a lock in ``lock_dir`` (``tasks.runtime.locks``), so
     concurrent selections promote one at a time. Returns the version, its aliases, the gate's
     decision, whether a version was created and the run it was logged in.
     """

@@ -1,7 +1,7 @@
 """Selection flow: subsample -> probe -> fit -> select -> MLflow -> registry.
 
 The recipe is :func:`run_selection`; each step is a task (or a small group of tasks) from
-``tasks/``, and what flows between them are the records of :mod:`tasks.records`.
+``tasks/``, and what flows between them are the records of :mod:`tasks.records.schema`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ from flows.runners import build_task_runner, probe_threads
 from flows.train import train_flow
 from tasks.data import prepare_data_task
 from tasks.fit import AdaptiveOutcome, fit_and_select_task
-from tasks.live_probes import budget_accounting
-from tasks.locks import held, lock_path
 from tasks.models import describe_candidate, resolve_candidate_task
-from tasks.ntk import candidate_ntk, f_term
-from tasks.plots import plot_prediction, plot_selection, plot_spectra
-from tasks.probing import ProbePlan
-from tasks.progress import Progress
-from tasks.records import (
+from tasks.ntk_features import candidate_ntk, f_term
+from tasks.probing.budget import budget_accounting
+from tasks.probing.plan import ProbePlan
+from tasks.records.schema import (
     GateInputs,
     NtkResult,
     PreparedData,
@@ -43,7 +40,10 @@ from tasks.records import (
     SelectionSummary,
     TargetCheck,
 )
-from tasks.result_storage import result_storage
+from tasks.reporting.plots import plot_prediction, plot_selection, plot_spectra
+from tasks.runtime.locks import held, lock_path
+from tasks.runtime.progress import Progress
+from tasks.runtime.result_storage import result_storage
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
 from tasks.tracking.runs import finished_selection_run, open_selection_run

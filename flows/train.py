@@ -26,10 +26,10 @@ from flows.config import RunnerConfig, SelectionConfig, load_config
 from flows.runners import probe_threads
 from tasks.data import prepare_data_task
 from tasks.models import describe_candidate, resolve_candidate_task
-from tasks.probing import ProbePlan
-from tasks.progress import Progress
-from tasks.records import PreparedData, ProbeResult
-from tasks.result_storage import result_storage
+from tasks.probing.plan import ProbePlan
+from tasks.records.schema import PreparedData, ProbeResult
+from tasks.runtime.progress import Progress
+from tasks.runtime.result_storage import result_storage
 
 
 @flow(name="train-at-target", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -48,7 +48,7 @@ def train_flow(
     names = list(candidates or [c.name for c in cfg.candidates])
     unknown = sorted(set(names) - {c.name for c in cfg.candidates})
     if unknown:
-        from tasks.errors import ConfigError
+        from tasks.records.errors import ConfigError
 
         raise ConfigError(f"candidates {unknown} are not in the config's candidates")
     cache = Path(cfg.cache_dir).resolve()

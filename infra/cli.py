@@ -111,7 +111,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _rollback(args: argparse.Namespace) -> int:
     from tasks.tracking.client import Tracker
-    from tasks.tracking.registry import ModelRegistry
+    from tasks.tracking.model_registry import ModelRegistry
 
     tracker = Tracker.resolve(args.tracking_uri, ".lensllm")
     tracker.check_reachable()
@@ -125,7 +125,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 def _history(args: argparse.Namespace) -> int:
     from tasks.tracking.client import Tracker
-    from tasks.tracking.registry import ModelRegistry
+    from tasks.tracking.model_registry import ModelRegistry
 
     tracker = Tracker.resolve(args.tracking_uri, ".lensllm")
     tracker.check_reachable()

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import LensLLMUserError
+from tasks.records.errors import LensLLMUserError
 
 HOST = "127.0.0.1"
 

@@ -111,7 +111,7 @@ def save_result_storage(root: str | os.PathLike | None = None) -> str:
     An ``S3Bucket`` block named ``lensllm-results`` (:func:`result_storage_block`). The keys
     live only in the server's block store (as secrets); workers load the block by slug, so they
     never see the keys in their environment. Re-running overwrites it. Flows wrap it in
-    ``tasks.result_storage.WriteThroughResultStorage`` (local first, S3 mirrored).
+    ``tasks.runtime.result_storage.WriteThroughResultStorage`` (local first, S3 mirrored).
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -152,7 +152,7 @@ def worker_command(
     """``(argv, env, cwd)`` of a process worker on ``lensllm-pool`` pointed at the stack.
 
     Its flow runs persist task results locally and in the S3 block saved by :func:`deploy`
-    (``LENSLLM_RESULT_STORAGE``; see ``tasks.result_storage``).
+    (``LENSLLM_RESULT_STORAGE``; see ``tasks.runtime.result_storage``).
     """
     cmd = [_executable("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
     env = client_env(root)

@@ -31,7 +31,7 @@ from lens_model.calibration import (
     power_scale,
 )
 from lens_model.fitting import best_of_starts, levenberg_marquardt, logit, numeric_jacobian, sigmoid
-from lens_model.registry import Registry
+from lens_model.lookup import Registry
 
 LAWS: Registry[type[ScalingLaw]] = Registry("law")
 

@@ -8,11 +8,11 @@ model and a batch of tensors (no file I/O, no tracking); it is the only torch co
 
 Conventions (documented choices, used everywhere below)
 -------------------------------------------------------
-* A batch is what ``tasks.probe.collate`` returns: right-padded ``input_ids``,
+* A batch is what ``tasks.training.finetune.collate`` returns: right-padded ``input_ids``,
   ``attention_mask`` and ``labels`` (``-100`` on prompt and padding positions).
 * **Per-example output** ``f_i``: the mean log-likelihood of example ``i``'s target tokens,
   ``f_i = (1 / T_i) sum_{t target} log p(y_t | y_<t)`` (next-token prediction, labels shifted
-  by one as in ``tasks.probe.batch_nll``), i.e. minus its mean target NLL.
+  by one as in ``tasks.probing.probe.batch_nll``), i.e. minus its mean target NLL.
 * **Targets and residual**: ``f_i <= 0`` and its optimum is ``f*_i = 0`` (the model puts all
   mass on the target tokens), so ``r0_i = f0_i - f*_i = f0_i``: the residual is the vector of
   negative mean target NLLs of the pretrained (or LoRA-initialised) model.
@@ -86,7 +86,9 @@ def _select_parameters(
 def _check_batch(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     for key in ("input_ids", "labels"):
         if key not in batch:
-            raise ValueError(f"batch needs {key!r} (see tasks.probe.collate); got {list(batch)}.")
+            raise ValueError(
+                f"batch needs {key!r} (see tasks.training.finetune.collate); got {list(batch)}."
+            )
     input_ids, labels = batch["input_ids"], batch["labels"]
     if input_ids.ndim != 2 or labels.shape != input_ids.shape:
         raise ValueError(
@@ -102,7 +104,8 @@ def _check_batch(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
         if not bool(right_padded.all()):
             raise ValueError(
                 "the batch must be right-padded (attention_mask = ones then zeros per row), as "
-                "tasks.probe.collate makes it; left padding changes the outputs without a mask."
+                "tasks.training.finetune.collate makes it; left padding changes the outputs "
+                "without a mask."
             )
         if bool((labels[mask == 0] != IGNORE_INDEX).any()):
             raise ValueError("padding positions must have label -100.")
@@ -215,7 +218,8 @@ def empirical_ntk(
     model : torch.nn.Module
         A causal LM; a PEFT (LoRA) model by default differentiates its adapter weights only.
     batch : dict of tensors
-        Right-padded ``input_ids``, ``attention_mask``, ``labels`` (``tasks.probe.collate``).
+        Right-padded ``input_ids``, ``attention_mask``, ``labels``
+        (``tasks.training.finetune.collate``).
     params : {"trainable", "all"} or list of str
         Parameters of the kernel: those with ``requires_grad`` (default), all, or by name.
     projection_dim : int, optional

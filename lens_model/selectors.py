@@ -39,9 +39,9 @@ from lens_model.calibration import (
     secant_scale,
 )
 from lens_model.laws import FitWarning, RectifiedLaw, ScalingLaw, VanillaLaw
+from lens_model.lookup import Registry
 from lens_model.metrics import probe_cost
 from lens_model.phase import local_slope_prediction, power_phase_prediction
-from lens_model.registry import Registry
 
 SELECTORS: Registry[type[Selector]] = Registry("selector")
 

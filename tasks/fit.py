@@ -11,8 +11,8 @@ from prefect import task
 
 from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw
 from lens_model.selectors import SELECTORS, Selection, TableProbes
-from tasks.errors import ProbeDivergedError
-from tasks.records import (
+from tasks.records.errors import ProbeDivergedError
+from tasks.records.schema import (
     RANK_KEYS,
     AdaptiveRun,
     CandidateResult,

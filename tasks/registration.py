@@ -10,11 +10,11 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.measure import measure_registered
-from tasks.records import GateInputs
+from tasks.records.schema import GateInputs
 from tasks.tracking.client import Tracker
+from tasks.tracking.model_registry import ModelRegistry
 from tasks.tracking.models import log_transformers_model
-from tasks.tracking.registry import ModelRegistry
+from tasks.training.measure import measure_registered
 
 
 @task(name="registry-find-version", cache_policy=NO_CACHE)

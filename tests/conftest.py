@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.records import ProbeResult
+from tasks.records.schema import ProbeResult
 
 TARGET_SIZE = 1_638_400
 LADDER = np.array([0] + [200 * 2**i for i in range(14)], dtype=float)  # 0, 200, ..., 1638400
@@ -58,7 +58,8 @@ def rectified_table(
     sizes, *, n: int, seed: int, b=(30, 300), d_l=(5, 200), name: str = "SYNTH"
 ) -> dict:
     """``n`` rectified-law curves on ``sizes`` with 0.3 % noise, as a loss table: the keys of
-    ``tasks.tables.load_loss_table`` plus ``params`` (the true law parameters). ``b`` and
+    ``tasks.reporting.loss_tables.load_loss_table`` plus ``params`` (the true law parameters).
+    ``b`` and
     ``d_l`` are the ranges their parameters are drawn from."""
     rng = np.random.default_rng(seed)
     params = {

@@ -3,8 +3,9 @@
 * :mod:`tasks.data.sources`: where examples come from (built-ins, local files, the hub), one
   module per source;
 * :mod:`tasks.data.splits`: group-wise splits, nested subsets, fingerprints;
-* :mod:`tasks.data.prepare`: :func:`prepare_data` (a :class:`~tasks.records.DataSpec` and a
-  :class:`~tasks.records.Ladder` in, a :class:`~tasks.records.PreparedData` out) and its cached
+* :mod:`tasks.data.prepare`: :func:`prepare_data` (a :class:`~tasks.records.schema.DataSpec` and a
+  :class:`~tasks.records.schema.Ladder` in, a :class:`~tasks.records.schema.PreparedData` out) and
+  its cached
   Prefect task.
 """
 

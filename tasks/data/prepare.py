@@ -7,7 +7,6 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import CachePolicy
 
-from tasks.cache import code_keyed
 from tasks.data.sources import load_examples, source_files
 from tasks.data.splits import (
     check_int,
@@ -17,8 +16,9 @@ from tasks.data.splits import (
     short_hash,
     split_examples,
 )
-from tasks.errors import DataError
-from tasks.records import DataSpec, Ladder, PreparedData
+from tasks.records.errors import DataError
+from tasks.records.schema import DataSpec, Ladder, PreparedData
+from tasks.runtime.cache import code_keyed
 
 
 def prepare_data(spec: DataSpec, ladder: Ladder, target_size: int | None = None) -> PreparedData:

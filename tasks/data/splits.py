@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.errors import DataError
-from tasks.records import Example, fingerprint
+from tasks.records.errors import DataError
+from tasks.records.schema import Example, fingerprint
 
 __all__ = [
     "check_int",

@@ -17,11 +17,11 @@ from typing import Any
 
 from prefect import task
 
-from tasks.errors import CandidateError, HubUnavailableError
 from tasks.models import gemma3, smollm2, tiny_llama
 from tasks.models.builtin import BUILTIN, builtin_names, family_of
 from tasks.models.resolve import check_causal_lm, describe_candidate, resolve_candidate
 from tasks.models.store import build_metadata, cache_root, is_complete
+from tasks.records.errors import CandidateError, HubUnavailableError
 
 for _family in (smollm2.FAMILY, gemma3.FAMILY, tiny_llama.FAMILY):
     BUILTIN.register(_family.name)(_family)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lens_model.registry import Registry
-from tasks.errors import CandidateError
+from lens_model.lookup import Registry
 from tasks.models.store import build_cached
+from tasks.records.errors import CandidateError
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tasks.errors import CandidateError, LicenseNotAcceptedError, MissingFileError
 from tasks.models.builtin import (
     BuiltinFamily,
     convert_gguf,
@@ -39,6 +38,7 @@ from tasks.models.builtin import (
     wheel_file,
 )
 from tasks.models.store import DEFAULT_CACHE_DIR, build_cached, build_metadata, is_complete
+from tasks.records.errors import CandidateError, LicenseNotAcceptedError, MissingFileError
 
 logger = logging.getLogger(__name__)
 

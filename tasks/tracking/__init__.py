@@ -20,7 +20,7 @@ from typing import Any
 _LAZY = {
     "Tracker": "tasks.tracking.client",
     "default_tracking_uri": "tasks.tracking.client",
-    "ModelRegistry": "tasks.tracking.registry",
+    "ModelRegistry": "tasks.tracking.model_registry",
 }
 
 __all__ = list(_LAZY)

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.utils.time import get_current_time_millis
 
-from tasks.errors import TrackingUnavailableError
+from tasks.records.errors import TrackingUnavailableError
 from tasks.tracking import tags as T
 from tasks.tracking.secrets import display_uri, filter_secrets
 

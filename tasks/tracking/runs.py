@@ -10,7 +10,7 @@ from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 
-from tasks.records import PreparedData, ProbeResult
+from tasks.records.schema import PreparedData, ProbeResult
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker, tag_filter
 from tasks.tracking.secrets import filter_secrets

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from tasks.records import (
+from tasks.records.schema import (
     NO_INTERVAL,
     AdaptiveRun,
     Budget,

@@ -18,10 +18,10 @@ import difflib
 from pathlib import Path
 from types import ModuleType
 
-from lens_model.registry import Registry
+from lens_model.lookup import Registry
 from tasks.data.sources import files, hub, manpages, wordnet
-from tasks.errors import DataError
-from tasks.records import DataSpec, Example
+from tasks.records.errors import DataError
+from tasks.records.schema import DataSpec, Example
 
 BUILTIN: Registry[ModuleType] = Registry("data source")
 for _module in (wordnet, manpages):

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 from tasks.data.sources.rows import examples_for
-from tasks.errors import DataError, MissingFileError
-from tasks.records import DataSpec, Example
+from tasks.records.errors import DataError, MissingFileError
+from tasks.records.schema import DataSpec, Example
 
 NAME = "file"
 # Files formats `datasets` reads, by file extension.

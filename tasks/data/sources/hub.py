@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tasks.data.sources.rows import examples_for
-from tasks.errors import DataError, DataSourceUnavailableError
-from tasks.records import DataSpec, Example
+from tasks.records.errors import DataError, DataSourceUnavailableError
+from tasks.records.schema import DataSpec, Example
 
 NAME = "hub"
 

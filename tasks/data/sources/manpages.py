@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tasks.errors import MissingFileError
-from tasks.records import DataSpec, Example
+from tasks.records.errors import MissingFileError
+from tasks.records.schema import DataSpec, Example
 
 logger = logging.getLogger(__name__)
 

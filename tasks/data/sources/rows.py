@@ -8,8 +8,8 @@ import warnings
 from typing import Any
 
 from tasks.data.splits import short_hash
-from tasks.errors import DataError
-from tasks.records import DataSpec, Example
+from tasks.records.errors import DataError
+from tasks.records.schema import DataSpec, Example
 
 # Empty rows are dropped with a warning up to this fraction; above it the data set is rejected.
 MAX_EMPTY_FRACTION = 0.05

@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks.errors import DataError, MissingFileError
-from tasks.records import DataSpec, Example
+from tasks.records.errors import DataError, MissingFileError
+from tasks.records.schema import DataSpec, Example
 
 NAME = "wordnet"
 DEBIAN_PACKAGE = "wordnet-base"

@@ -1,0 +1,1 @@
+"""Promotion policy: who becomes champion (pure policy, no MLflow)."""

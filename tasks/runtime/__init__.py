@@ -1,0 +1,1 @@
+"""The pipeline's runtime: cache keys, result storage, inter-process locks, progress."""

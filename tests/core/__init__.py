@@ -1,0 +1,1 @@
+"""lens_model: laws, fitting, phase detection, selectors, calibration, NTK maths."""

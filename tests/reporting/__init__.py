@@ -1,0 +1,1 @@
+"""Loss tables and the replay benchmark's CLI and reports."""

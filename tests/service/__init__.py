@@ -1,0 +1,1 @@
+"""The server stack (S3, MLflow, Prefect, PostgreSQL), deployments, security."""

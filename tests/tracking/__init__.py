@@ -1,0 +1,1 @@
+"""MLflow: runs, tags, the model registry and the promotion gate."""

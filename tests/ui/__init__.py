@@ -1,0 +1,1 @@
+"""The MLflow and Prefect UIs in a real browser (Chromium through Playwright)."""
