@@ -259,6 +259,7 @@ def test_mlflow_parent_run_with_one_nested_run_per_candidate(selection):
 
 def test_candidate_runs_record_dataset_inputs(selection):
     _, children = _parent_and_children(selection, selection["summary"].run_id)
+    assert sorted(c.data.tags[T.CANDIDATE] for c in children) == sorted(selection["candidates"])
     for child in children:
         inputs = child.inputs.dataset_inputs
         by_context = {}
