@@ -29,12 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from lens_model.laws import RectifiedLaw
+from lens_model.replay import calibration_replay
+from tasks.reporting.loss_tables import load_loss_table
 
-from lens_model.laws import RectifiedLaw  # noqa: E402
-from lens_model.replay import calibration_replay  # noqa: E402
-from tasks.reporting.loss_tables import load_loss_table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = ["Lens", "AtS", "RectifiedFit", "VanillaFit"]
 RATIOS = (8, 16, 32, 64, 128, 256, 512)

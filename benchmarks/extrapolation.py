@@ -23,25 +23,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.config import load_config
+from flows.runners import probe_threads
+from flows.select import f_terms_of
+from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw
+from lens_model.phase import local_slope_prediction, power_phase_prediction
+from lens_model.selectors import Lens, TableProbes
+from tasks.data import prepare_data
+from tasks.fit import curve_matrix
+from tasks.models import resolve_candidate
+from tasks.ntk_features import candidate_ntk
+from tasks.probing.plan import ProbePlan
+from tasks.runtime.result_storage import result_storage
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from prefect import flow  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-
-from flows.config import load_config  # noqa: E402
-from flows.runners import probe_threads  # noqa: E402
-from flows.select import f_terms_of  # noqa: E402
-from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw  # noqa: E402
-from lens_model.phase import local_slope_prediction, power_phase_prediction  # noqa: E402
-from lens_model.selectors import Lens, TableProbes  # noqa: E402
-from tasks.data import prepare_data  # noqa: E402
-from tasks.fit import curve_matrix  # noqa: E402
-from tasks.models import resolve_candidate  # noqa: E402
-from tasks.ntk_features import candidate_ntk  # noqa: E402
-from tasks.probing.plan import ProbePlan  # noqa: E402
-from tasks.runtime.result_storage import result_storage  # noqa: E402
 
 
 @flow(name="extrapolation-benchmark", task_runner=ThreadPoolTaskRunner(max_workers=1))

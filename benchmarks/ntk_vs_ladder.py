@@ -17,14 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from flows.config import load_config
+from tasks.data import prepare_data
+from tasks.models import resolve_candidate
+from tasks.ntk_features import compute_ntk_features
+from tasks.probing.probe import run_probe
 
-from flows.config import load_config  # noqa: E402
-from tasks.data import prepare_data  # noqa: E402
-from tasks.models import resolve_candidate  # noqa: E402
-from tasks.ntk_features import compute_ntk_features  # noqa: E402
-from tasks.probing.probe import run_probe  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,12 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from flows.benchmark_run import DEFAULT_METHODS
+from tasks.reporting.loss_tables import load_loss_table
+from tasks.reporting.replay_report import fit_errors, replay_table, run_cost_accuracy
 
-from flows.benchmark_run import DEFAULT_METHODS  # noqa: E402
-from tasks.reporting.loss_tables import load_loss_table  # noqa: E402
-from tasks.reporting.replay_report import fit_errors, replay_table, run_cost_accuracy  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli_once(table_path: str) -> tuple[float, float]:
