@@ -7,15 +7,33 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast lint benchmark clean data model browser ui-screenshots
+.PHONY: setup demo test test-fast lint benchmark clean data model browser ui-screenshots lock
 
 # torch 2.13.0 first: a CPU wheel is on disk; a plain torch requirement would pull a CUDA build.
-$(STAMP): pyproject.toml
+# Then exactly the locked versions (requirements.lock, refreshed by `make lock`), then the project
+# itself without dependencies; `pip check` fails the set-up if the lock no longer fits pyproject.
+LOCK := requirements.lock
+PIP_VERSION := 26.3
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Re-resolve pyproject's ranges (with the dev extra) in a throw-away venv on Python 3.11 / Linux
+# and write every resolved version into requirements.lock (torch aside: the Makefile pins it).
+lock:
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv
+	.lock-venv/bin/pip install -q pip==$(PIP_VERSION)
+	.lock-venv/bin/pip install -q torch==2.13.0
+	.lock-venv/bin/pip install -q '.[dev]'
+	{ echo "# Locked dependencies of lensllm[dev] for Python 3.11 on Linux; torch==2.13.0 (CPU) is"; \
+	  echo "# installed first by the Makefile. Refresh with 'make lock'; 'make setup' installs these."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | grep -viE '^(torch==|lensllm[ =])'; } > $(LOCK)
+	rm -rf .lock-venv build
 
 setup: $(STAMP) data model browser
 
@@ -75,8 +93,20 @@ ui-screenshots: demo browser
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# Measurements behind the figures in docs/results.md and docs/replay.md: run each alone on a quiet
+# machine. FLAN is read from ../shared/benchmarks (never committed).
+.PHONY: bench-calibration bench-extrapolation bench-ntk
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/replay_speed.py
+
+bench-calibration: $(STAMP)
+	$(BIN)/python benchmarks/calibration_robustness.py
+
+bench-extrapolation: $(STAMP) data model
+	$(BIN)/python benchmarks/extrapolation.py
+
+bench-ntk: $(STAMP) data model
+	$(BIN)/python benchmarks/ntk_vs_ladder.py
 
 clean:
 	rm -rf .lensllm .prefect out
