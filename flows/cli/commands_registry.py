@@ -77,18 +77,40 @@ def _tags(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) ->
 @click.option("--task-key", required=True, help="the task's key (lensllm.task_key tag)")
 @click.option("--selection-key", required=True, help="the selection's key; a re-run with the "
               "same key creates no new version")  # fmt: skip
-@click.option("--test-file", required=True, help="JSONL of {prompt, target}: the shared test split")
-@click.option("--predicted-loss", type=float, default=float("nan"), show_default=True)
-@click.option("--interval", type=(float, float), default=(float("nan"),) * 2, metavar="LOW HIGH")
-@click.option("--selector", default="manual", show_default=True)
-@click.option("--rank-on", default="bits_per_byte", show_default=True)
+@click.option(
+    "--test-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSONL of {prompt, target}: the shared test split",
+)
+@click.option(
+    "--predicted-loss", type=float, default=float("nan"), help="the selection's prediction"
+)
+@click.option("--interval", type=(float, float), default=(float("nan"),) * 2, metavar="LOW HIGH",
+              help="its prediction interval")  # fmt: skip
+@click.option("--selector", default="manual", show_default=True, help="what chose the model")
+@click.option("--rank-on", default="bits_per_byte", show_default=True, help="the loss measured")
 @click.option("--tag", "tags", multiple=True, callback=_tags, metavar="KEY=VALUE",
               help="a tag of the version (repeatable)")  # fmt: skip
 @tracking_uri_option
-@click.option("--experiment", default="lensllm-register", show_default=True)
-@click.option("--margin", type=float, default=0.0, show_default=True, help="gate margin")
-@click.option("--min-confidence", type=float, default=0.9, show_default=True, help="gate P")
-@click.option("--max-new-tokens", type=int, default=32, show_default=True)
+@click.option("--experiment", default="lensllm-register", show_default=True, help="MLflow "
+              "experiment of the registration run")  # fmt: skip
+@click.option(
+    "--margin",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="promotion gate: margin on measured loss",
+)
+@click.option(
+    "--min-confidence",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="promotion gate: P(better) needed",
+)
+@click.option("--max-new-tokens", type=int, default=32, show_default=True, help="generation "
+              "length of the logged model")  # fmt: skip
 def register_command(model_dir: str, **options) -> int:
     """Register MODEL_DIR (a saved, merged model) with alias candidate, measured on the test
     file, and move champion if the promotion gate passes. Prints the outcome as JSON."""
