@@ -193,3 +193,25 @@ def test_python_m_flows_cli_runs_the_same_command_line(tmp_path):
         timeout=300,
     )
     assert done.returncode == 2 and "Missing option '--name'" in done.stderr
+
+
+def test_select_talks_to_the_given_prefect_api(monkeypatch, capsys):
+    """``--prefect-api-url`` is the Prefect API the selection flow runs against."""
+    from prefect.settings import PREFECT_API_URL
+
+    import flows.select
+
+    seen = []
+
+    def flow_with_runner(cfg):
+        def run(**kwargs):
+            seen.append(PREFECT_API_URL.value())
+            raise KeyboardInterrupt  # stop before any work; the CLI reports an interruption
+
+        return run
+
+    monkeypatch.setattr(flows.select, "flow_with_runner", flow_with_runner)
+    url = "http://127.0.0.1:9/api"
+    config = str(REPO / "configs" / "demo.yaml")
+    assert main(["select", "--config", config, "--prefect-api-url", url]) == 130
+    assert seen == [url]
