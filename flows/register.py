@@ -3,7 +3,7 @@ measured loss (``tasks/promotion/policy.py`` states the rule).
 
 Runnable alone (the model is measured on the given test file first)::
 
-    python -m flows.register MODEL_DIR --name lensllm-wordnet --task-key wordnet \\
+    lensllm register MODEL_DIR --name lensllm-wordnet --task-key wordnet \\
         --selection-key SEL --test-file test.jsonl --predicted-loss 2.31 --interval 2.2 2.4
 
 Re-running with the same ``selection_key`` creates no new version: the existing version is
@@ -12,15 +12,10 @@ found by its ``lensllm.selection_key`` tag and only the (idempotent) gate runs a
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 from prefect import flow
 
-from tasks.data.splits import fingerprint
 from tasks.promotion.policy import version_description, version_tags
-from tasks.records.schema import GateInputs, ProbeSpec
+from tasks.records.schema import GateInputs
 from tasks.registration import (
     end_run_task,
     find_version_task,
@@ -31,8 +26,6 @@ from tasks.registration import (
     version_info_task,
 )
 from tasks.tracking import tags as T
-from tasks.tracking.client import default_tracking_uri
-from tasks.training.measure import measure_folder
 
 
 @flow(name="register-model")
@@ -114,73 +107,3 @@ def register_flow(
         "p_better": decision["p_better"],
         "model_dir": model_dir,
     }
-
-
-def _read_examples(path: str) -> list[dict]:
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return [{"prompt": r["prompt"], "target": r["target"]} for r in rows]
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """Command line entry: ``python -m flows.register MODEL_DIR --name ... --task-key ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_dir")
-    parser.add_argument("--name", required=True, help="registered model name (one per task)")
-    parser.add_argument("--task-key", required=True)
-    parser.add_argument("--selection-key", required=True)
-    parser.add_argument(
-        "--test-file", required=True, help="JSONL of {prompt, target}: the shared test split"
-    )
-    parser.add_argument("--predicted-loss", type=float, default=float("nan"))
-    parser.add_argument(
-        "--interval", type=float, nargs=2, default=[float("nan")] * 2, metavar=("LOW", "HIGH")
-    )
-    parser.add_argument("--selector", default="manual")
-    parser.add_argument("--rank-on", default="bits_per_byte")
-    parser.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--tracking-uri", default=None, help="default: .lensllm/mlflow.db")
-    parser.add_argument("--experiment", default="lensllm-register")
-    parser.add_argument("--margin", type=float, default=0.0)
-    parser.add_argument("--min-confidence", type=float, default=0.9)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    args = parser.parse_args(argv)
-    tags = {}
-    for item in args.tag:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--tag {item!r} must look like KEY=VALUE")
-        tags[key] = value
-    test = _read_examples(args.test_file)
-    spec = ProbeSpec()
-    split = fingerprint(test)
-    gate = GateInputs(
-        test=test,
-        test_fingerprint=split,
-        spec=spec,
-        rank_on=args.rank_on,
-        measurement=measure_folder(
-            args.model_dir, test, spec, rank_on=args.rank_on, fingerprint=split
-        ),
-        margin=args.margin,
-        min_confidence=args.min_confidence,
-    )
-    result = register_flow(
-        args.model_dir,
-        registered_name=args.name,
-        task_key=args.task_key,
-        selection_key=args.selection_key,
-        predicted_loss=args.predicted_loss,
-        interval=list(args.interval),
-        selector=args.selector,
-        tags=tags,
-        tracking_uri=args.tracking_uri or default_tracking_uri(),
-        experiment=args.experiment,
-        gate=gate,
-        max_new_tokens=args.max_new_tokens,
-    )
-    print(json.dumps(result, indent=2))
-    return result
-
-
-if __name__ == "__main__":
-    main()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from flows import cli
+from flows.cli.selection_summary import print_ranking
 from tasks.fit import fit_and_select
 from tasks.promotion.policy import version_description, version_tags
 from tasks.records.schema import Budget, TargetCheck
@@ -85,7 +86,7 @@ def test_mlflow_description_and_registered_version_say_so(result):
 
 
 def test_cli_ranking_says_no_interval(result, capsys):
-    cli._print_ranking(result[0])
+    print_ranking(result[0])
     out = capsys.readouterr().out
     assert "no intervals" in out and out.count("(no interval)") == 3 and "nan" not in out
     assert "intervals rest on: no interval: too few probes" in out

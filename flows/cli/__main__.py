@@ -1,0 +1,7 @@
+"""``python -m flows.cli``: the same as the ``lensllm`` console script."""
+
+import sys
+
+from flows.cli import main
+
+sys.exit(main())
