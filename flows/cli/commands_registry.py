@@ -74,7 +74,7 @@ def _tags(ctx: click.Context, param: click.Parameter, items: tuple[str, ...]) ->
 @click.command("register", short_help="Register a model and run the promotion gate.")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--name", required=True, help=_NAME_HELP)
-@click.option("--task-key", required=True, help="the task's key (lensllm.task_key tag)")
+@click.option("--task-key", required=True, help="the task's key (the champion is kept per task)")
 @click.option("--selection-key", required=True, help="the selection's key; a re-run with the "
               "same key creates no new version")  # fmt: skip
 @click.option(
