@@ -235,7 +235,7 @@ def _print_summary(summary) -> None:
             f"Registered version {reg.version} (the winner trained on {reg.finetune_size} "
             f"examples) with aliases {reg.aliases}"
         )
-        print(f"Gate: {'promoted to champion' if reg.promoted else 'not promoted'}: {reg.reason}")
+        print(f"Gate: {reg.verdict}: {reg.reason}")
 
 
 def _mlflow_link(tracking_uri: str, run_id: str) -> str:
