@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import subprocess
 import tempfile
 import time
@@ -36,6 +37,7 @@ from tasks.records.schema import (
     PreparedData,
     ProbeResult,
     Registration,
+    RegistrationRequest,
     SelectionResult,
     SelectionSummary,
     TargetCheck,
@@ -368,28 +370,39 @@ def _register(run: _Run, run_id: str) -> Registration | None:
         margin=cfg.registry.margin,
         min_confidence=cfg.registry.min_confidence,
     )
-    outcome = register_flow(
-        trained.save_dir,
+    request = RegistrationRequest(
+        model_dir=trained.save_dir,
         registered_name=cfg.registry.model_name,
         task_key=cfg.name,
         selection_key=run.key,
-        predicted_loss=winner.predicted_loss,
-        interval=list(winner.interval),
+        predicted_loss=_finite(winner.predicted_loss),
+        interval=winner.interval if all(map(math.isfinite, winner.interval)) else None,
         selector=cfg.selector,
-        tags={
-            **run.provenance,
-            T.INTERVAL_LEVEL: result.level,
-            T.INTERVAL_METHOD: result.interval_method,
-            T.P_BEST: winner.p_best,
-            **(check_tags(check) if check else {}),
-        },
+        data_fingerprint=plan.data.fingerprint,
+        tags=_version_extra_tags(run, check),
+        finetune_size=trained.size,
         tracking_uri=run.tracker.uri,
         experiment=cfg.tracking.experiment,
-        gate=gate,
         parent_run_id=run_id,
-        lock_dir=str(plan.cache_dir / "locks"),
     )
-    return Registration(**outcome, finetune_size=trained.size)
+    return register_flow(request, gate, lock_dir=str(plan.cache_dir / "locks"))
+
+
+def _version_extra_tags(run: _Run, check: TargetCheck | None) -> dict[str, str]:
+    """The provenance, the interval's level and method, P(best) and the winner's check."""
+    result = run.result
+    tags = {
+        **run.provenance,
+        T.INTERVAL_LEVEL: result.level,
+        T.INTERVAL_METHOD: result.interval_method,
+        T.P_BEST: result.winner.p_best,
+        **(check_tags(check) if check else {}),
+    }
+    return {key: str(value) for key, value in tags.items()}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def provenance_tags(cfg: SelectionConfig, data: PreparedData, key: str) -> dict[str, str]:

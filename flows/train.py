@@ -91,7 +91,7 @@ def train_at_target(plan: ProbePlan, names: list[str]) -> dict[str, ProbeResult]
         )
     else:
         logger.info("training %s at the target: %d examples", ", ".join(names), size)
-    futures = {name: plan.submit(name, size, save=True) for name in names}
+    futures = {name: plan.submit(name, size, save=True, verb="train") for name in names}
     n_params = {name: describe_candidate(plan.models[name])["n_params"] for name in names}
     progress = Progress(
         {(name, size): float(n_params[name] * size) for name in names}, title="training"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from prefect import task
@@ -32,6 +33,7 @@ def compute_ntk_features(
     projection_dim: int | None = None,
     threads: int | None = None,
     trust_remote_code: bool = False,
+    candidate: str | None = None,
 ) -> NtkResult:
     """Kernel spectrum of ``model_dir`` (with the probe's LoRA adapter) on ``examples``.
 
@@ -39,6 +41,7 @@ def compute_ntk_features(
     weights, seeded like the probe), so it describes the linearised dynamics of that probe.
     ``spec.method == "full"`` needs ``projection_dim`` to keep memory bounded. ``F(eta, t)``
     comes from the result (:meth:`NtkResult.f_term`) once the probe's steps are known.
+    ``candidate`` names the task run (``ntk smollm2-135m``); it changes nothing computed.
     """
     if not examples:
         raise ValueError("the NTK probe set is empty: give at least 2 examples")
@@ -78,7 +81,11 @@ def compute_ntk_features(
     )
 
 
-ntk_task = task(name="ntk-features")(compute_ntk_features)
+def _ntk_run_name(parameters: dict[str, Any]) -> str:
+    return f"ntk {parameters.get('candidate') or Path(parameters['model_dir']).name}"
+
+
+ntk_task = task(name="ntk-features", task_run_name=_ntk_run_name)(compute_ntk_features)
 
 
 def f_term(feats: NtkResult, eta: float, t: float) -> float:
@@ -102,7 +109,7 @@ def candidate_ntk(
     if not ntk.enabled:
         return {}
     logger = progress_logger()
-    run = cached(ntk_task, storage, exclude=("threads",))
+    run = cached(ntk_task, storage, exclude=("threads", "candidate"))
     out = {}
     for name, path in models.items():
         try:
@@ -113,6 +120,7 @@ def candidate_ntk(
                 projection_dim=ntk.projection_dim,
                 threads=threads,
                 trust_remote_code=trust[name],
+                candidate=name,
             )
         except Exception as err:
             if not (isinstance(err, NonFiniteKernelError) or is_out_of_memory(err)):

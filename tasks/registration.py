@@ -1,54 +1,98 @@
-"""Prefect tasks of the register flow: log a merged model, register a version, run the gate.
+"""Prefect tasks of the register flow: hash the weights, log a merged model, register a
+version, run the gate, link the run.
 
-Thin wrappers over :mod:`tasks.tracking` that take plain values (the tracking URI as a
-string), so a deployment of ``flows/register.py`` can run them with flow parameters. They have
-side effects and are never cached.
+Thin wrappers over :mod:`tasks.tracking` that take the flow's records
+(:class:`~tasks.records.schema.RegistrationRequest`, :class:`~tasks.records.schema.GateInputs`),
+so a deployment of ``flows/register.py`` can run them with its parameters. They have side
+effects and are never cached. Each run is named for what it acts on (``gate
+lensllm-wordnet v3``), so the Prefect UI reads as the registration's steps.
 """
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.records.schema import GateInputs
+from tasks.promotion.policy import PromotionDecision
+from tasks.records.schema import GateInputs, RegistrationRequest
+from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
 from tasks.tracking.model_registry import ModelRegistry
 from tasks.tracking.models import log_transformers_model
 from tasks.training.measure import measure_registered
 
 
-@task(name="registry-find-version", cache_policy=NO_CACHE)
-def find_version_task(tracking_uri: str, name: str, tags: dict) -> str | None:
-    return ModelRegistry(Tracker(tracking_uri), name).find_version(tags)
+def _registry(request: RegistrationRequest) -> ModelRegistry:
+    return ModelRegistry(Tracker(request.tracking_uri), request.registered_name)
 
 
-@task(name="mlflow-start-run", cache_policy=NO_CACHE)
-def start_run_task(
-    tracking_uri: str, experiment: str, run_name: str, tags: dict, params: dict, parent: str | None
-) -> str:
-    tracker = Tracker(tracking_uri)
-    run_id = tracker.create_run(experiment, run_name, tags, parent_run_id=parent)
-    tracker.log(run_id, params=params)
-    return run_id
+def folder_sha256(folder: str) -> str:
+    """sha256 over every file of ``folder`` (relative path and content, in path order): two
+    saved models hash alike exactly when their files are identical."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
-@task(name="mlflow-end-run", cache_policy=NO_CACHE)
-def end_run_task(tracking_uri: str, run_id: str, status: str) -> None:
-    Tracker(tracking_uri).end_run(run_id, status)
+@task(name="hash-weights", task_run_name="hash {request.model_dir}", cache_policy=NO_CACHE)
+def weights_hash_task(request: RegistrationRequest) -> str:
+    return folder_sha256(request.model_dir)
 
 
-@task(name="mlflow-log-transformers-model", cache_policy=NO_CACHE)
-def log_model_task(tracking_uri: str, run_id: str, model_dir: str, max_new_tokens: int) -> dict:
+@task(
+    name="registry-find-version",
+    task_run_name="find {request.registered_name} version",
+    cache_policy=NO_CACHE,
+)
+def find_version_task(request: RegistrationRequest, tags: dict[str, str]) -> str | None:
+    """The newest version carrying all ``tags``, or None."""
+    return _registry(request).find_version(tags)
+
+
+@task(name="mlflow-start-run", task_run_name="start run {run_name}", cache_policy=NO_CACHE)
+def start_run_task(request: RegistrationRequest, run_name: str, tags: dict[str, str]) -> str:
+    return Tracker(request.tracking_uri).create_run(request.experiment, run_name, tags)
+
+
+@task(name="mlflow-end-run", task_run_name="end run {run_id} {status}", cache_policy=NO_CACHE)
+def end_run_task(request: RegistrationRequest, run_id: str, status: str) -> None:
+    Tracker(request.tracking_uri).end_run(run_id, status)
+
+
+@task(
+    name="mlflow-log-transformers-model",
+    task_run_name="log model {request.model_dir}",
+    cache_policy=NO_CACHE,
+)
+def log_model_task(request: RegistrationRequest, run_id: str) -> dict:
     return log_transformers_model(
-        Tracker(tracking_uri), run_id, model_dir, max_new_tokens=max_new_tokens
+        Tracker(request.tracking_uri),
+        run_id,
+        request.model_dir,
+        max_new_tokens=request.max_new_tokens,
     )
 
 
-@task(name="registry-register-version", cache_policy=NO_CACHE)
+@task(
+    name="registry-register-version",
+    task_run_name="register {request.registered_name}",
+    cache_policy=NO_CACHE,
+)
 def register_version_task(
-    tracking_uri: str, name: str, logged: dict, run_id: str, tags: dict, description: str
+    request: RegistrationRequest, logged: dict, run_id: str, tags: dict, description: str
 ) -> str:
-    return ModelRegistry(Tracker(tracking_uri), name).register_version(
+    return _registry(request).register_version(
         model_uri=logged["model_uri"],
         run_id=run_id,
         model_id=logged["model_id"],
@@ -57,22 +101,22 @@ def register_version_task(
     )
 
 
-@task(name="registry-promotion-gate", cache_policy=NO_CACHE)
+@task(
+    name="registry-promotion-gate",
+    task_run_name="gate {request.registered_name} v{version}",
+    cache_policy=NO_CACHE,
+)
 def promotion_gate_task(
-    tracking_uri: str,
-    name: str,
-    version: str,
-    gate: GateInputs,
-    lock_dir: str | None,
-) -> dict:
+    request: RegistrationRequest, version: str, gate: GateInputs, lock_dir: str | None
+) -> PromotionDecision:
     """The gate on measured loss: the challenger's measurement against the champion's on the
     same test split (the champion is loaded from the registry and measured when it has no
     measurement on that split yet)."""
 
     def measure_champion(champion: str):
         return measure_registered(
-            tracking_uri,
-            name,
+            request.tracking_uri,
+            request.registered_name,
             champion,
             gate.test,
             gate.spec,
@@ -80,7 +124,7 @@ def promotion_gate_task(
             fingerprint=gate.test_fingerprint,
         )
 
-    return ModelRegistry(Tracker(tracking_uri), name).promote_if_better(
+    return _registry(request).promote_if_better(
         version,
         measurement=gate.measurement,
         measure=measure_champion,
@@ -90,6 +134,23 @@ def promotion_gate_task(
     )
 
 
-@task(name="registry-version-info", cache_policy=NO_CACHE)
-def version_info_task(tracking_uri: str, name: str, version: str) -> dict:
-    return ModelRegistry(Tracker(tracking_uri), name).version_info(version)
+@task(
+    name="registry-version-info",
+    task_run_name="read {request.registered_name} v{version}",
+    cache_policy=NO_CACHE,
+)
+def version_info_task(request: RegistrationRequest, version: str) -> dict:
+    return _registry(request).version_info(version)
+
+
+@task(
+    name="mlflow-link-version",
+    task_run_name="link run {run_id} to v{version}",
+    cache_policy=NO_CACHE,
+)
+def link_run_task(request: RegistrationRequest, run_id: str, version: str) -> None:
+    """Name on the run the version that holds its model (found again by these tags)."""
+    Tracker(request.tracking_uri).log(
+        run_id,
+        tags={T.REGISTERED_MODEL: request.registered_name, T.REGISTERED_VERSION: version},
+    )

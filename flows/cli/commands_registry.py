@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -116,18 +117,19 @@ def register_command(model_dir: str, **options) -> int:
     file, and move champion if the promotion gate passes. Prints the outcome as JSON."""
     from flows.register import register_flow
 
-    result = register_flow(model_dir, **register_arguments(model_dir, options))
-    print(json.dumps(result, indent=2))
+    result = register_flow(*register_arguments(model_dir, options))
+    print(json.dumps(result.model_dump(mode="json"), indent=2))
     return 0
 
 
-def register_arguments(model_dir: str, options: dict) -> dict:
-    """``register_flow``'s keyword arguments from the command's options: the gate's inputs
-    (the model measured on the test file) and the version's description."""
+def register_arguments(model_dir: str, options: dict):
+    """``register_flow``'s records from the command's options: the registration request and
+    the gate's inputs (the model measured on the test file)."""
     from pathlib import Path
 
     from tasks.data.splits import fingerprint
-    from tasks.records.schema import GateInputs, ProbeSpec
+    from tasks.records.schema import GateInputs, ProbeSpec, RegistrationRequest
+    from tasks.tracking import tags as T
     from tasks.training.measure import measure_folder
 
     lines = Path(options["test_file"]).read_text().splitlines()
@@ -144,16 +146,19 @@ def register_arguments(model_dir: str, options: dict) -> dict:
         margin=options["margin"],
         min_confidence=options["min_confidence"],
     )
-    return {
-        "registered_name": options["name"],
-        "task_key": options["task_key"],
-        "selection_key": options["selection_key"],
-        "predicted_loss": options["predicted_loss"],
-        "interval": list(options["interval"]),
-        "selector": options["selector"],
-        "tags": options["tags"],
-        "tracking_uri": tracker_for(options["tracking_uri"]).uri,
-        "experiment": options["experiment"],
-        "gate": gate,
-        "max_new_tokens": options["max_new_tokens"],
-    }
+    low, high = options["interval"]
+    request = RegistrationRequest(
+        model_dir=model_dir,
+        registered_name=options["name"],
+        task_key=options["task_key"],
+        selection_key=options["selection_key"],
+        predicted_loss=None if math.isnan(options["predicted_loss"]) else options["predicted_loss"],
+        interval=None if math.isnan(low) or math.isnan(high) else (low, high),
+        selector=options["selector"],
+        data_fingerprint=options["tags"].get(T.DATA_FINGERPRINT),
+        tags=options["tags"],
+        tracking_uri=tracker_for(options["tracking_uri"]).uri,
+        experiment=options["experiment"],
+        max_new_tokens=options["max_new_tokens"],
+    )
+    return request, gate

@@ -56,7 +56,7 @@ def print_summary(summary) -> None:
             f"Registered version {reg.version} (the winner trained on {reg.finetune_size} "
             f"examples) with aliases {reg.aliases}"
         )
-        print(f"Gate: {'promoted to champion' if reg.promoted else 'not promoted'}: {reg.reason}")
+        print(f"Gate: {reg.verdict}: {reg.reason}")
 
 
 def mlflow_link(tracking_uri: str, run_id: str) -> str:

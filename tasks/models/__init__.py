@@ -40,6 +40,7 @@ __all__ = [
 
 @task(
     name="resolve-candidate",
+    task_run_name="resolve {name}",
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=lambda task, run, state: _is_transient(state),

@@ -5,6 +5,7 @@ share cache entries."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.probing.adaptive import run_adaptive_excluding_diverged
-from tasks.probing.probe import probe_task
+from tasks.probing.probe import probe_run_name, probe_task
 from tasks.records.schema import PreparedData, ProbeResult, ProbeSpec
 from tasks.runtime.cache import cached
 from tasks.runtime.progress import Progress
@@ -48,14 +49,16 @@ class ProbePlan:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         return str((self.cache_dir / "finetuned" / f"{safe}-{key}").resolve())
 
-    def submit(self, name: str, size: int, *, save: bool | None = None):
+    def submit(self, name: str, size: int, *, save: bool | None = None, verb: str = "probe"):
         """Submit the probe of ``name`` on the first ``size`` training examples. The budget
         probe (or ``save=True``) saves its weights for the registry; a cached probe whose
-        weights folder is gone runs again."""
+        weights folder is gone runs again. ``verb`` starts its task-run name (``train`` for
+        the training at the target); the name is not part of the cache key."""
         save = size == self.budget if save is None else save
         save_dir = self.weights_dir(name, size) if save else None
         refresh = bool(save_dir) and not Path(save_dir).is_dir()
         task = cached(probe_task, self.storage, exclude=NOT_IN_CACHE_KEY, refresh=refresh)
+        task = task.with_options(task_run_name=functools.partial(probe_run_name, verb))
         return task.submit(
             self.models[name],
             self.data.for_probe(size),

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from prefect import task
@@ -199,6 +200,14 @@ class _ProbeRun:
         )
 
 
+def probe_run_name(verb: str, parameters: dict[str, Any]) -> str:
+    """The Prefect task-run name of a probe: ``probe smollm2-135m @ 64`` (``verb`` "train" for
+    the training at the target). A module-level function bound with ``functools.partial`` so
+    that Dask and Ray workers can unpickle the task."""
+    candidate = parameters.get("candidate") or Path(parameters["model_dir"]).name
+    return f"{verb} {candidate} @ {len(parameters['data'].train)}"
+
+
 # No retries: a probe computes on a resolved local folder, so its failures (bad input, out of
 # memory, a bug) repeat on a retry; a diverged or NaN probe is a result, flagged, not an error.
-probe_task = task(name="probe")(run_probe)
+probe_task = task(name="probe", task_run_name=functools.partial(probe_run_name, "probe"))(run_probe)

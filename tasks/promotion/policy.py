@@ -25,7 +25,7 @@ losses are recorded with the decision as information, not as the rule.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from tasks.records.schema import NO_INTERVAL
 from tasks.tracking import tags as T
@@ -85,9 +85,6 @@ class PromotionDecision:
     test_fingerprint: str | None
     challenger_predicted_loss: float
     champion_predicted_loss: float | None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def decide_promotion(

@@ -561,21 +561,58 @@ class GateInputs(Record):
     min_confidence: float = Field(0.9, ge=0.0, le=1.0)
 
 
+class RegistrationRequest(Record):
+    """What to register: a saved, merged transformers model folder, what selected it, and
+    where to record it. With :class:`GateInputs` it is all the register flow needs (both are
+    JSON-serialisable deployment parameters; an unknown loss or interval is None)."""
+
+    model_dir: str
+    registered_name: str = Field(min_length=1, description="one registered model per task")
+    task_key: str = Field(min_length=1)
+    selection_key: str = Field(min_length=1)
+    predicted_loss: float | None = None
+    interval: tuple[float, float] | None = None
+    selector: str = "manual"
+    data_fingerprint: str | None = Field(
+        None,
+        description="of the data the model was trained on; with the weights' hash it finds "
+        "a version that already holds this model (None: never treated as a duplicate)",
+    )
+    tags: dict[str, str] = Field({}, description="provenance and check tags of the version")
+    finetune_size: int | None = Field(None, description="examples the model was trained on")
+    tracking_uri: str
+    experiment: str = "lensllm-register"
+    parent_run_id: str | None = Field(None, description="log in this run (a selection's)")
+    max_new_tokens: int = Field(32, ge=1)
+
+
 class Registration(Record):
-    """What the registry did with a selection's winner."""
+    """What the registry did with a model: the version that holds it, and the gate's decision
+    (or, for a model some version already holds, that version and no gate)."""
 
     version: str | None = None
     aliases: list[str] = []
     promoted: bool = False
     reason: str = ""
     created: bool = False
+    already_registered: bool = Field(
+        False, description="another selection registered the same weights and data: no gate"
+    )
     run_id: str | None = None
     challenger_measured_loss: float | None = None
     champion_version: str | None = None
     champion_measured_loss: float | None = None
     p_better: float | None = None
+    weights_sha256: str | None = None
     finetune_size: int | None = Field(None, description="examples the registered model saw")
     model_dir: str | None = Field(None, description="the folder that was registered")
+
+    @property
+    def verdict(self) -> str:
+        """The gate's outcome in words."""
+        if self.already_registered:
+            return "not run"
+        return "promoted to champion" if self.promoted else "not promoted"
 
 
 class SelectionSummary(Record):

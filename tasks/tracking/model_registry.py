@@ -1,8 +1,7 @@
 """The MLflow model registry: versions, aliases, the promotion gate applied, rollback.
 
-The *policy* (who becomes champion) is :func:`tasks.promotion.policy.decide_promotion`, pure code
-over
-frozen records; :class:`ModelRegistry` reads the registry, calls it and moves the aliases.
+The *policy* (who becomes champion) is :func:`tasks.promotion.policy.decide_promotion`, pure
+code over frozen records; :class:`ModelRegistry` reads the registry, calls it and moves the aliases.
 """
 
 from __future__ import annotations
@@ -13,7 +12,12 @@ import math
 from collections.abc import Callable, Mapping
 
 from lens_model.compare import paired_bootstrap
-from tasks.promotion.policy import Contender, MeasuredComparison, decide_promotion
+from tasks.promotion.policy import (
+    Contender,
+    MeasuredComparison,
+    PromotionDecision,
+    decide_promotion,
+)
 from tasks.records.errors import RegistryError
 from tasks.records.schema import Measurement
 from tasks.runtime.locks import held, lock_path
@@ -166,19 +170,17 @@ class ModelRegistry:
         margin: float,
         min_confidence: float = 0.9,
         lock_dir: str | None = None,
-    ) -> dict:
+    ) -> PromotionDecision:
         """Apply the promotion gate to ``version`` (measured as ``measurement`` on the current
         test split) against the current ``champion`` and move the alias only when it passes.
 
         The champion is compared on the same split: its recorded measurement there, or
         ``measure(champion_version)`` (evaluating the registered model; recorded for the next
         gate). The gate reads the champion, then moves it: with ``lock_dir`` that
-        read-then-write holds a lock (:mod:`tasks.runtime.locks`) per tracking URI and model name,
-        so
-        two selections finishing at once cannot both promote against the same old champion.
+        read-then-write holds a lock (:mod:`tasks.runtime.locks`) per tracking URI and model
+        name, so two selections finishing at once cannot both promote against the same old champion.
         On promotion the previous champion is recorded in the new champion's
         ``lensllm.previous_champion`` tag (empty when there was none) for :meth:`rollback`.
-        Returns the decision as a dict.
         """
         args = (str(version), measurement, measure, margin, min_confidence)
         if lock_dir is None:
@@ -187,7 +189,7 @@ class ModelRegistry:
         with held(path, f"the promotion gate of {self.name}", logger):
             return self._promote(*args)
 
-    def _promote(self, version, measurement, measure, margin, min_confidence) -> dict:
+    def _promote(self, version, measurement, measure, margin, min_confidence) -> PromotionDecision:
         if self.measurement(version, measurement.test_fingerprint) is None:
             self.record_measurement(version, measurement)
         challenger = self.contender(version)
@@ -205,7 +207,7 @@ class ModelRegistry:
             margin=margin,
             min_confidence=min_confidence,
         )
-        self._record_decision(version, measurement, decision.to_dict())
+        self._record_decision(version, measurement, decision)
         if decision.promote:
             self.client.set_model_version_tag(
                 self.name, version, T.PREVIOUS_CHAMPION, champion_version or ""
@@ -219,7 +221,7 @@ class ModelRegistry:
                 selection_key=challenger_tags(self, version).get(T.SELECTION_KEY, ""),
                 selection_run=self.client.get_model_version(self.name, version).run_id or "",
             )
-        return decision.to_dict()
+        return decision
 
     def _compare(self, champion_version, challenger: Measurement, measure):
         """The paired comparison on the challenger's test split (None if the champion cannot
@@ -251,19 +253,21 @@ class ModelRegistry:
             n_examples=stats.n_examples,
         )
 
-    def _record_decision(self, version: str, measurement: Measurement, decision: dict) -> None:
+    def _record_decision(
+        self, version: str, measurement: Measurement, decision: PromotionDecision
+    ) -> None:
         """The decision on the version. A re-run of its selection that changes nothing keeps
         the first decision's reason (what a reviewer wants to read) and records its own apart."""
         first = T.GATE_REASON not in self.version_info(version)["tags"]
-        key = T.GATE_REASON if first or decision["promote"] else T.GATE_LAST_CHECK
+        key = T.GATE_REASON if first or decision.promote else T.GATE_LAST_CHECK
         tags = {
-            key: decision["reason"],
+            key: decision.reason,
             T.MEASURED_LOSS: repr(measurement.loss),
             T.TEST_FINGERPRINT: measurement.test_fingerprint,
         }
-        if decision["champion_measured_loss"] is not None:
-            tags[T.CHAMPION_MEASURED_LOSS] = repr(decision["champion_measured_loss"])
-            tags[T.P_BETTER] = repr(decision["p_better"])
+        if decision.champion_measured_loss is not None:
+            tags[T.CHAMPION_MEASURED_LOSS] = repr(decision.champion_measured_loss)
+            tags[T.P_BETTER] = repr(decision.p_better)
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, version, key, value)
 

@@ -134,7 +134,9 @@ def selection_note(
             f"{check.measured_loss:.4f}: log error {check.log_error:+.3f}, {check.verdict}."
         )
     if registration is not None and registration.version:
-        verdict = "promoted to champion" if registration.promoted else "not promoted"
+        verdict = registration.verdict
+        if registration.already_registered:
+            verdict = f"gate {verdict}"
         text += (
             f" Registered as `{model_name}` version {registration.version}, {verdict}: "
             f"{registration.reason}"

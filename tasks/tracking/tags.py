@@ -42,6 +42,11 @@ PREVIOUS_CHAMPION = "lensllm.previous_champion"
 GATE_REASON = "lensllm.gate_reason"  # the decision of the version's first gate (or promotion)
 GATE_LAST_CHECK = "lensllm.gate_last_check"  # a later re-run's decision, kept apart
 ROLLED_BACK = "lensllm.rolled_back"
+# sha256 over the registered folder's files: with DATA_FINGERPRINT, one version per model
+WEIGHTS_SHA256 = "lensllm.weights_sha256"
+# On a run: the version that holds its model (the one it registered, or an identical earlier one)
+REGISTERED_MODEL = "lensllm.registered_model"
+REGISTERED_VERSION = "lensllm.registered_version"
 
 # Realized against predicted: the winner trained at the target and measured
 TARGET_MEASURED_LOSS = "lensllm.target_measured_loss"

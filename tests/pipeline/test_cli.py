@@ -147,9 +147,9 @@ def _used_uri(readback: str, argv: list[str], monkeypatch) -> str | None:
     if readback == "register_flow":
         import flows.register
 
-        def register_flow(model_dir, **kwargs):
-            seen["uri"] = kwargs["tracking_uri"]
-            return {}
+        def register_flow(request, gate):
+            seen["uri"] = request.tracking_uri
+            return request  # anything with model_dump
 
         monkeypatch.setattr(flows.register, "register_flow", register_flow)
     assert main(argv) in (0, 2)  # rollback of a model without a champion is a user error
@@ -215,3 +215,26 @@ def test_select_talks_to_the_given_prefect_api(monkeypatch, capsys):
     config = str(REPO / "configs" / "demo.yaml")
     assert main(["select", "--config", config, "--prefect-api-url", url]) == 130
     assert seen == [url]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_register_registers_the_folder_in_the_store_the_variable_names(
+    tmp_path, monkeypatch, prefect_harness, capsys
+):
+    """The real register flow through the command line: a version with alias champion (no
+    champion yet) in the store that ``MLFLOW_TRACKING_URI`` names, and the same command again
+    adds no version."""
+    from tasks.tracking.client import Tracker
+    from tasks.tracking.model_registry import ModelRegistry
+
+    uri = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    argv = _register_argv(tmp_path)
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["version"] == "1" and "champion" in first["aliases"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "1"
+    versions = ModelRegistry(Tracker(uri), "m").client.search_model_versions("name = 'm'")
+    assert [str(v.version) for v in versions] == ["1"]

@@ -263,7 +263,7 @@ def test_two_gates_at_once_promote_the_better_version(uri, tmp_path, monkeypatch
     losses = {better: 1.0, worse: 1.5}
     decisions = _promote_concurrently(uri, name, [better, worse], losses, monkeypatch, lock_dir)
     assert ModelRegistry(Tracker(uri), name).alias_version(T.ALIAS_CHAMPION) == better
-    assert sum(d["promote"] for d in decisions) == 1  # one promotion wins
+    assert sum(d.promote for d in decisions) == 1  # one promotion wins
     versions = Tracker(uri).client.search_model_versions(f"name = '{name}'")
     assert sorted(str(v.version) for v in versions) == sorted([better, worse])  # none lost
 

@@ -9,6 +9,8 @@ that fails before any probe is spent.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import time
 from pathlib import Path
@@ -85,7 +87,7 @@ def _probe_task_runs(flow_run_id: str, expected: int | None, timeout: float = 60
     with get_client(sync_client=True) as client:
         while True:
             runs = [
-                r for r in client.read_task_runs(flow_run_filter=flt) if r.name.startswith("probe-")
+                r for r in client.read_task_runs(flow_run_filter=flt) if r.name.startswith("probe ")
             ]
             done = all(r.state is not None and r.state.is_final() for r in runs)
             if (expected is None or len(runs) >= expected) and done:
@@ -118,7 +120,16 @@ def selection(prefect_harness, tmp_path_factory):
     summary2 = state2.result()
     second_probes = _probe_task_runs(flow_run_id2, n_probes)
     print(f"\nselect flow: first run {first_s:.1f} s, cached re-run {second_s:.1f} s")
+    # through the CLI, with only validate.top_k changed: a new selection, the same model
+    from flows import cli
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        top_k_rc = cli.main(["select", "--config", config_path, "--set", "validate.top_k=2"])
     return {
+        "flow_run_id": flow_run_id,
+        "top_k_rc": top_k_rc,
+        "top_k_output": out.getvalue(),
         "tmp": tmp,
         "config_path": config_path,
         "config": cfg_data,
@@ -226,9 +237,10 @@ def test_mlflow_parent_run_with_one_nested_run_per_candidate(selection):
     assert parent.data.tags[T.RUN_KIND] == "selection"
     # one selection, one parent run: the cached re-run added none and says which run holds it
     experiment = parent.info.experiment_id
-    parents = client.search_runs([experiment], f"tags.`{T.RUN_KIND}` = 'selection'")
+    key = f"tags.`{T.SELECTION_KEY}` = '{selection['summary'].selection_key}'"
+    parents = client.search_runs([experiment], f"tags.`{T.RUN_KIND}` = 'selection' and {key}")
     assert [r.info.run_id for r in parents] == [selection["summary"].run_id]
-    assert len(client.search_runs([experiment])) == 1 + len(selection["candidates"])
+    assert len(client.search_runs([experiment], key)) == 1 + len(selection["candidates"])
     assert selection["summary2"].recorded_in == selection["summary"].run_id
     assert selection["summary"].recorded_in is None
     # the parent run spans the selection: it started before the first probe and ended last
@@ -372,6 +384,59 @@ def test_rerun_hits_the_probe_cache_and_registers_nothing_new(selection):
     # the target training came from the cache too: the same measurement, the same decision
     assert selection["summary2"].checks == selection["summary"].checks
     assert reg.promoted is False and "already the champion" in reg.reason
+
+
+def test_rerun_with_only_top_k_changed_adds_no_version(selection):
+    """Issue 23: the same weights on the same data are one registered version. A selection
+    that changed only ``validate.top_k`` is linked to it, and its gate does not run."""
+    client, version = selection["client"], selection["summary"].registration.version
+    assert selection["top_k_rc"] == 0
+    out = selection["top_k_output"]
+    assert f"Gate: not run: already registered as version {version} (" in out, out
+    assert f"Registered version {version} " in out
+    assert len(client.search_model_versions(f"name = '{MODEL_NAME}'")) == 1
+    parent = client.get_run(selection["summary"].run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`{T.RUN_KIND}` = 'selection' and tags.`{T.SELECTION_KEY}` != "
+        f"'{selection['summary'].selection_key}'",
+    )
+    (run,) = runs  # a new selection (its own key), linked to the version that holds its model
+    tags = run.data.tags
+    assert (tags[T.REGISTERED_MODEL], tags[T.REGISTERED_VERSION]) == (MODEL_NAME, version)
+    assert f"gate not run: already registered as version {version}" in tags[T.NOTE]
+    # no gate compared the model with itself: the champion was never measured against one
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert str(champion.version) == version and T.CHAMPION_MEASURED_LOSS not in champion.tags
+    assert "P(challenger better)" not in out
+
+
+def test_task_runs_say_what_they_are(selection):
+    """Prefect task runs are named for their candidate and size (issue 19), read back from
+    the API: the selection's and its subflows' (training at the target, registration)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    first = selection["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first])
+            )
+        )
+        ids = [first, *(str(r.id) for r in children)]
+        flt = FlowRunFilter(id=FlowRunFilterId(any_=ids))
+        names = {r.name for r in client.read_task_runs(flow_run_filter=flt)}
+    selected = selection["summary"].selected
+    expected = {f"train {selected} @ {TARGET}", f"gate {MODEL_NAME} v1", f"register {MODEL_NAME}"}
+    for name in selection["candidates"]:
+        expected |= {f"resolve {name}", f"ntk {name}"}
+        expected |= {f"probe {name} @ {size}" for size in [0, *LADDER]}
+    assert expected <= names, sorted(expected - names)
 
 
 def test_dataset_too_small_fails_before_any_probe(prefect_harness, tmp_path):

@@ -355,12 +355,9 @@ def test_registry_rollback_command(deployed, capsys):
         tags=tags,
         description=version_description(tags),
     )
-    second = {
-        "version": version,
-        **registry.promote_if_better(version, measurement=better, margin=0),
-    }
-    assert second["promote"] is True
-    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == second["version"]
+    decision = registry.promote_if_better(version, measurement=better, margin=0)
+    assert decision.promote is True
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == version
     assert main(["registry", "rollback", "--name", MODEL_NAME, "--tracking-uri", uri]) == 0
     assert f"to v{first.version}" in capsys.readouterr().out
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == first.version

@@ -12,7 +12,7 @@ import pytest
 import tasks.registration
 from tasks.data.splits import fingerprint
 from tasks.probing.probe import run_probe
-from tasks.records.schema import GateInputs, ProbeData, ProbeSpec
+from tasks.records.schema import GateInputs, ProbeData, ProbeSpec, RegistrationRequest
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
 from tasks.tracking.model_registry import ModelRegistry
@@ -62,23 +62,22 @@ def _gate(model_dir: str, split: list[dict]) -> GateInputs:
     )
 
 
-def _register(uri, model_dir, key, predicted, split, lock_dir):
+def _register(uri, model_dir, key, predicted, split, lock_dir, data=None):
     from flows.register import register_flow
 
-    return register_flow(
-        model_dir,
+    request = RegistrationRequest(
+        model_dir=model_dir,
         registered_name=NAME,
         task_key="cats",
         selection_key=key,
         predicted_loss=predicted,
-        interval=[predicted * 0.9, predicted * 1.1],
+        interval=(predicted * 0.9, predicted * 1.1),
         selector="test",
-        tags={},
+        data_fingerprint=data,
         tracking_uri=uri,
         experiment="gate-test",
-        gate=_gate(model_dir, split),
-        lock_dir=lock_dir,
     )
+    return register_flow(request, _gate(model_dir, split), lock_dir=lock_dir)
 
 
 def test_measured_gate(prefect_harness, models, tmp_path, monkeypatch):
@@ -95,25 +94,25 @@ def test_measured_gate(prefect_harness, models, tmp_path, monkeypatch):
     locks = str(tmp_path / "locks")
 
     first = _register(uri, models["short"], "sel-1", 2.0, SPLIT_A, locks)
-    assert first["promoted"] and first["version"] == "1"
+    assert first.promoted and first.version == "1"
     assert registry.alias_version(T.ALIAS_CHAMPION) == "1"
 
     # a challenger whose prediction is far better but whose measured loss is worse: kept out
     second = _register(uri, models["base"], "sel-2", 0.01, SPLIT_A, locks)
-    assert not second["promoted"] and "not better" in second["reason"]
-    assert second["challenger_measured_loss"] > second["champion_measured_loss"]
-    assert second["p_better"] < 0.1
+    assert not second.promoted and "not better" in second.reason
+    assert second.challenger_measured_loss > second.champion_measured_loss
+    assert second.p_better < 0.1
     assert registry.alias_version(T.ALIAS_CHAMPION) == "1"
     assert calls == []  # v1's measurement on split A was recorded at its registration
     tags = registry.version_info("2")["tags"]
     assert tags[T.TEST_FINGERPRINT] == fingerprint(SPLIT_A)
-    assert float(tags[T.CHAMPION_MEASURED_LOSS]) == pytest.approx(first["challenger_measured_loss"])
+    assert float(tags[T.CHAMPION_MEASURED_LOSS]) == pytest.approx(first.challenger_measured_loss)
 
     # new data (another test split): the champion is measured again, on the new split, once
     third = _register(uri, models["long"], "sel-3", 2.5, SPLIT_B, locks)
     assert calls == ["1"]
     assert T.MEASURED_PREFIX + fingerprint(SPLIT_B) in registry.version_info("1")["tags"]
-    assert third["promoted"] and third["p_better"] >= 0.9, third["reason"]
+    assert third.promoted and third.p_better >= 0.9, third.reason
     assert registry.alias_version(T.ALIAS_CHAMPION) == "3"
     # the champion's recorded measurement on split B equals measuring it directly
     recorded = registry.measurement("1", fingerprint(SPLIT_B))
@@ -124,7 +123,7 @@ def test_measured_gate(prefect_harness, models, tmp_path, monkeypatch):
 
     # re-running a registration is idempotent and cheap: no new version, nothing re-measured
     again = _register(uri, models["long"], "sel-3", 2.5, SPLIT_B, locks)
-    assert not again["created"] and again["version"] == "3" and calls == ["1"]
+    assert not again.created and again.version == "3" and calls == ["1"]
     # the re-run's "already the champion" is kept apart: the reason shown is the promotion's
     tags = registry.version_info("3")["tags"]
     assert tags[T.GATE_REASON].startswith("promoted:") and "already" in tags[T.GATE_LAST_CHECK]
@@ -132,7 +131,7 @@ def test_measured_gate(prefect_harness, models, tmp_path, monkeypatch):
     # rollback: v1 is champion again, and re-running v3's selection does not undo it
     assert registry.rollback() == {"champion": "1", "rolled_back_from": "3"}
     after = _register(uri, models["long"], "sel-3", 2.5, SPLIT_B, locks)
-    assert not after["promoted"] and "rolled back" in after["reason"]
+    assert not after.promoted and "rolled back" in after.reason
     assert registry.alias_version(T.ALIAS_CHAMPION) == "1"
     assert len(Tracker(uri).client.search_model_versions(f"name = '{NAME}'")) == 3
     assert Path(models["long"]).is_dir()

@@ -10,7 +10,14 @@ from pydantic import ValidationError
 
 from tasks.promotion.policy import version_description, version_tags
 from tasks.records.errors import LensLLMUserError, RegistryError
-from tasks.records.schema import GateInputs, Measurement, PreparedData, ProbeResult, ProbeSpec
+from tasks.records.schema import (
+    GateInputs,
+    Measurement,
+    PreparedData,
+    ProbeResult,
+    ProbeSpec,
+    RegistrationRequest,
+)
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker, default_tracking_uri
 from tasks.tracking.model_registry import ModelRegistry
@@ -373,7 +380,7 @@ def test_register_promote_reload_and_rollback(tracker, tiny_model_dir):
 
     registry = ModelRegistry(tracker, "lens-tiny")
     version, decision = _register_plain(tracker, tiny_model_dir, "sel-1", 2.0, [1.9, 2.1])
-    assert decision["promote"]
+    assert decision.promote
     assert registry.version_info(version)["aliases"] == [T.ALIAS_CANDIDATE, T.ALIAS_CHAMPION]
 
     # The registered champion reloads to the same logits as the saved model.
@@ -398,19 +405,19 @@ def test_register_promote_reload_and_rollback(tracker, tiny_model_dir):
 
     # A worse challenger gets candidate, not champion.
     worse, decision = _register_plain(tracker, tiny_model_dir, "sel-2", 2.5, [2.4, 2.6])
-    assert worse == "2" and not decision["promote"]
+    assert worse == "2" and not decision.promote
     assert registry.version_info(worse)["aliases"] == [T.ALIAS_CANDIDATE]
     assert registry.alias_version(T.ALIAS_CHAMPION) == "1"
 
     # A better one is promoted and records its predecessor; rollback restores it.
     better, decision = _register_plain(tracker, tiny_model_dir, "sel-3", 1.5, [1.4, 1.6])
-    assert decision["promote"] and registry.alias_version(T.ALIAS_CHAMPION) == "3"
+    assert decision.promote and registry.alias_version(T.ALIAS_CHAMPION) == "3"
     assert registry.version_info(better)["tags"][T.PREVIOUS_CHAMPION] == "1"
     assert registry.rollback() == {"champion": "1", "rolled_back_from": "3"}
     assert registry.alias_version(T.ALIAS_CHAMPION) == "1"
     assert registry.version_info(better)["tags"][T.ROLLED_BACK] == "true"
     _, decision = _register_plain(tracker, tiny_model_dir, "sel-3", 1.5, [1.4, 1.6])
-    assert not decision["promote"] and "rolled back" in decision["reason"]
+    assert not decision.promote and "rolled back" in decision.reason
     with pytest.raises(RegistryError, match="no previous champion"):
         registry.rollback()
 
@@ -463,7 +470,7 @@ def prefect_harness():
         yield
 
 
-def _flow_register(uri, model_dir, selection_key, loss, interval, parent_run_id=None):
+def _flow_register(uri, model_dir, selection_key, loss, interval, parent_run_id=None, data=None):
     from flows.register import register_flow
 
     test = [{"prompt": "Q: say cat", "target": " cat"}] * 8
@@ -475,46 +482,83 @@ def _flow_register(uri, model_dir, selection_key, loss, interval, parent_run_id=
         measurement=_measured(loss),
         margin=0.05,
     )
-    return register_flow(
-        model_dir,
+    request = RegistrationRequest(
+        model_dir=model_dir,
         registered_name="lens-flow",
         task_key="wordnet",
         selection_key=selection_key,
         predicted_loss=loss,
         interval=interval,
         selector="ats",
+        data_fingerprint=data,
         tags={T.CONFIG_HASH: "cfg", "github_token": "ghp_" + "y" * 36},
         tracking_uri=uri,
         experiment="register",
-        gate=gate,
         parent_run_id=parent_run_id,
     )
+    return register_flow(request, gate)
 
 
 @pytest.mark.slow
 def test_register_flow_under_prefect(prefect_harness, uri, tracker, tiny_model_dir):
     parent, _ = open_selection_run(tracker, "sel", "selection", {}, {}, "a: 1\n")
     first = _flow_register(uri, tiny_model_dir, "sel-1", 2.0, [1.9, 2.1], parent)
-    assert first["created"] and first["promoted"]
-    assert first["aliases"] == [T.ALIAS_CANDIDATE, T.ALIAS_CHAMPION]
+    assert first.created and first.promoted
+    assert first.aliases == [T.ALIAS_CANDIDATE, T.ALIAS_CHAMPION]
     # with a selection run, the model is logged in it: the version links to the selection
-    assert first["run_id"] == parent
-    version = ModelRegistry(tracker, "lens-flow").version_info(first["version"])
+    assert first.run_id == parent
+    version = ModelRegistry(tracker, "lens-flow").version_info(first.version)
     assert version["run_id"] == parent
     assert version["tags"][T.CONFIG_HASH] == "cfg" and "github_token" not in version["tags"]
     # alone, the register flow makes a run of its own
     alone = _flow_register(uri, tiny_model_dir, "sel-0", 2.2, [2.1, 2.3])
-    summary = tracker.run_summary(alone["run_id"])
+    summary = tracker.run_summary(alone.run_id)
     assert summary["tags"][T.RUN_KIND] == "register" and summary["status"] == "FINISHED"
     assert "github_token" not in summary["tags"]
 
     again = _flow_register(uri, tiny_model_dir, "sel-1", 2.0, [1.9, 2.1])
-    assert again["version"] == first["version"] and not again["created"]
+    assert again.version == first.version and not again.created
     assert len(tracker.client.search_model_versions("name = 'lens-flow'")) == 2
 
     worse = _flow_register(uri, tiny_model_dir, "sel-2", 2.5, [2.4, 2.6])
-    assert worse["version"] == "3" and not worse["promoted"]
-    assert worse["aliases"] == [T.ALIAS_CANDIDATE]
-    assert "not better by the margin" in worse["reason"]
+    assert worse.version == "3" and not worse.promoted
+    assert worse.aliases == [T.ALIAS_CANDIDATE]
+    assert "not better by the margin" in worse.reason
     registry = ModelRegistry(tracker, "lens-flow")
-    assert registry.alias_version(T.ALIAS_CHAMPION) == first["version"]
+    assert registry.alias_version(T.ALIAS_CHAMPION) == first.version
+
+
+@pytest.mark.slow
+def test_same_weights_and_data_add_no_version(
+    prefect_harness, uri, tracker, tiny_model_dir, tmp_path
+):
+    """A second selection that trained the same model on the same data (it changed only a
+    setting such as ``validate.top_k``) is linked to the version that holds it: no version is
+    added, and the gate does not compare the model with itself."""
+    import shutil
+
+    def selection_run(key: str) -> str:
+        tags = {T.SELECTION_KEY: key, T.RUN_KIND: "selection"}
+        return open_selection_run(tracker, "sel", key, tags, {}, "a: 1\n")[0]
+
+    run_a, run_b = selection_run("sel-a"), selection_run("sel-b")
+    first = _flow_register(uri, tiny_model_dir, "sel-a", 2.0, [1.9, 2.1], run_a, data="d1")
+    registry = ModelRegistry(tracker, "lens-flow")
+    tags_before = registry.version_info(first.version)["tags"]
+    again = _flow_register(uri, tiny_model_dir, "sel-b", 2.0, [1.9, 2.1], run_b, data="d1")
+    assert again.already_registered and not again.created and again.version == first.version
+    assert again.reason.startswith(f"already registered as version {first.version} (")
+    assert again.verdict == "not run" and not again.promoted and again.p_better is None
+    assert again.weights_sha256 == first.weights_sha256
+    assert registry.version_info(first.version)["tags"] == tags_before  # no gate ran on it
+    linked = tracker.run_summary(run_b)["tags"]
+    assert (linked[T.REGISTERED_MODEL], linked[T.REGISTERED_VERSION]) == ("lens-flow", "1")
+    assert len(tracker.client.search_model_versions("name = 'lens-flow'")) == 1
+
+    # the same weights trained on other data, or other weights: a version of their own
+    other_data = _flow_register(uri, tiny_model_dir, "sel-c", 2.0, [1.9, 2.1], data="d2")
+    copy = shutil.copytree(tiny_model_dir, tmp_path / "changed")
+    (copy / "config.json").write_text((copy / "config.json").read_text() + "\n")
+    other_weights = _flow_register(uri, str(copy), "sel-d", 2.0, [1.9, 2.1], data="d1")
+    assert (other_data.version, other_weights.version) == ("2", "3")
+    assert other_data.created and other_weights.created

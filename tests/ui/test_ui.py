@@ -13,7 +13,7 @@ waits for the single-page app to render, checks the visible text and saves a scr
 * the registered model (versions, ``champion`` alias, description) and the version (the
   gate's reason);
 * the Prefect UI: the deployments with the weekly cron schedule, the finished selection flow
-  run and its ranking artifact.
+  run, its ranking artifact and its task runs, named ``probe <candidate> @ <size>``.
 
 ``make ui-screenshots`` runs the same checks on the demo's own stores
 (``LENSLLM_UI_SOURCE=demo``): ``.lensllm/mlflow.db`` served as ``lensllm ui`` serves it, and a
@@ -558,3 +558,18 @@ def test_prefect_flow_run_has_the_ranking_artifact(site, page):
     for candidate in _candidate_names(site, run):
         assert candidate in text, (candidate, text)
     _shot(page, site, "prefect-ranking-artifact")
+
+
+def test_prefect_task_runs_say_what_they_are(site, page):
+    """Task runs are named for what they compute (``probe <candidate> @ <size>``), so the flow
+    run's task list reads as the selection's steps, not ``probe-0b4``."""
+    _require_prefect_ui(site)
+    run = _selection_run(site.tracker, site.experiment)
+    candidate = sorted(_candidate_names(site, run))[0]
+    size = run.data.params["ladder"].split(",")[0]
+    page.goto(f"{site.prefect}/runs/flow-run/{site.flow_run_id}")
+    _see(page, "Completed", "select-model")
+    page.get_by_text("Task Runs", exact=True).first.click()
+    text = _see(page, f"probe {candidate} @ {size}")
+    assert not re.search(r"\bprobe-[0-9a-f]{3}\b", text), "a task run without a readable name"
+    _shot(page, site, "prefect-task-runs")
