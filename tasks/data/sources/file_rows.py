@@ -65,10 +65,15 @@ def _text(file: Path) -> str:
         ) from None
 
 
-def _type_name(value: Any) -> str:
-    return {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
-    )
+def type_name(value: Any) -> str:
+    """``"a list"``, ``"a number"``, ...: what a JSON value is, for messages."""
+    return {
+        list: "a list",
+        dict: "an object",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+    }.get(type(value), "a number" if isinstance(value, int | float) else type(value).__name__)
 
 
 def _add_record(rows: FileRows, record: Any, position: str) -> None:
@@ -78,7 +83,7 @@ def _add_record(rows: FileRows, record: Any, position: str) -> None:
         rows.bad.append(
             BadRow(
                 position,
-                f"the record is {_type_name(record)}, not an object of named fields "
+                f"the record is {type_name(record)}, not an object of named fields "
                 '({"field": value, ...})',
             )
         )
@@ -115,7 +120,7 @@ def read_json(file: Path) -> FileRows:
         document = [document]
     if not isinstance(document, list):
         raise DataError(
-            f"{file}: the file holds {_type_name(document)}, not an array of records; write "
+            f"{file}: the file holds {type_name(document)}, not an array of records; write "
             'one object per record, e.g. [{"prompt": "...", "target": "..."}, ...]'
         )
     rows = FileRows()

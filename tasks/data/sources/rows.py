@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import math
 import string
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.data.sources.file_rows import BadRow, FileRows
+from tasks.data.sources.file_rows import BadRow, FileRows, type_name
 from tasks.data.splits import short_hash
 from tasks.records.errors import DataError
 from tasks.records.schema import DataSpec, Example
@@ -254,8 +255,8 @@ def _nested_values(
             kept.append(i)
             continue
         kinds = "; ".join(
-            f"field {n!r} holds {type(table.columns[n][i]).__name__} "
-            f"{str(table.columns[n][i])[:40]!r}, not text"
+            f"field {n!r} holds {type_name(table.columns[n][i])} "
+            f"({json.dumps(table.columns[n][i], default=str)[:40]}), not text"
             for n in nested
         )
         bad.append(BadRow(position, kinds))
