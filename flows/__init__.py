@@ -7,10 +7,13 @@ heartbeat to prefect.io and, on a machine without internet, log ``ERROR | ... Fa
 telemetry`` on every run. ``prefect.toml`` says the same, but Prefect reads it only from the
 current folder: a run started anywhere else missed it. ``DO_NOT_TRACK`` does the same for
 Prefect's client-side analytics (and its first-run notice in a terminal). The settings are read
-when Prefect starts its server, so setting them here, before any flow runs, is enough.
+when Prefect starts its server, so setting them here, before any flow runs, is enough. The
+embedded server's start-up allowance is prefect.toml's 90 s for the same reason (Prefect's 20 s
+default is too short on a loaded 2-core machine).
 """
 
 import os
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

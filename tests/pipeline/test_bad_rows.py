@@ -5,7 +5,9 @@ leave a split short; and a successful run's terminal shows no ERROR line."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,6 +19,17 @@ from tests.pipeline.test_bad_inputs import _cli, _config, _error_line, _write
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD_LINE = 58  # the line of bad.jsonl that is not JSON
+
+
+@pytest.fixture
+def console():
+    """What a console handler on the root logger shows (the run logs, WARNING lines included)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    yield stream
+    logging.getLogger().removeHandler(handler)
 
 
 def _second(tmp: Path) -> str:
@@ -97,7 +110,9 @@ def test_a_bad_data_file_is_one_line_before_any_model_or_probe(
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_skip_runs_the_bad_file_and_records_what_it_dropped(prefect_harness, tmp_path, capfd):
+def test_skip_runs_the_bad_file_and_records_what_it_dropped(
+    prefect_harness, tmp_path, capfd, console
+):
     from tasks.tracking.client import Tracker
 
     config = _config(
@@ -109,7 +124,7 @@ def test_skip_runs_the_bad_file_and_records_what_it_dropped(prefect_harness, tmp
     rc, out, err = _cli(capfd, ["select", "--config", _write(tmp_path / "c.yaml", config)])
     assert rc == 0, err
     assert "Selected:" in out
-    logged = out + err
+    logged = console.getvalue()
     assert "skipping 1 of 401 rows that cannot be read" in logged
     assert f"line {BAD_LINE}: not valid JSON" in logged
     client = Tracker(config["tracking"]["uri"]).client
@@ -133,7 +148,12 @@ def test_a_successful_select_prints_no_error_line(tmp_path):
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "HF_HUB_OFFLINE": "1",
     }
-    for key in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK"):
+    for key in (
+        "PREFECT_API_URL",
+        "PREFECT_SERVER_ANALYTICS_ENABLED",
+        "DO_NOT_TRACK",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+    ):
         env.pop(key, None)
     done = subprocess.run(
         [
