@@ -425,6 +425,11 @@ def _run_params(cfg: SelectionConfig, data: PreparedData, candidates: list[str])
         "dataset": data.source,
         "candidates": ",".join(candidates),
         "probe_method": cfg.probe.method,
+        # what the data file held: duplicates and bad rows skipped (dataset.on_bad_rows)
+        "data_examples": data.n_available,
+        "data_distinct_examples": data.n_distinct,
+        "data_groups": data.n_groups,
+        "data_bad_rows_skipped": data.skipped_rows,
     }
 
 
@@ -444,9 +449,14 @@ def git_commit() -> str:
 
 def _log_inputs(data: PreparedData, n_params: dict[str, int]) -> None:
     get_run_logger().info(
-        "data %s (fingerprint %s); candidates: %s",
+        "data %s (fingerprint %s): %s examples, %s distinct, %s groups, bad rows skipped: %s; "
+        "candidates: %s",
         data.source,
         data.fingerprint,
+        data.n_available,
+        data.n_distinct,
+        data.n_groups,
+        data.skipped_rows,
         ", ".join(f"{n} ({p / 1e6:.1f}M)" for n, p in n_params.items()),
     )
 

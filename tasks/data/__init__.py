@@ -10,6 +10,13 @@
 """
 
 from tasks.data.prepare import prepare_data, prepare_data_task
-from tasks.data.sources import BUILTIN, load_examples, source_files
+from tasks.data.sources import BUILTIN, load_examples, read_examples, source_files
 
-__all__ = ["BUILTIN", "load_examples", "prepare_data", "prepare_data_task", "source_files"]
+__all__ = [
+    "BUILTIN",
+    "load_examples",
+    "prepare_data",
+    "prepare_data_task",
+    "read_examples",
+    "source_files",
+]

@@ -18,6 +18,7 @@ from tasks.records.schema import Example, fingerprint
 
 __all__ = [
     "check_int",
+    "count_distinct",
     "fingerprint",
     "limit_examples",
     "nested_subsets",
@@ -29,6 +30,25 @@ __all__ = [
 def check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise DataError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+def count_distinct(examples: Sequence[Example]) -> dict[str, int]:
+    """``examples``, ``distinct`` (prompt, target) pairs, ``duplicates`` (the rest) and
+    ``groups``: what decides how a data set can be split."""
+    distinct = len({(ex["prompt"], ex["target"]) for ex in examples})
+    return {
+        "examples": len(examples),
+        "distinct": distinct,
+        "duplicates": len(examples) - distinct,
+        "groups": len({ex["group"] for ex in examples}),
+    }
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """``"300 examples, 1 distinct (299 duplicates), in 1 group"``."""
+    dupes = f" ({counts['duplicates']} duplicates)" if counts["duplicates"] else ""
+    groups = f"{counts['groups']} group{'s' if counts['groups'] != 1 else ''}"
+    return f"{counts['examples']} examples, {counts['distinct']} distinct{dupes}, in {groups}"
 
 
 def _take_groups(

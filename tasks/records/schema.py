@@ -61,6 +61,11 @@ class DataSpec(Record):
     test_size: int = Field(64, ge=1)
     max_examples: int | None = Field(None, ge=1)
     seed: int = Field(0, ge=0)
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error",
+        description="a record of a file that cannot be read (not JSON, not an object, a ragged "
+        "CSV line, a list where text belongs): error names it; skip drops it and reports the count",
+    )
 
 
 class Ladder(Record):
@@ -210,6 +215,11 @@ class PreparedData(Record):
     n_available: int = Field(description="examples loaded (after max_examples)")
     n_train_available: int = Field(description="size of the train split")
     target_size: int | None = Field(None, description="the full data size to predict")
+    n_distinct: int | None = Field(None, description="distinct (prompt, target) pairs loaded")
+    n_groups: int | None = Field(None, description="groups loaded (a group never spans splits)")
+    skipped_rows: str = Field(
+        "0", description="bad rows dropped by on_bad_rows: skip: the count and first positions"
+    )
 
     @property
     def target_examples(self) -> int:

@@ -6,6 +6,7 @@ tracking URI switched for the duration of the call (:func:`_fluent_uris`).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -60,6 +61,30 @@ def default_pip_requirements() -> list[str]:
     return [_pinned(p) for p in packages]
 
 
+class _NoHubCardWarnings(logging.Filter):
+    """Drops mlflow.transformers' two warnings about a hub model card and licence. The model
+    logged here is always a local fine-tuned folder: mlflow looks its path up on the hub as a
+    repo id (not one, and the machine may be offline) and then says it found no licence. The
+    licence of each built-in candidate is shown by ``lensllm models list``; mlflow still writes
+    its LICENSE.txt telling the reader to check the licence. Other warnings pass."""
+
+    DROPPED = ("The model card could not be retrieved", "Unable to find license information")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.DROPPED)
+
+
+@contextmanager
+def _without_hub_card_warnings() -> Iterator[None]:
+    logger = logging.getLogger("mlflow.transformers")
+    quiet = _NoHubCardWarnings()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
 def log_transformers_model(
     tracker: Tracker,
     run_id: str,
@@ -105,7 +130,7 @@ def log_transformers_model(
     logged = client.create_logged_model(
         run.info.experiment_id, name=artifact_name, source_run_id=run_id
     )
-    with _fluent_uris(tracker.uri):
+    with _fluent_uris(tracker.uri), _without_hub_card_warnings():
         info = mlflow.transformers.log_model(
             transformers_model={"model": model, "tokenizer": tokenizer},
             name=artifact_name,

@@ -278,6 +278,69 @@ def test_empty_rows_dropped_with_warning_or_rejected(tmp_path, qa_rows):
         data.load_examples(DataSpec(source=file, prompt_field="question", target_field="answer"))
 
 
+def _qa_spec(file: Path, **extra) -> DataSpec:
+    return DataSpec(source=str(file), prompt_field="question", target_field="answer", **extra)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("a.jsonl", '{"question": "q", "answer": "a"}\n[1, 2]\n', "line 2: the record is a list"),
+        ("a.jsonl", '{"question": "q", "answer": "a"}\n{"question": }\n', "line 2: not valid JSON"),
+        (
+            "a.json",
+            '[{"question": "q", "answer": "a"}, "text"]',
+            "record 2: the record is a string",
+        ),
+        ("a.csv", "question,answer\nq,a\nq,a,extra\n", "line 3: 3 fields but the header has 2"),
+        (
+            "a.jsonl",
+            '{"question": "q", "answer": "a"}\n{"question": "q", "answer": ["a"]}\n',
+            "line 2: field 'answer' holds a list ([\"a\"]), not text",
+        ),
+    ],
+    ids=["list-record", "not-json", "json-array-string", "ragged-csv", "list-value"],
+)
+def test_a_bad_row_is_named_by_file_and_line_or_skipped(tmp_path, name, text, message):
+    file = tmp_path / name
+    file.write_text(text)
+    with pytest.raises(DataError, match="on_bad_rows: skip") as err:
+        data.load_examples(_qa_spec(file))
+    assert str(err.value).startswith(f"{file} {message}"), err.value
+    with pytest.warns(UserWarning, match=f"skipping 1 of 2 rows .*{message.split(':')[0]}"):
+        loaded = data.read_examples(_qa_spec(file, on_bad_rows="skip"))
+    assert [ex["prompt"] for ex in loaded.examples] == ["q"]
+    assert loaded.skipped_summary() == f"1 ({message.split(':')[0]})"
+
+
+def test_an_unreadable_parquet_file_is_named(tmp_path):
+    file = tmp_path / "qa.parquet"
+    file.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(DataError, match=f"{file}: cannot be read as Parquet"):
+        data.load_examples(_qa_spec(file))
+
+
+def test_parquet_rows_and_numbers_read_as_text_with_a_note(tmp_path):
+    pd = pytest.importorskip("pandas")
+    file = tmp_path / "qa.parquet"
+    pd.DataFrame({"question": ["1 + 1", "2 + 2"], "answer": [2, 4]}).to_parquet(file)
+    with pytest.warns(UserWarning, match="'answer' holds a number or boolean in 2 rows"):
+        examples = data.load_examples(_qa_spec(file))
+    assert [ex["target"] for ex in examples] == ["2", "4"]
+
+
+def test_duplicates_that_leave_a_split_short_are_named(tmp_path):
+    rows = [{"question": "same", "answer": "same"}] * 250 + [
+        {"question": f"q{i}", "answer": f"a{i}"} for i in range(50)
+    ]
+    file = write_jsonl(tmp_path / "dupes.jsonl", rows)
+    spec = _qa_spec(file, val_size=16, test_size=16)
+    with pytest.raises(DataError, match=r"300 examples, 51 distinct \(249 duplicates\), in 51"):
+        data.prepare_data(spec, Ladder(first_size=16, budget=64))
+    prepared = data.prepare_data(spec, Ladder(first_size=8, budget=16))
+    assert (prepared.n_distinct, prepared.n_groups, prepared.skipped_rows) == (51, 51, "0")
+
+
 def test_hub_id_offline_error(monkeypatch):
     datasets = pytest.importorskip("datasets")
     import huggingface_hub.constants

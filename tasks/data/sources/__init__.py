@@ -20,6 +20,7 @@ from types import ModuleType
 
 from lens_model.lookup import Registry
 from tasks.data.sources import files, hub, manpages, wordnet
+from tasks.data.sources.rows import Loaded
 from tasks.records.errors import DataError
 from tasks.records.schema import DataSpec, Example
 
@@ -50,12 +51,20 @@ def source_for(spec: DataSpec) -> ModuleType:
     return hub
 
 
-def load_examples(spec: DataSpec) -> list[Example]:
-    """The examples of ``spec``'s source, field mapping applied."""
+def read_examples(spec: DataSpec) -> Loaded:
+    """The examples of ``spec``'s source, field mapping applied, with the bad rows a file or
+    hub source skipped (``dataset.on_bad_rows: skip``; built-ins have none)."""
     source = source_for(spec)
     if source is hub:
-        return hub.load(spec, builtins=tuple(BUILTIN.names()))
-    return source.load(spec)
+        return hub.read(spec, builtins=tuple(BUILTIN.names()))
+    if source is files:
+        return files.read(spec)
+    return Loaded(source.load(spec))
+
+
+def load_examples(spec: DataSpec) -> list[Example]:
+    """The examples of ``spec``'s source, field mapping applied."""
+    return read_examples(spec).examples
 
 
 def source_files(spec: DataSpec) -> list[Path]:

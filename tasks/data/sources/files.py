@@ -1,6 +1,7 @@
-"""Local data files (``.json``, ``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``, ``.txt``), read with
-``datasets.load_dataset`` and mapped to examples with ``prompt_field`` / ``target_field`` or a
-``template`` such as ``"Question: {question}\\nAnswer:"`` plus ``target_field``.
+"""Local data files (``.json``, ``.jsonl``, ``.csv``, ``.tsv``, ``.parquet``, ``.txt``), read row
+by row (:mod:`.file_rows`, so a bad row is named by its line) and mapped to examples with
+``prompt_field`` / ``target_field`` or a ``template`` such as ``"Question: {question}\\nAnswer:"``
+plus ``target_field``.
 
 ``source`` is the file path (format from its extension), or a builder name (``json``, ``csv``,
 ``parquet``, ``text``) with the file in ``path``.
@@ -8,15 +9,15 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from tasks.data.sources.rows import examples_for
+from tasks.data.sources.file_rows import FileRows, read_rows
+from tasks.data.sources.rows import Loaded, examples_for
 from tasks.records.errors import DataError, MissingFileError
 from tasks.records.schema import DataSpec, Example
 
 NAME = "file"
-# Files formats `datasets` reads, by file extension.
+# File formats read, by file extension (the builder names are `datasets`'s).
 FILE_BUILDERS = {
     ".json": "json",
     ".jsonl": "json",
@@ -53,27 +54,23 @@ def data_file(spec: DataSpec) -> Path:
     return Path(spec.source)
 
 
-def load_columns(spec: DataSpec) -> dict[str, list]:
-    """The file's columns (column name -> values)."""
-    import datasets  # slow import, only needed for file and hub sources
-
+def load_rows(spec: DataSpec) -> FileRows:
+    """The file's rows, each with its line (or record, or row) number."""
     file = data_file(spec)
     if not file.is_file():
         raise MissingFileError(f"data file {file} does not exist")
     builder = spec.source if spec.source in BUILDERS else file_builder(file)
-    kwargs = {"delimiter": "\t"} if file.suffix.lower() == ".tsv" else {}
-    # A throw-away cache folder: this module keeps nothing on disk.
-    with tempfile.TemporaryDirectory(prefix="lensllm-data-") as cache_dir:
-        dataset = datasets.load_dataset(
-            builder, data_files=str(file), split="train", cache_dir=cache_dir, **kwargs
-        )
-        return dataset.to_dict()
+    return read_rows(file, builder)
+
+
+def read(spec: DataSpec) -> Loaded:
+    """The examples of a local file, mapped with the spec's fields, and the bad rows skipped."""
+    return examples_for(load_rows(spec), spec, str(data_file(spec)))
 
 
 def load(spec: DataSpec) -> list[Example]:
     """The examples of a local file, mapped with the spec's fields."""
-    where = spec.source if spec.path is None else f"{spec.source}:{spec.path}"
-    return examples_for(load_columns(spec), spec, where)
+    return read(spec).examples
 
 
 def files(spec: DataSpec) -> list[Path]:

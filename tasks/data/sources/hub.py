@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.data.sources.rows import examples_for
+from tasks.data.sources.rows import Loaded, examples_for
 from tasks.records.errors import DataError, DataSourceUnavailableError
 from tasks.records.schema import DataSpec, Example
 
@@ -33,9 +33,14 @@ def load_columns(spec: DataSpec, *, split: str = "train", builtins: tuple[str, .
     return dataset.to_dict()
 
 
+def read(spec: DataSpec, *, builtins: tuple[str, ...] = ()) -> Loaded:
+    """The examples of a hub data set, mapped with the spec's fields, and the bad rows skipped."""
+    return examples_for(load_columns(spec, builtins=builtins), spec, spec.source)
+
+
 def load(spec: DataSpec, *, builtins: tuple[str, ...] = ()) -> list[Example]:
     """The examples of a hub data set, mapped with the spec's fields."""
-    return examples_for(load_columns(spec, builtins=builtins), spec, spec.source)
+    return read(spec, builtins=builtins).examples
 
 
 def files(spec: DataSpec) -> list[Path]:
