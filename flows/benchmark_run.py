@@ -43,7 +43,7 @@ class Steps:
 
     Attributes
     ----------
-    load : (path) -> table
+    load : (path) -> LossTable
         ``tasks.reporting.loss_tables.load_loss_table``.
     replay : (table, methods, selectors) -> dict
         ``tasks.reporting.replay_report.replay_table``: selection, calibration and pairwise rows.
@@ -220,7 +220,6 @@ def run_benchmark(
 
 
 def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, log) -> dict:
-    import numpy as np
     import pandas as pd
 
     from lens_model.replay import make_selectors
@@ -236,24 +235,24 @@ def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, lo
         pairwise += result["pairwise"]
         fit_error += steps.fit_errors(table)
         tradeoff += steps.cost_accuracy(table)
-        log(f"{table['name']}: {len(table['models'])} models, {len(result['selection'])} rows")
+        log(f"{table.name}: {len(table.models)} models, {len(result['selection'])} rows")
         if plots:
             frame = pd.DataFrame(result["selection"])
-            outputs.plot_metrics(out, frame, table["name"])
+            outputs.plot_metrics(out, frame, table.name)
             budget = int(frame.max_data_num.min())
             laws = {  # the selectors' own fits at the smallest budget: nothing refitted
-                law: selectors[name].law_at(table["sizes"], np.array(table["losses"]), budget)
+                law: selectors[name].law_at(table.sizes, table.losses, budget)
                 for law, name in (("vanilla", "VanillaFit"), ("rectified", "RectifiedFit"))
                 if name in selectors
             }
             outputs.plot_curves(out, table, budget=budget, laws=laws)
-            outputs.plot_cost_accuracy(out, pd.DataFrame(tradeoff), table["name"])
+            outputs.plot_cost_accuracy(out, pd.DataFrame(tradeoff), table.name)
             if result["calibration"]:
                 outputs.plot_calibration(
                     out,
                     pd.DataFrame(result["calibration"]),
                     pd.DataFrame(result["pairwise"], columns=outputs.PAIRWISE_COLUMNS),
-                    table["name"],
+                    table.name,
                 )
     sel = pd.DataFrame(selection)
     sel[outputs.SELECTION_COLUMNS].to_csv(out / "selection.csv", index=False, float_format="%.4f")

@@ -113,14 +113,13 @@ def fit_and_select(
         source = TableProbes(
             sizes, table[keep], weights, max_size=budget, f_terms=f_keep if rank_with_f else None
         )
-        selector_obj = _selector(selector, intervals)
-        sel = selector_obj.select(source, budget=budget, target_size=target_size)
+        sel = _selector(selector, intervals).select(source, budget=budget, target_size=target_size)
     else:
         if adaptive.names != kept:
             raise RuntimeError(
                 f"the adaptive run ranked {adaptive.names} but the usable curves are {kept}"
             )
-        selector_obj, sel = None, adaptive.selection
+        sel = adaptive.selection
     if not np.isfinite(sel.scores[sel.selected]):
         raise ValueError(
             f"selector {selector} gave no finite score to any candidate "
@@ -132,11 +131,12 @@ def fit_and_select(
         order = sorted(order, key=lambda j: j in sel.dropped)
     ranking = [kept[j] for j in order] + list(excluded)
     laws = law_fits(np.array(sizes, dtype=float), table[keep], target_size, seed, f_keep)
-    candidates = _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, excluded)
+    candidates = _candidates(sel, kept, ranking, laws, f_keep, selector, excluded)
     better = sel.prob_better_matrix()
     return SelectionResult(
         selector=selector,
-        predictor=getattr(selector_obj, "predictor_", None),
+        # the adaptive path records its Lens settings in ``AdaptiveRun`` instead
+        predictor=sel.predictor if adaptive is None else None,
         rank_on=rank_on,
         target_size=target_size,
         sizes=sizes,
@@ -170,7 +170,7 @@ def _selector(name: str, intervals: IntervalSpec):
     return cls(**kwargs)
 
 
-def _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, excluded):
+def _candidates(sel, kept, ranking, laws, f_keep, selector, excluded):
     """Every candidate's :class:`CandidateResult`: the ranked ones with their prediction,
     interval, law fits and fit flags, the excluded ones with the reason (and NaN)."""
     candidates = {
@@ -184,7 +184,7 @@ def _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, exclud
             laws={law: fits[j] for law, fits in laws.items()},
             f_term=None if f_keep is None else float(f_keep[j]),
             p_best=float(sel.p_best[j]) if np.isfinite(sel.p_best[j]) else None,
-            **_fit_flags(selector, selector_obj, j, laws, float(sel.scores[j])),
+            **_fit_flags(selector, sel, j, laws, float(sel.scores[j])),
         )
         for j, name in enumerate(kept)
     }
@@ -224,13 +224,12 @@ def _usable_curves(probes: dict[str, list[ProbeResult]], rank_on: str, adaptive:
     return sizes, table, keep, excluded
 
 
-def _fit_flags(selector: str, selector_obj, j: int, laws: dict, score: float) -> dict:
+def _fit_flags(selector: str, sel: Selection, j: int, laws: dict, score: float) -> dict:
     """``fit_converged`` (the selector's own law fit; None for selectors that fit no law) and
     ``fit_warnings``: every fit of candidate ``j`` that did not converge, and a score that is
     not a number (ranked last). Non-convergence keeps the best fit found, flagged, never a
     substitute value."""
-    converged = getattr(selector_obj, "converged_", None)
-    fit_converged = None if converged is None else bool(converged[j])
+    fit_converged = None if sel.converged is None else bool(sel.converged[j])
     notes = []
     if fit_converged is False:
         notes.append(

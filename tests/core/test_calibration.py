@@ -24,6 +24,7 @@ from lens_model.calibration import (
     reliability,
     secant_scale,
 )
+from lens_model.loss_table import LossTable
 from lens_model.replay import calibration_replay
 from tests.conftest import LADDER, TARGET_SIZE, rectified_loss
 
@@ -97,9 +98,8 @@ def test_ats_intervals_on_rectified_curves_are_not_overconfident():
     losses = rectified_loss(LADDER, b, d_l, beta, e)
     losses *= np.exp(0.005 * rng.standard_normal(losses.shape))
     budgets = [6_400, 12_800, 25_600, 51_200, 102_400, 204_800]
-    rows, _ = calibration_replay(
-        LADDER, losses, np.ones(n), methods=["AtS"], budgets=budgets, target_size=TARGET_SIZE
-    )
+    table = LossTable("SYNTH", [f"m{i}" for i in range(n)], LADDER, losses, np.ones(n))
+    rows, _ = calibration_replay(table, methods=["AtS"], budgets=budgets, target_size=TARGET_SIZE)
 
     def mean(label, level, key="coverage"):
         return np.mean([r[key] for r in rows if r["method"] == label and r["nominal"] == level])
@@ -142,7 +142,7 @@ def test_law_calibrated_interval_is_honest_on_its_own_family():
 # -- intervals and horizons ------------------------------------------------------------------
 @pytest.mark.parametrize("name", PREDICTING)
 def test_intervals_widen_with_the_extrapolation_distance(name, synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     widths = []
     for target in (204_800 * 2, 204_800 * 8, 204_800 * 32):
         with warnings.catch_warnings():
@@ -212,7 +212,7 @@ def test_a_biased_backtest_never_gives_an_interval_without_the_prediction():
 # -- the level is a parameter ----------------------------------------------------------------
 @pytest.mark.parametrize("name", PREDICTING)
 def test_any_level_is_honoured_and_reported(name, synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     at = {}
     for level in (0.5, 0.9, 0.99):
         sel = select(name, sizes, losses, 25_600, level=level)
@@ -246,7 +246,7 @@ def test_heuristic_intervals_stay_available(synthetic_table):
     """``interval="heuristic"``: AtS reports its least-squares prediction interval as before."""
     from lens_model.phase import power_phase_prediction
 
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     sel = select("AtS", sizes, losses, 12_800, interval="heuristic", level=0.8)
     assert sel.interval_method == "heuristic" and sel.level == 0.8
     ladder = sizes[(sizes > 0) & (sizes <= 12_800)]
@@ -260,7 +260,7 @@ def test_heuristic_intervals_stay_available(synthetic_table):
 @pytest.mark.parametrize("name", PREDICTING)
 @pytest.mark.parametrize("interval", ["calibrated", "heuristic"])
 def test_probabilities_add_up(name, interval, synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sel = select(name, sizes, losses, 12_800, interval=interval)
@@ -278,7 +278,7 @@ def test_probabilities_add_up(name, interval, synthetic_table):
 
 
 def test_no_prediction_no_probability(synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     sel = select("SubTuning", sizes, losses, 12_800)
     assert sel.interval_method == "none" and np.all(np.isnan(sel.p_best))
     pred = Predictive(centre=np.array([0.0, np.nan, 0.2]), scale=np.ones(3) * 0.1)

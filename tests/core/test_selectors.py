@@ -8,6 +8,7 @@ import pytest
 
 from lens_model import SELECTORS, Selection, Selector, TableProbes, fit_power_phase
 from lens_model.metrics import probe_cost, relative_accuracy
+from lens_model.selectors import Scored
 from tests.conftest import TARGET_SIZE
 
 BUDGETS = [3_200, 12_800, 51_200, 204_800]
@@ -15,25 +16,25 @@ FIXED_LADDER = {"ZeroShot", "SubTuning", "ModelSize", "VanillaFit", "RectifiedFi
 MIXED_SIZES = np.array([1e8] * 4 + [7e9] * 4)  # cheap and expensive candidates: Lens drops some
 
 
-def arrays(table: dict, model_sizes=None):
-    sizes = np.array(table["sizes"], dtype=float)
-    losses = np.array(table["losses"], dtype=float)
-    w = np.array(table["model_sizes"] if model_sizes is None else model_sizes, dtype=float)
+def arrays(table, model_sizes=None):
+    sizes = np.array(table.sizes, dtype=float)
+    losses = np.array(table.losses, dtype=float)
+    w = np.array(table.model_sizes if model_sizes is None else model_sizes, dtype=float)
     return sizes, losses, w
 
 
-def source(table: dict, model_sizes=None) -> TableProbes:
+def source(table, model_sizes=None) -> TableProbes:
     """A probe source that refuses the target column, as in the replay protocol."""
     sizes, losses, w = arrays(table, model_sizes)
     return TableProbes(sizes, losses, w, max_size=TARGET_SIZE - 1)
 
 
-def run(name: str, table: dict, budget: int, model_sizes=None, **kwargs) -> Selection:
+def run(name: str, table, budget: int, model_sizes=None, **kwargs) -> Selection:
     src = source(table, model_sizes)
     return SELECTORS.get(name)(**kwargs).select(src, budget=budget, target_size=TARGET_SIZE)
 
 
-def ats_cost(table: dict, budget: int, model_sizes=None) -> float:
+def ats_cost(table, budget: int, model_sizes=None) -> float:
     return run("AtS", table, budget, model_sizes).cost(arrays(table, model_sizes)[2], TARGET_SIZE)
 
 
@@ -45,7 +46,7 @@ def test_registry_holds_the_published_methods_and_lens():
 @pytest.mark.parametrize("name", SELECTORS.names())
 @pytest.mark.parametrize("budget", [3_200, 51_200])
 def test_every_selector_returns_a_valid_selection(name, budget, synthetic_table):
-    n = len(synthetic_table["models"])
+    n = len(synthetic_table.models)
     w = arrays(synthetic_table)[2]
     sel = run(name, synthetic_table, budget)
     assert isinstance(sel, Selection)
@@ -172,7 +173,7 @@ def test_dropped_candidates_are_never_selected():
         def _score(self, source, budget, target_size):
             scores = np.array([3.0, 1.0, 2.0])
             nan = np.full(3, np.nan)
-            return scores, scores, nan, nan, {1: "dropped after size 200"}
+            return Scored(scores, scores, nan, nan, {1: "dropped after size 200"})
 
     src = TableProbes([0, 200, 400], np.ones((3, 3)), [1, 1, 1], max_size=400)
     sel = DropsTheBest().select(src, budget=400, target_size=400)
