@@ -434,3 +434,17 @@ def test_pairwise_outcomes_are_every_ordered_pair():
     p, o = pairwise_outcomes(prob, np.array([1.0, 2.0, 3.0]))
     assert len(p) == 6 and sorted(p.tolist()) == sorted([0.7, 0.9, 0.3, 0.6, 0.1, 0.4])
     assert o[p == 0.7][0] == 1.0 and o[p == 0.3][0] == 0.0
+
+
+def test_calibration_replay_bins_the_pairwise_probabilities_as_asked(synthetic_table):
+    """``n_bins`` sets the reliability bins of every method's pairwise probabilities."""
+    kwargs = {"methods": ["AtS"], "budgets": [3_200, 12_800], "target_size": TARGET_SIZE}
+    _, coarse = calibration_replay(synthetic_table, n_bins=4, **kwargs)
+    _, fine = calibration_replay(synthetic_table, **kwargs)
+    for label in ("AtS", "AtS (heuristic)"):
+        edges = [(b["low"], b["high"]) for b in coarse[label]["bins"]]
+        assert edges == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)], label
+        assert len(fine[label]["bins"]) == 10
+        assert sum(b["count"] for b in coarse[label]["bins"]) == sum(
+            b["count"] for b in fine[label]["bins"]
+        )
