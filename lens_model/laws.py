@@ -25,6 +25,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from lens_model.calibration import (
+    NOISE_FLOOR,
     IntervalCalibrator,
     backtest_refits,
     check_level,
@@ -77,7 +78,7 @@ class ScalingLaw:
         seed: int = 0,
         n_random_starts: int = 8,
         max_iter: int = 500,
-        noise_floor: float = 0.005,
+        noise_floor: float = NOISE_FLOOR,
     ) -> None:
         self.seed = seed
         self.n_random_starts = n_random_starts
@@ -526,7 +527,7 @@ class LensLaw(RectifiedLaw):
         seed: int = 0,
         n_random_starts: int = 8,
         max_iter: int = 500,
-        noise_floor: float = 0.005,
+        noise_floor: float = NOISE_FLOOR,
     ) -> None:
         super().__init__(
             seed=seed, n_random_starts=n_random_starts, max_iter=max_iter, noise_floor=noise_floor

@@ -10,8 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
-from lens_model import SELECTORS, RectifiedLaw, TableProbes, fit_power_phase
+from lens_model import SELECTORS, RectifiedLaw, TableProbes
 from lens_model.calibration import (
+    NOISE_FLOOR,
     Backtest,
     IntervalCalibrator,
     Predictive,
@@ -20,10 +21,10 @@ from lens_model.calibration import (
     coverage,
     interval_score,
     pairwise_outcomes,
-    power_phase_lines,
     reliability,
     secant_scale,
 )
+from lens_model.lines import pack_curves, power_phase_lines
 from lens_model.loss_table import LossTable
 from lens_model.replay import calibration_replay
 from tests.conftest import LADDER, TARGET_SIZE, rectified_loss
@@ -206,7 +207,7 @@ def test_a_biased_backtest_never_gives_an_interval_without_the_prediction():
         predictions=np.zeros(50),
     )
     lo, hi = IntervalCalibrator().fit(bt).interval(np.zeros(3), np.ones(3), 0.5)
-    assert np.all(lo <= -0.1) and np.all(hi >= 0.005)
+    assert np.all(lo <= -0.1) and np.all(hi >= NOISE_FLOOR)
 
 
 # -- the level is a parameter ----------------------------------------------------------------
@@ -357,7 +358,7 @@ def test_exact_curves_never_get_a_zero_width_interval():
     sizes = LADDER[:10]
     losses = np.exp(1.5 - np.array([[0.1], [0.12], [0.08]]) * np.log(np.maximum(sizes, 1.0)))
     sel = select("AtS", sizes, losses, 51_200, target=204_800)
-    assert np.all(np.log(sel.upper / sel.lower) >= 2 * 0.005 - 1e-12)
+    assert np.all(np.log(sel.upper / sel.lower) >= 2 * NOISE_FLOOR - 1e-12)
 
 
 def test_calibrator_needs_two_errors():
@@ -369,18 +370,30 @@ def test_calibrator_needs_two_errors():
 
 # -- backtests -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("k", "delta"), [(3, 5.0), (2, 3.0), (4, 2.0)])
-def test_batched_power_phase_lines_match_ats(k, delta):
+def test_batched_power_phase_lines_fit_each_curve_on_its_own(k, delta):
+    """Curves of different lengths fitted in one batch get the lines each gets alone, and a
+    curve that is an exact power law beyond a flat head gets that law's slope and intercept
+    from the points of its power phase."""
     rng = np.random.default_rng(k)
-    for _ in range(40):
+    sizes = 200.0 * 2.0 ** np.arange(12)
+    curves = []
+    for _ in range(30):
         m = int(rng.integers(1, 13))
-        sizes = 200.0 * 2.0 ** np.arange(m)
-        losses = 50 / (rng.uniform(3, 3000) + sizes ** rng.uniform(0.1, 0.8)) + rng.uniform(0, 2)
-        losses = losses * np.exp(0.005 * rng.standard_normal(m))
-        x, y = np.log(sizes)[None, :], np.log(losses)[None, :]
-        slope, icpt = power_phase_lines(x, y, np.array([m]), k=k, delta=delta)
-        want_slope, want_icpt, _ = fit_power_phase(sizes, losses, k=k, delta=delta)
-        assert slope[0] == pytest.approx(want_slope, abs=1e-9)
-        assert icpt[0] == pytest.approx(want_icpt, abs=1e-8)
+        losses = 50 / (rng.uniform(3, 3000) + sizes[:m] ** rng.uniform(0.1, 0.8))
+        curves.append((losses + rng.uniform(0, 2)) * np.exp(0.005 * rng.standard_normal(m)))
+    table = np.full((len(curves), len(sizes)), np.nan)
+    for i, c in enumerate(curves):
+        table[i, : len(c)] = c
+    x, y, count = pack_curves(sizes, table)
+    slope, icpt = power_phase_lines(x, y, count, k=k, delta=delta)
+    for i, c in enumerate(curves):
+        one = power_phase_lines(*pack_curves(sizes[: len(c)], c[None, :]), k=k, delta=delta)
+        assert (slope[i], icpt[i]) == pytest.approx((one[0][0], one[1][0]), abs=1e-12)
+    head = np.array([5.0, 5.0, 5.0, 5.0])  # flat, far off the power-law line
+    tail = 40.0 * sizes[4:] ** -0.3
+    line = power_phase_lines(*pack_curves(sizes, np.concatenate([head, tail])[None, :]), k=k,
+                             delta=delta)  # fmt: skip
+    assert (line[0][0], line[1][0]) == pytest.approx((-0.3, np.log(40.0)), abs=1e-9)
 
 
 def test_backtest_records_every_cut_and_horizon():
