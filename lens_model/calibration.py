@@ -238,7 +238,8 @@ def backtest_local_slope(sizes, losses) -> Backtest:
 def backtest_refits(
     refit, sizes, losses, *, min_points: int, zero_shot: bool, growth: float = DEFAULT_GROWTH
 ) -> Backtest:
-    """Rolling-origin backtest of a model that is refitted on cut curves (a law fit).
+    """Rolling-origin backtest of a model that is refitted on cut curves (a law fit): one
+    algorithm, kept in one function.
 
     For every origin size ``o`` (a positive size some curves were read at), the curves read at
     ``o`` that keep at least ``min_points`` points up to ``o`` and have a point beyond it are

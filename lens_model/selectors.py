@@ -9,7 +9,7 @@ Every selector that predicts a target loss reports a central ``level`` interval 
 probabilities that each candidate is the best and that one beats another. By default
 (``interval="calibrated"``) both come from a rolling-origin backtest of the selector's own
 predictor on the probes it read (``lens_model.calibration``); ``interval="heuristic"`` keeps
-the intervals each predictor had before (least-squares, delta-method and local-bend
+each predictor's own intervals (least-squares, delta-method and local-bend
 intervals), with independent normal distributions behind the probabilities. A calibrated
 selector with too few probes for a backtest states no interval and no probabilities (method
 ``"none"``) rather than an uncalibrated one.
