@@ -490,7 +490,7 @@ class _LawFit(Selector):
                 warnings.simplefilter("ignore", FitWarning)  # flagged per model instead
                 return self.law_cls(seed=self.seed).fit(sizes, losses)
 
-        key = (self.law_cls.__name__, self.seed, sizes.tobytes(), losses.shape, losses.tobytes())
+        key = (self.law_cls, self.seed, sizes.tobytes(), losses.shape, losses.tobytes())
         return self.memo.get(key, fit)
 
     def _score(self, source, budget, target_size):
