@@ -197,26 +197,33 @@ def run_benchmark(
         out.mkdir(parents=True, exist_ok=True)
         frames = _compute_and_write(tables, out, methods, plots, steps, log)
         seconds = time.perf_counter() - started
-        runs = {}
-        for dataset, metrics in _metrics(frames).items():
-            kwargs = {
-                "experiment": experiment,
-                "run_name": f"replay-{dataset}",
-                "params": {"methods": ",".join(methods), "dataset": dataset},
-                "tags": {},
-                "metrics": metrics,
-                "artifacts_dir": str(out),
-            }
-            if tracker is not None:
-                runs[dataset] = tracker.log_run(**kwargs)
-            else:
-                runs[dataset] = steps.log_run(tracking_uri=tracking_uri, **kwargs)
+        runs = _log_runs(frames, methods, out, settings, tracker or steps.log_run)
     finally:
         if tracker is not None:
             tracker.close()
     total = time.perf_counter() - started
     log(f"replay benchmark done in {seconds:.2f} s ({total:.2f} s with MLflow); outputs in {out}")
     return {"out_dir": str(out), "runs": runs, "seconds": seconds, "total_seconds": total}
+
+
+def _log_runs(frames, methods, out: Path, settings: BenchmarkSettings, tracker) -> dict:
+    """One MLflow run per dataset, through ``tracker``: a :class:`BackgroundTracking` (which
+    knows its URI) or a ``log_run`` step; returns the run id per dataset."""
+    runs = {}
+    for dataset, metrics in _metrics(frames).items():
+        kwargs = {
+            "experiment": settings.experiment,
+            "run_name": f"replay-{dataset}",
+            "params": {"methods": ",".join(methods), "dataset": dataset},
+            "tags": {},
+            "metrics": metrics,
+            "artifacts_dir": str(out),
+        }
+        if isinstance(tracker, BackgroundTracking):
+            runs[dataset] = tracker.log_run(**kwargs)
+        else:
+            runs[dataset] = tracker(tracking_uri=settings.tracking_uri, **kwargs)
+    return runs
 
 
 def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, log) -> dict:
