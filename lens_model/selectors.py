@@ -20,7 +20,8 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from dataclasses import replace as with_fields
 from functools import cached_property
 from typing import Protocol
 
@@ -514,7 +515,7 @@ class _LawFit(Selector):
         scored = self._scored(
             pred, lo[:, 0], hi[:, 0], backtest, target_size=target_size, largest=largest
         )
-        return replace(scored, converged=law.converged_.copy())
+        return with_fields(scored, converged=law.converged_.copy())
 
 
 @SELECTORS.register("VanillaFit")
@@ -842,7 +843,7 @@ class Lens(Selector):
             second=second,
             dropped=dropped,
         )
-        return replace(scored, predictor=run.predictor)
+        return with_fields(scored, predictor=run.predictor)
 
     def _extrapolate(self, run: _LensRun, i: int) -> tuple[float, float, float]:
         """Candidate ``i``'s prediction and interval from its own probes (the local slope, or
