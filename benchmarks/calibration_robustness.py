@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from lens_model.laws import RectifiedLaw
+from lens_model.loss_table import LossTable
 from lens_model.replay import calibration_replay
 from tasks.reporting.loss_tables import load_loss_table
 
@@ -48,12 +49,17 @@ def summary(sizes, losses, target: int, methods, model_sizes=None) -> dict[str, 
     """Per method label: coverage at each level, median log width @0.9, interval score @0.9,
     pairwise ECE and Brier. Model sizes set Lens's cost cap (equal sizes when not given)."""
     keep = sizes <= target
+    table = LossTable(
+        name="subset",
+        models=[str(i) for i in range(len(losses))],
+        sizes=sizes[keep],
+        losses=losses[:, keep],
+        model_sizes=np.ones(len(losses)) if model_sizes is None else model_sizes,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rows, pairwise = calibration_replay(
-            sizes[keep],
-            losses[:, keep],
-            np.ones(len(losses)) if model_sizes is None else model_sizes,
+            table,
             methods=methods,
             budgets=budgets(sizes[keep], target),
             target_size=target,
@@ -134,12 +140,10 @@ def main() -> int:
         return 1
     started = time.perf_counter()
     table = load_loss_table(path)
-    sizes = np.array(table["sizes"], dtype=float)
-    losses = np.array(table["losses"], dtype=float)
-    families = np.array(table["families"])
-    weights = np.array(table["model_sizes"], dtype=float)
+    sizes, losses = table.sizes.astype(float), table.losses
+    families, weights = np.array(table.families), table.model_sizes
     target = int(sizes.max())
-    name = table["name"]
+    name = table.name
     main_labels = [
         "Lens",
         "AtS",

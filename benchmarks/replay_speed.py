@@ -83,7 +83,7 @@ def main() -> int:
     print("| table | models | methods | budgets | compute s | flow s | cli s |")
     print("|---|---|---|---|---|---|---|")
     print(
-        f"| {table['name']} | {len(table['models'])} | {len(DEFAULT_METHODS)} | 7 "
+        f"| {table.name} | {len(table.models)} | {len(DEFAULT_METHODS)} | 7 "
         f"| {compute:.2f} | {flow:.2f} | {cli:.1f} |"
     )
     return 0

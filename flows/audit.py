@@ -21,7 +21,6 @@ of the selection's probes, and a second audit recomputes nothing. Scheduled mont
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +31,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.config import SelectionConfig, load_config
 from flows.runners import probe_threads
 from flows.select import run_selection
-from lens_model.metrics import pearson_correlation, probe_cost, relative_accuracy
-from lens_model.selectors import SELECTORS, TableProbes
+from lens_model.metrics import relative_accuracy
+from lens_model.selectors import SELECTORS
+from lens_model.table_score import score
 from tasks.data import prepare_data_task
 from tasks.models import describe_candidate, family_of, resolve_candidate_task
 from tasks.probing.plan import ProbePlan
 from tasks.records.errors import ConfigError
 from tasks.records.schema import Ladder, SelectionSummary, count_held
+from tasks.reporting.loss_tables import table_from_frame
 from tasks.runtime.result_storage import result_storage
 from tasks.tracking.client import Tracker
 
@@ -177,34 +178,26 @@ def audit_report(cfg: SelectionConfig, summary: SelectionSummary, table: pd.Data
 
 def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict]:
     """Every registered selector on the measured table at ``budget`` (reading nothing above
-    it, never the target): its choice, RelAcc, PearCorr and Cost."""
-    sizes = [int(c) for c in table.columns if c.isdigit()]
-    losses = table[[str(d) for d in sizes]].to_numpy(dtype=float)
-    model_sizes = table["size"].to_numpy(dtype=float)
-    true = losses[:, sizes.index(target)]
-    names = list(table["config name"])
+    it, never the target): its choice, RelAcc, PearCorr, Cost and intervals held."""
+    losses = table_from_frame(table, "audit", doubling=False)
     rows = []
     for method in SELECTORS.names():
-        source = TableProbes(sizes, losses, model_sizes, max_size=target - 1)
         try:
-            sel = SELECTORS.get(method)().select(source, budget=budget, target_size=target)
+            scored = score(SELECTORS.get(method)(), losses, budget=budget, target_size=target)
         except ValueError as err:  # e.g. Lens needs a ladder its first round fits on
             rows.append({"method": method, "skipped": str(err)})
             continue
-        # as in the replay protocol: the scores as they are (ModelSize's are log sizes)
-        corr = pearson_correlation(sel.scores, true) if np.isfinite(sel.scores).all() else math.nan
-        stated = np.isfinite(sel.predictions) & np.isfinite(sel.lower) & np.isfinite(sel.upper)
-        held = stated & (sel.lower <= true) & (true <= sel.upper)
+        held, stated = scored.intervals_held()
         rows.append(
             {
                 "method": method,
-                "selected": names[sel.selected],
-                "rel_acc": relative_accuracy(sel.selected, true),
-                "pear_corr": float(corr),
-                "cost": probe_cost(sel.probes, model_sizes, target),
-                "intervals_held": int(held.sum()),
-                "intervals": int(stated.sum()),
-                "interval_method": sel.interval_method,
+                "selected": losses.models[scored.selection.selected],
+                "rel_acc": scored.rel_acc,
+                "pear_corr": float(scored.pear_corr),
+                "cost": scored.cost,
+                "intervals_held": held,
+                "intervals": stated,
+                "interval_method": scored.selection.interval_method,
             }
         )
     return rows

@@ -43,7 +43,7 @@ class Steps:
 
     Attributes
     ----------
-    load : (path) -> table
+    load : (path) -> LossTable
         ``tasks.reporting.loss_tables.load_loss_table``.
     replay : (table, methods, selectors) -> dict
         ``tasks.reporting.replay_report.replay_table``: selection, calibration and pairwise rows.
@@ -197,20 +197,7 @@ def run_benchmark(
         out.mkdir(parents=True, exist_ok=True)
         frames = _compute_and_write(tables, out, methods, plots, steps, log)
         seconds = time.perf_counter() - started
-        runs = {}
-        for dataset, metrics in _metrics(frames).items():
-            kwargs = {
-                "experiment": experiment,
-                "run_name": f"replay-{dataset}",
-                "params": {"methods": ",".join(methods), "dataset": dataset},
-                "tags": {},
-                "metrics": metrics,
-                "artifacts_dir": str(out),
-            }
-            if tracker is not None:
-                runs[dataset] = tracker.log_run(**kwargs)
-            else:
-                runs[dataset] = steps.log_run(tracking_uri=tracking_uri, **kwargs)
+        runs = _log_runs(frames, methods, out, settings, tracker or steps.log_run)
     finally:
         if tracker is not None:
             tracker.close()
@@ -219,8 +206,27 @@ def run_benchmark(
     return {"out_dir": str(out), "runs": runs, "seconds": seconds, "total_seconds": total}
 
 
+def _log_runs(frames, methods, out: Path, settings: BenchmarkSettings, tracker) -> dict:
+    """One MLflow run per dataset, through ``tracker``: a :class:`BackgroundTracking` (which
+    knows its URI) or a ``log_run`` step; returns the run id per dataset."""
+    runs = {}
+    for dataset, metrics in _metrics(frames).items():
+        kwargs = {
+            "experiment": settings.experiment,
+            "run_name": f"replay-{dataset}",
+            "params": {"methods": ",".join(methods), "dataset": dataset},
+            "tags": {},
+            "metrics": metrics,
+            "artifacts_dir": str(out),
+        }
+        if isinstance(tracker, BackgroundTracking):
+            runs[dataset] = tracker.log_run(**kwargs)
+        else:
+            runs[dataset] = tracker(tracking_uri=settings.tracking_uri, **kwargs)
+    return runs
+
+
 def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, log) -> dict:
-    import numpy as np
     import pandas as pd
 
     from lens_model.replay import make_selectors
@@ -236,24 +242,24 @@ def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, lo
         pairwise += result["pairwise"]
         fit_error += steps.fit_errors(table)
         tradeoff += steps.cost_accuracy(table)
-        log(f"{table['name']}: {len(table['models'])} models, {len(result['selection'])} rows")
+        log(f"{table.name}: {len(table.models)} models, {len(result['selection'])} rows")
         if plots:
             frame = pd.DataFrame(result["selection"])
-            outputs.plot_metrics(out, frame, table["name"])
+            outputs.plot_metrics(out, frame, table.name)
             budget = int(frame.max_data_num.min())
             laws = {  # the selectors' own fits at the smallest budget: nothing refitted
-                law: selectors[name].law_at(table["sizes"], np.array(table["losses"]), budget)
+                law: selectors[name].law_at(table.sizes, table.losses, budget)
                 for law, name in (("vanilla", "VanillaFit"), ("rectified", "RectifiedFit"))
                 if name in selectors
             }
             outputs.plot_curves(out, table, budget=budget, laws=laws)
-            outputs.plot_cost_accuracy(out, pd.DataFrame(tradeoff), table["name"])
+            outputs.plot_cost_accuracy(out, pd.DataFrame(tradeoff), table.name)
             if result["calibration"]:
                 outputs.plot_calibration(
                     out,
                     pd.DataFrame(result["calibration"]),
                     pd.DataFrame(result["pairwise"], columns=outputs.PAIRWISE_COLUMNS),
-                    table["name"],
+                    table.name,
                 )
     sel = pd.DataFrame(selection)
     sel[outputs.SELECTION_COLUMNS].to_csv(out / "selection.csv", index=False, float_format="%.4f")

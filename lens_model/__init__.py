@@ -8,21 +8,26 @@ Pure numpy/scipy: no orchestration, tracking, storage or file I/O.
 """
 
 from lens_model.laws import LAWS, FitWarning, LensLaw, RectifiedLaw, ScalingLaw, VanillaLaw
+from lens_model.loss_table import LossTable
 from lens_model.metrics import pearson_correlation, probe_cost, relative_accuracy, rmse_log
 from lens_model.phase import detect_power_phase, extrapolate_power_phase, fit_power_phase
 from lens_model.replay import replay
-from lens_model.selectors import SELECTORS, Selection, Selector, TableProbes
+from lens_model.selectors import SELECTORS, Scored, Selection, Selector, TableProbes
+from lens_model.table_score import TableScore, score
 
 __all__ = [
     "LAWS",
     "SELECTORS",
     "FitWarning",
     "LensLaw",
+    "LossTable",
     "RectifiedLaw",
     "ScalingLaw",
+    "Scored",
     "Selection",
     "Selector",
     "TableProbes",
+    "TableScore",
     "VanillaLaw",
     "detect_power_phase",
     "extrapolate_power_phase",
@@ -32,6 +37,7 @@ __all__ = [
     "relative_accuracy",
     "replay",
     "rmse_log",
+    "score",
 ]
 
 # The NTK features need torch; they load on first use so that the laws import without it.

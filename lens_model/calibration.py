@@ -51,7 +51,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import log_ndtr, ndtr, ndtri, stdtrit
 
+from lens_model.lines import pack_curves, power_phase_lines, secant_lines
+
 DEFAULT_GROWTH = 1.5
+# The noise of a measured loss, in log space (about 0.5 %): no interval is narrower than this
+# on either side of its prediction, and a fit's residual scale never falls below it.
+NOISE_FLOOR = 0.005
 INTERVAL_METHODS = ("calibrated", "heuristic")
 
 
@@ -134,99 +139,6 @@ class Backtest:
         return cls(z, z, z, z.astype(int), z.astype(int), z, z, growth)
 
 
-def _packed(sizes: np.ndarray, losses: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's finite points at positive sizes, packed left in increasing size.
-
-    Returns ``(x, y, count)``: ``x = ln D`` and ``y = ln L`` of shape (N, M) (NaN past each
-    row's ``count`` points).
-    """
-    sizes = np.asarray(sizes, dtype=float)
-    losses = np.atleast_2d(np.asarray(losses, dtype=float))
-    order = np.argsort(sizes, kind="stable")
-    sizes, losses = sizes[order], losses[:, order]
-    ok = np.isfinite(losses) & (sizes > 0)[None, :]
-    count = ok.sum(axis=1)
-    # a stable sort of "not ok" moves each row's used points to the front, in size order
-    idx = np.argsort(~ok, axis=1, kind="stable")
-    width = max(int(count.max(initial=0)), 1)
-    idx = idx[:, :width]
-    rows = np.arange(idx.shape[0])[:, None]
-    used = np.arange(width)[None, :] < count[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x = np.where(used, np.log(np.broadcast_to(sizes, losses.shape)[rows, idx]), np.nan)
-        y = np.where(used, np.log(losses[rows, idx]), np.nan)
-    return x, y, count
-
-
-def _window_line(x, y, lo, hi):
-    """Least-squares lines through columns ``lo <= j < hi`` of each row (batched).
-
-    Returns ``(slope, intercept, spread)`` with ``spread`` the population standard deviation
-    of the residuals in the window.
-    """
-    j = np.arange(x.shape[1])[None, :]
-    w = ((j >= lo[:, None]) & (j < hi[:, None])).astype(float)
-    n = w.sum(axis=1)
-    xs, ys = np.where(w > 0, x, 0.0), np.where(w > 0, y, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mx, my = xs.sum(axis=1) / n, ys.sum(axis=1) / n
-        dx, dy = (xs - mx[:, None]) * w, (ys - my[:, None]) * w
-        slope = (dx * dy).sum(axis=1) / (dx * dx).sum(axis=1)
-        icpt = my - slope * mx
-        resid = (ys - (slope[:, None] * xs + icpt[:, None])) * w
-        spread = np.sqrt((resid**2).sum(axis=1) / n)
-    return slope, icpt, spread
-
-
-def power_phase_lines(
-    x: np.ndarray, y: np.ndarray, count: np.ndarray, *, k: int = 3, delta: float = 5.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """AtS's power-phase line of many curves at once (``lens_model.phase.fit_power_phase``).
-
-    Parameters
-    ----------
-    x, y : ndarray (N, M)
-        ``ln D`` and ``ln L`` of each curve, packed left in increasing size (NaN past
-        ``count``).
-    count : ndarray of int (N,)
-        Points per curve (>= 1).
-    k, delta
-        As for :func:`lens_model.phase.detect_power_phase`.
-
-    Returns
-    -------
-    slope, intercept : ndarray (N,)
-    """
-    count = np.asarray(count, dtype=int)
-    rows = np.arange(len(x))
-    n_fit = np.where(count <= k, count, count - 1)
-    running = count > k
-    for n in range(k, int(count.max(initial=0))):
-        act = running & (n < count)
-        if not act.any():
-            break
-        slope, icpt, spread = _window_line(x, y, count - n, count)
-        j0 = np.clip(count - n - 1, 0, x.shape[1] - 1)
-        with np.errstate(invalid="ignore"):
-            off = np.abs(y[rows, j0] - (slope * x[rows, j0] + icpt))
-            reject = act & (off > delta * spread)
-        n_fit = np.where(reject, n, n_fit)
-        running &= ~reject
-    slope, icpt, _ = _window_line(x, y, count - n_fit, count)
-    single = n_fit == 1  # one point: a flat line through it, as fit_power_phase does
-    y_last = y[rows, np.maximum(count - 1, 0)]
-    return np.where(single, 0.0, slope), np.where(single, y_last, icpt)
-
-
-def local_slope_lines(x: np.ndarray, y: np.ndarray, count: np.ndarray):
-    """The secant through each curve's two largest points (``local_slope_prediction``)."""
-    rows = np.arange(len(x))
-    last, prev = np.maximum(count - 1, 0), np.maximum(count - 2, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        slope = (y[rows, last] - y[rows, prev]) / (x[rows, last] - x[rows, prev])
-    return slope, y[rows, last] - slope * x[rows, last]
-
-
 def _cuts(count: np.ndarray, min_points: int) -> tuple[np.ndarray, np.ndarray]:
     """(row, points kept) of every cut that keeps >= ``min_points`` and leaves one beyond."""
     rows, kept = [], []
@@ -243,7 +155,7 @@ def _line_backtest(sizes, losses, lines, scale, growth: str) -> Backtest:
     """Cut every curve after each of its points (keeping >= 2), fit ``lines`` on the part kept
     and record the errors on the points beyond the cut; ``scale(h, window)`` is the error
     scale at horizon ``h`` of a fit whose last two points are ``window`` doublings apart."""
-    x, y, count = _packed(sizes, losses)
+    x, y, count = pack_curves(sizes, losses)
     rows, kept = _cuts(count, 2)
     if len(rows) == 0:
         return Backtest.empty(growth)
@@ -320,13 +232,14 @@ def backtest_local_slope(sizes, losses) -> Backtest:
     """Rolling-origin backtest of the local-slope extrapolation (secant of the last two
     points) on each candidate's own probes (NaN where a candidate was not probed); error
     scale ``secant_scale``."""
-    return _line_backtest(sizes, losses, local_slope_lines, secant_scale, SECANT_GROWTH)
+    return _line_backtest(sizes, losses, secant_lines, secant_scale, SECANT_GROWTH)
 
 
 def backtest_refits(
     refit, sizes, losses, *, min_points: int, zero_shot: bool, growth: float = DEFAULT_GROWTH
 ) -> Backtest:
-    """Rolling-origin backtest of a model that is refitted on cut curves (a law fit).
+    """Rolling-origin backtest of a model that is refitted on cut curves (a law fit): one
+    algorithm, kept in one function.
 
     For every origin size ``o`` (a positive size some curves were read at), the curves read at
     ``o`` that keep at least ``min_points`` points up to ``o`` and have a point beyond it are
@@ -392,7 +305,6 @@ def backtest_refits(
 MIN_ERRORS = 2  # fewer backtest errors than this: no calibrated interval (the caller says so)
 MIN_SHRINKAGE_DOF = 10  # within-group degrees of freedom needed to estimate the shrinkage
 SHRINKAGE_BOUNDS = (-0.9, 0.5)  # never reverse (nor more than 1.5x stretch) predicted gaps
-NOISE_FLOOR = 0.005  # an interval is never narrower than this (log space) on either side
 
 
 class IntervalCalibrator:

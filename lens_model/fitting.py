@@ -60,6 +60,9 @@ def levenberg_marquardt(
 ) -> LeastSquaresResult:
     """Minimise ``0.5 * sum(residuals(theta)**2, axis=1)`` for a batch of independent problems.
 
+    One algorithm (batched Levenberg-Marquardt with per-problem damping), kept in one
+    function.
+
     Parameters
     ----------
     residuals : callable

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from lens_model.calibration import (
+    NOISE_FLOOR,
     IntervalCalibrator,
     backtest_refits,
     check_level,
@@ -77,7 +78,7 @@ class ScalingLaw:
         seed: int = 0,
         n_random_starts: int = 8,
         max_iter: int = 500,
-        noise_floor: float = 0.005,
+        noise_floor: float = NOISE_FLOOR,
     ) -> None:
         self.seed = seed
         self.n_random_starts = n_random_starts
@@ -199,7 +200,9 @@ class ScalingLaw:
             raise ValueError(f"method must be 'delta' or 'calibrated', got {method!r}")
         return self._delta_interval(sizes, level)
 
-    def _delta_interval(self, sizes, level: float) -> tuple[np.ndarray, np.ndarray]:
+    def _linearised(self, sizes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(x_q, r0, jac)``: the log query sizes per curve, and the residuals and their
+        Jacobian at the fitted parameters (what a delta-method interval is built from)."""
         c = self._curves
         x_q = self._log_sizes(_check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float))))
         x_q = np.broadcast_to(x_q, (self.theta_.shape[0], x_q.shape[-1]))
@@ -207,6 +210,11 @@ class ScalingLaw:
         jac = numeric_jacobian(
             lambda u: self._residuals(u, c.x, c.y, c.w, c.floor), self.theta_, r0
         )
+        return x_q, r0, jac
+
+    def _delta_interval(self, sizes, level: float) -> tuple[np.ndarray, np.ndarray]:
+        c = self._curves
+        x_q, r0, jac = self._linearised(sizes)
         p = self.theta_.shape[1]
         dof = np.maximum(self.n_points_ - p, 1)
         s2 = np.maximum(np.sum(r0**2, axis=1) / dof, self.noise_floor**2)
@@ -526,7 +534,7 @@ class LensLaw(RectifiedLaw):
         seed: int = 0,
         n_random_starts: int = 8,
         max_iter: int = 500,
-        noise_floor: float = 0.005,
+        noise_floor: float = NOISE_FLOOR,
     ) -> None:
         super().__init__(
             seed=seed, n_random_starts=n_random_starts, max_iter=max_iter, noise_floor=noise_floor
@@ -661,12 +669,7 @@ class LensLaw(RectifiedLaw):
         if not self._shared:
             return super().predict_interval(sizes, level)
         c = self._curves
-        x_q = self._log_sizes(_check_sizes(np.atleast_1d(np.asarray(sizes, dtype=float))))
-        x_q = np.broadcast_to(x_q, (self.theta_.shape[0], x_q.shape[-1]))
-        r0 = self._residuals(self.theta_, c.x, c.y, c.w, c.floor)
-        jac = numeric_jacobian(
-            lambda u: self._residuals(u, c.x, c.y, c.w, c.floor), self.theta_, r0
-        )
+        x_q, r0, jac = self._linearised(sizes)
         s2 = np.maximum(
             np.sum(r0**2, axis=1) / np.maximum(self.n_points_ - 3, 1), self.noise_floor**2
         )

@@ -210,6 +210,9 @@ def empirical_ntk(
 ) -> torch.Tensor:
     """Empirical NTK ``Theta_ij = <grad f_i, grad f_j>`` of a probe batch (float64, CPU).
 
+    One algorithm (chunked per-example gradients accumulated into one Gram matrix), kept in
+    one function.
+
     Per-example gradients come from ``torch.func.vmap(torch.func.grad(f))`` over chunks of
     ``chunk_size`` examples; the Gram matrix is accumulated in float64 per parameter block.
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from lens_model.calibration import NOISE_FLOOR
+from lens_model.lines import power_phase_counts
+
 
 def detect_power_phase(sizes: np.ndarray, losses: np.ndarray, *, k: int = 3, delta: float = 5.0):
     """Indices (into the size-sorted input) of the points in the power phase.
@@ -34,20 +37,10 @@ def detect_power_phase(sizes: np.ndarray, losses: np.ndarray, *, k: int = 3, del
         Indices of the accepted points (a suffix of the input).
     """
     x, y = _log_xy(sizes, losses)
-    m = len(x)
     if k < 2:
         raise ValueError(f"k must be >= 2 (a line needs two points), got {k}")
-    if m <= k:
-        return np.arange(m)
-    n_fit = m - 1
-    for n in range(k, m):
-        slope, intercept = np.polyfit(x[-n:], y[-n:], 1)
-        spread = np.std(y[-n:] - (slope * x[-n:] + intercept))
-        residual = abs(y[-n - 1] - (slope * x[-n - 1] + intercept))
-        # A perfect line (spread 0) rejects any point off it, as the reference's division does.
-        if residual > delta * spread:
-            n_fit = n
-            break
+    m = len(x)
+    n_fit = int(power_phase_counts(x[None, :], y[None, :], np.array([m]), k=k, delta=delta)[0])
     return np.arange(m - n_fit, m)
 
 
@@ -89,7 +82,7 @@ def power_phase_prediction(
     k: int = 3,
     delta: float = 5.0,
     level: float = 0.9,
-    noise_floor: float = 0.005,
+    noise_floor: float = NOISE_FLOOR,
 ) -> tuple[float, float, float]:
     """AtS prediction at ``target_size`` with a regression prediction interval.
 
@@ -118,7 +111,7 @@ def power_phase_prediction(
 
 
 def local_slope_prediction(
-    sizes, losses, target_size: float, *, level: float = 0.9, noise_floor: float = 0.005
+    sizes, losses, target_size: float, *, level: float = 0.9, noise_floor: float = NOISE_FLOOR
 ) -> tuple[float, float, float]:
     """Extrapolate the log-log slope between the two largest sizes (the local power exponent).
 

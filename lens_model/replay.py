@@ -1,8 +1,9 @@
-"""The replay protocol: run selectors on a published loss table and score them (docs/replay.md).
+"""The replay protocol: run selectors on a loss table and score them (docs/replay.md).
 
 ``replay`` scores the selections (PearCorr, RelAcc, Cost); ``calibration_replay`` scores
 their intervals (coverage, width, interval score at several nominal levels) and their pairwise
-probabilities (reliability), for the calibrated and the heuristic intervals side by side.
+probabilities (reliability), for the calibrated and the heuristic intervals side by side. Both
+score every selection with :func:`lens_model.table_score.score`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lens_model.calibration import coverage, interval_score, pairwise_outcomes, reliability
-from lens_model.metrics import pearson_correlation, relative_accuracy
-from lens_model.selectors import SELECTORS, Selection, Selector, TableProbes
+from lens_model.calibration import reliability
+from lens_model.loss_table import LossTable
+from lens_model.selectors import SELECTORS, Selector
+from lens_model.table_score import TableScore, score
 
 DEFAULT_TARGET = 1_638_400
 DEFAULT_BUDGETS = (204_800, 102_400, 51_200, 25_600, 12_800, 6_400, 3_200)
@@ -24,42 +26,29 @@ INTERVAL_KINDS = ("calibrated", "heuristic")
 
 @dataclass(frozen=True)
 class ReplayResult:
+    """One method at one budget: its scored selection."""
+
     method: str
-    budget: int
-    target_size: int
-    pear_corr: float
-    rel_acc: float
-    cost: float
-    selection: Selection
+    score: TableScore
 
 
 def make_selectors(methods: Sequence[str]) -> dict[str, Selector]:
-    """One selector per method name (unknown names raise before any work). Passing the same
-    dict to :func:`replay` and :func:`calibration_replay` lets them share each selector's
-    memoised fits."""
+    """One selector per method name, default settings (unknown names raise before any work).
+
+    Passing the same dict to :func:`replay` and :func:`calibration_replay` lets them share
+    each selector's memoised fits: their copies with other interval settings
+    (``Selector.replace``) share them too."""
     classes = [SELECTORS.get(m) for m in methods]
     return {m: cls() for m, cls in zip(methods, classes, strict=True)}
 
 
-def _truth(sizes: np.ndarray, losses: np.ndarray, target_size: int) -> np.ndarray:
-    if target_size not in sizes:
-        raise ValueError(f"the table has no column for the target size {target_size}")
-    return losses[:, int(np.flatnonzero(sizes == target_size)[0])]
-
-
-def _select(selector: Selector, sizes, losses, model_sizes, budget: int, target: int, **settings):
-    """One selection; only sizes below the target are readable (adaptive selectors cap their
-    own spending at their budget's cost, non-adaptive ones read sizes <= budget)."""
-    for name, value in settings.items():
-        setattr(selector, name, value)
-    source = TableProbes(sizes, losses, model_sizes, max_size=target - 1)
-    return selector.select(source, budget=int(budget), target_size=int(target))
+def _selectors(methods: Sequence[str], selectors: dict[str, Selector] | None) -> dict:
+    given = dict(selectors or {})
+    return given | make_selectors([m for m in methods if m not in given])
 
 
 def replay(
-    sizes: np.ndarray,
-    losses: np.ndarray,
-    model_sizes: np.ndarray,
+    table: LossTable,
     *,
     methods: Sequence[str],
     budgets: Sequence[int] = DEFAULT_BUDGETS,
@@ -72,47 +61,29 @@ def replay(
 
     Parameters
     ----------
-    sizes : array_like (m,)
-        Column sizes of the table, 0 = zero-shot, must include ``target_size``.
-    losses : array_like (N, m)
-        True test losses.
-    model_sizes : array_like (N,)
-        Parameter counts.
+    table : LossTable
+        Must have a ``target_size`` column.
     selectors : dict, optional
         Selector instances by method name (:func:`make_selectors`); missing ones are made.
+        Each runs as a copy with ``level`` and ``interval``.
     level, interval
         Interval settings of every selection.
     """
-    sizes = np.asarray(sizes, dtype=float)
-    losses = np.asarray(losses, dtype=float)
-    truth = _truth(sizes, losses, target_size)
-    selectors = selectors if selectors is not None else {}
-    selectors.update(make_selectors([m for m in methods if m not in selectors]))
-    out = []
-    for name in methods:
-        for budget in budgets:
-            sel = _select(
-                selectors[name],
-                sizes,
-                losses,
-                model_sizes,
-                budget,
-                target_size,
-                level=level,
-                interval=interval,
-            )
-            out.append(
-                ReplayResult(
-                    method=name,
-                    budget=int(budget),
-                    target_size=int(target_size),
-                    pear_corr=pearson_correlation(sel.scores, truth),
-                    rel_acc=relative_accuracy(sel.selected, truth),
-                    cost=sel.cost(model_sizes, target_size),
-                    selection=sel,
-                )
-            )
-    return out
+    table.losses_at(target_size)  # no target column: fail before any work
+    selectors = _selectors(methods, selectors)
+    return [
+        ReplayResult(
+            method=name,
+            score=score(
+                selectors[name].replace(level=level, interval=interval),
+                table,
+                budget=budget,
+                target_size=target_size,
+            ),
+        )
+        for name in methods
+        for budget in budgets
+    ]
 
 
 def method_label(method: str, interval: str) -> str:
@@ -121,9 +92,7 @@ def method_label(method: str, interval: str) -> str:
 
 
 def calibration_replay(
-    sizes: np.ndarray,
-    losses: np.ndarray,
-    model_sizes: np.ndarray,
+    table: LossTable,
     *,
     methods: Sequence[str],
     budgets: Sequence[int] = DEFAULT_BUDGETS,
@@ -150,63 +119,45 @@ def calibration_replay(
         ``interval_method`` (``"none"`` where a calibrated selector had too few probes for a
         backtest: its coverage and widths are NaN).
     pairwise : dict
-        Per method label, the reliability (:func:`lens_model.calibration.reliability`) of
-        ``P(i better than j)`` over every ordered pair of candidates with predictions, pooled
-        over the budgets (level-independent; taken from the runs at the highest level).
+        Per method label, the reliability (:func:`lens_model.calibration.reliability`, in
+        ``n_bins`` bins) of ``P(i better than j)`` over every ordered pair of candidates with
+        predictions, pooled over the budgets (level-independent; taken from the runs at the
+        highest level).
     """
-    sizes = np.asarray(sizes, dtype=float)
-    losses = np.asarray(losses, dtype=float)
-    log_truth = np.log(_truth(sizes, losses, target_size))
-    selectors = selectors if selectors is not None else {}
-    selectors.update(make_selectors([m for m in methods if m not in selectors]))
+    table.losses_at(target_size)
+    selectors = _selectors(methods, selectors)
     rows, pairwise = [], {}
-    top = max(levels)
+    levels = sorted(levels, reverse=True)
     for name in methods:
         for kind in intervals:
-            label, probs, outcomes = method_label(name, kind), [], []
+            label, pairs = method_label(name, kind), []
             for budget in budgets:
-                for level in sorted(levels, reverse=True):
-                    if kind != "calibrated" or level == top:
-                        sel = _select(
-                            selectors[name],
-                            sizes,
-                            losses,
-                            model_sizes,
-                            budget,
-                            target_size,
-                            level=level,
-                            interval=kind,
-                        )
-                        if not np.isfinite(sel.predictions).any():
-                            break  # this selector predicts no loss: nothing to score
-                    # a calibrated selection reports every level from one predictive model;
-                    # one with too few probes for a backtest has none (NaN bounds)
-                    lower, upper = (
-                        sel.interval(level) if kind == "calibrated" else (sel.lower, sel.upper)
+                scores = _scores_by_level(selectors[name], table, budget, target_size, levels, kind)
+                if not scores[levels[0]].predicts:
+                    continue  # this selector predicts no loss: nothing to score
+                for level in levels:
+                    rows.append(
+                        {"method": label, "budget": int(budget), "nominal": float(level)}
+                        | scores[level].interval_scores(level)
+                        | {"interval_method": scores[level].selection.interval_method}
                     )
-                    row = _interval_row(label, budget, level, lower, upper, log_truth)
-                    rows.append(row | {"interval_method": sel.interval_method})
-                    if level == top:
-                        p, o = pairwise_outcomes(sel.prob_better_matrix(), np.exp(log_truth))
-                        probs.append(p)
-                        outcomes.append(o)
-            if probs:
-                pairwise[label] = reliability(np.concatenate(probs), np.concatenate(outcomes))
-                pairwise[label]["n_bins"] = n_bins
+                pairs.append(scores[levels[0]].pairwise())
+            if pairs:
+                probs, outcomes = (np.concatenate(part) for part in zip(*pairs, strict=True))
+                pairwise[label] = reliability(probs, outcomes, n_bins) | {"n_bins": n_bins}
     return rows, pairwise
 
 
-def _interval_row(label: str, budget: int, level: float, lower, upper, log_truth) -> dict:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lo, hi = np.log(lower), np.log(upper)
-    ok = np.isfinite(lo) & np.isfinite(hi)
-    return {
-        "method": label,
-        "budget": int(budget),
-        "nominal": float(level),
-        "coverage": coverage(lo, hi, log_truth),
-        "median_log_width": float(np.median((hi - lo)[ok])) if ok.any() else float("nan"),
-        "mean_interval_score": float(np.mean(interval_score(lo, hi, log_truth, level)[ok]))
-        if ok.any()
-        else float("nan"),
-    }
+def _scores_by_level(selector, table, budget, target_size, levels, kind) -> dict:
+    """The scored selection behind each level's intervals (``levels`` highest first): one
+    run at the highest level for a calibrated selector (its predictive distributions give
+    every level), one per level for a heuristic one (none after a run that predicts nothing).
+    """
+    runs = levels[:1] if kind == "calibrated" else levels
+    out = {}
+    for level in runs:
+        selector_at = selector.replace(level=level, interval=kind)
+        out[level] = score(selector_at, table, budget=budget, target_size=target_size)
+        if not out[level].predicts:
+            break
+    return {level: out.get(level, out[levels[0]]) for level in levels}

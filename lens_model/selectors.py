@@ -9,7 +9,7 @@ Every selector that predicts a target loss reports a central ``level`` interval 
 probabilities that each candidate is the best and that one beats another. By default
 (``interval="calibrated"``) both come from a rolling-origin backtest of the selector's own
 predictor on the probes it read (``lens_model.calibration``); ``interval="heuristic"`` keeps
-the intervals each predictor had before (least-squares, delta-method and local-bend
+each predictor's own intervals (least-squares, delta-method and local-bend
 intervals), with independent normal distributions behind the probabilities. A calibrated
 selector with too few probes for a backtest states no interval and no probabilities (method
 ``"none"``) rather than an uncalibrated one.
@@ -17,9 +17,11 @@ selector with too few probes for a backtest states no interval and no probabilit
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from dataclasses import replace as with_fields
 from functools import cached_property
 from typing import Protocol
 
@@ -148,6 +150,12 @@ class Selection:
         What the intervals rest on, in words (e.g. the backtest's size).
     predictive : Predictive
         The predictive distributions behind the intervals and probabilities.
+    predictor : str or None
+        How the predictions were made, for selectors that choose (``Lens``: ``"lens_law"``,
+        ``"local_slope"`` or ``"power_phase"``); None for the others.
+    converged : ndarray of bool (N,) or None
+        Whether each candidate's law fit converged, for selectors that fit a law (a fit that
+        did not converge keeps its best parameters); None for the others.
     p_best : ndarray (N,)
         Probability that each candidate has the lowest loss at the target; sums to 1 over the
         candidates with a prediction (dropped ones included: they may still be the best), NaN
@@ -166,6 +174,8 @@ class Selection:
     interval_method: str = "heuristic"
     interval_basis: str = ""
     predictive: Predictive | None = field(default=None, repr=False)
+    predictor: str | None = None
+    converged: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.predictive is None:  # a Selection built by hand: normals from its intervals
@@ -207,22 +217,38 @@ class Selection:
         return probe_cost(self.probes, model_sizes, target_size)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scored:
-    """What ``Selector._score`` returns: scores, predictions and their intervals."""
+    """What every ``Selector._score`` returns: scores, predictions and their intervals.
+
+    ``method`` and ``basis`` become the selection's ``interval_method`` and
+    ``interval_basis``; ``predictor`` and ``converged`` are passed on as they are.
+    """
 
     scores: np.ndarray
     predictions: np.ndarray
     lower: np.ndarray
     upper: np.ndarray
-    dropped: dict[int, str]
+    dropped: dict[int, str] = field(default_factory=dict)
     predictive: Predictive | None = None
     method: str = "heuristic"
     basis: str = ""
+    predictor: str | None = None
+    converged: np.ndarray | None = None
+
+    @classmethod
+    def unpredicted(cls, scores) -> Scored:
+        """Scores of a selector that predicts no target loss (NaN predictions and bounds)."""
+        n = len(scores)
+        return cls(np.asarray(scores, dtype=float), _nan(n), _nan(n), _nan(n))
 
 
 class Selector:
     """Base class. Subclasses implement ``_score``; ``select`` wraps it into a ``Selection``.
+
+    A selector is configured by its constructor only and ``select`` changes nothing on it, so
+    one instance can serve several selections at once; :meth:`replace` makes a copy with other
+    settings.
 
     Parameters
     ----------
@@ -243,12 +269,23 @@ class Selector:
         self.level = check_level(level)
         self.interval = check_interval_method(interval)
 
+    def get_params(self) -> dict:
+        """The constructor's settings, by name (every one is stored under its own name)."""
+        names = [
+            p.name
+            for p in inspect.signature(type(self).__init__).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+        ]
+        return {name: getattr(self, name) for name in names}
+
+    def replace(self, **changes) -> Selector:
+        """A new selector of the same class with these settings changed (validated again)."""
+        return type(self)(**(self.get_params() | changes))
+
     def select(self, source: ProbeSource, *, budget: int, target_size: int) -> Selection:
         """Rank the candidates of ``source`` using probes of size <= ``budget`` (non-adaptive)."""
         if budget > target_size:
             raise ValueError(f"budget ({budget}) must not exceed target_size ({target_size})")
-        level = check_level(self.level)  # settings may have been changed since __init__
-        check_interval_method(self.interval)
         ladder = sorted(int(d) for d in source.sizes if 0 < d <= budget)
         if len(ladder) < self.min_ladder_sizes:
             raise ValueError(
@@ -256,8 +293,6 @@ class Selector:
                 f"the budget ({budget}) to extrapolate a curve, got {ladder}: lengthen the ladder"
             )
         scored = self._score(source, budget, target_size)
-        if isinstance(scored, tuple):  # (scores, predictions, lower, upper, dropped)
-            scored = Scored(*scored)
         dropped = scored.dropped
         scores = np.asarray(scored.scores, dtype=float)
         key = -scores if self.greater_is_better else scores.copy()
@@ -274,13 +309,16 @@ class Selector:
             probes=source.probes,
             dropped=dropped,
             greater_is_better=self.greater_is_better,
-            level=level,
+            level=self.level,
             interval_method=scored.method,
             interval_basis=scored.basis,
             predictive=scored.predictive,
+            predictor=scored.predictor,
+            converged=scored.converged,
         )
 
-    def _score(self, source, budget, target_size) -> Scored:
+    def _score(self, source: ProbeSource, budget: int, target_size: int) -> Scored:
+        """Scores, predictions and intervals of every candidate (subclasses)."""
         raise NotImplementedError
 
     def _scored(
@@ -288,18 +326,24 @@ class Selector:
         predictions: np.ndarray,
         lower: np.ndarray,
         upper: np.ndarray,
-        dropped: dict[int, str],
         backtest: Callable[[], Backtest],
-        scale: np.ndarray,
+        *,
+        target_size: float,
+        largest: np.ndarray,
+        second: np.ndarray | None = None,
+        dropped: dict[int, str] | None = None,
     ) -> Scored:
         """Scores = predictions, with calibrated intervals from ``backtest()`` (errors of the
-        selector's own predictor on its own probes; ``scale`` is the predictor's error scale
-        at each prediction's horizon), or the heuristic ``lower`` / ``upper`` when asked for.
+        selector's own predictor on its own probes), or the heuristic ``lower`` / ``upper``
+        when asked for.
 
-        Too few probes for a backtest: no interval at all (NaN bounds and probabilities,
-        method ``"none"``), never the heuristic one in its place. A predictor's own interval
-        has no backtest behind it: the zoo audits' held 5 of 24 at a stated 90 %."""
+        The error scale of each prediction is the predictor's at its horizon, from the
+        candidate's ``largest`` probe to ``target_size``: ``power_scale`` for a line or a law,
+        ``secant_scale`` for a secant from the ``second`` largest probe. Too few probes for a
+        backtest: no interval at all (NaN bounds and probabilities, method ``"none"``), never
+        the predictor's own interval in its place (it has no backtest behind it)."""
         pred = np.asarray(predictions, dtype=float)
+        dropped = {} if dropped is None else dropped
         if self.interval == "heuristic":
             return Scored(pred, pred, lower, upper, dropped, basis="heuristic (as asked)")
         bt = backtest()
@@ -314,11 +358,23 @@ class Selector:
                 "interval has no backtest behind it and is not stated"
             )
             return Scored(pred, pred, nan, nan.copy(), dropped, predictive, "none", basis)
+        scale = _error_scale(target_size, largest, second)
         with np.errstate(divide="ignore", invalid="ignore"):
             predictive = calibrator.predictive(np.log(pred), scale)
         lo, hi = predictive.interval(self.level)
         basis = calibrator.basis(self.level)
         return Scored(pred, pred, lo, hi, dropped, predictive, "calibrated", basis)
+
+
+def _error_scale(target_size: float, largest, second=None) -> np.ndarray:
+    """Error scale of predictions at ``target_size`` from each candidate's ``largest`` probe
+    (``log2(target / largest)`` doublings): ``power_scale``, or ``secant_scale`` for a secant
+    from the ``second`` largest probe."""
+    largest = np.asarray(largest, dtype=float)
+    horizon = np.log2(target_size / largest)
+    if second is None:
+        return power_scale(horizon)
+    return secant_scale(horizon, np.log2(largest / second))
 
 
 def _ladder(source: ProbeSource, budget: float, *, zero_shot: bool) -> np.ndarray:
@@ -343,9 +399,7 @@ class ZeroShot(Selector):
     min_ladder_sizes = 0
 
     def _score(self, source, budget, target_size):
-        n = len(source.model_sizes)
-        z = _read(source, range(n), [0])[:, 0]
-        return z, _nan(n), _nan(n), _nan(n), {}
+        return Scored.unpredicted(_read(source, range(len(source.model_sizes)), [0])[:, 0])
 
 
 @SELECTORS.register("SubTuning")
@@ -355,9 +409,7 @@ class SubTuning(Selector):
     min_ladder_sizes = 1
 
     def _score(self, source, budget, target_size):
-        n = len(source.model_sizes)
-        b = _read(source, range(n), [budget])[:, 0]
-        return b, _nan(n), _nan(n), _nan(n), {}
+        return Scored.unpredicted(_read(source, range(len(source.model_sizes)), [budget])[:, 0])
 
 
 @SELECTORS.register("ModelSize")
@@ -368,28 +420,54 @@ class ModelSize(Selector):
     min_ladder_sizes = 0
 
     def _score(self, source, budget, target_size):
-        n = len(source.model_sizes)
-        return np.log(source.model_sizes), _nan(n), _nan(n), _nan(n), {}
+        return Scored.unpredicted(np.log(source.model_sizes))
+
+
+class FitMemo:
+    """Law fits by their law, seed and data, oldest dropped first beyond ``size`` fits.
+
+    A law selector and its copies (``Selector.replace``) share one memo, so replaying many
+    budgets, levels and interval kinds fits each distinct set of curves once. A fit depends
+    on its key only, so sharing changes no result.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._fits: dict[tuple, ScalingLaw] = {}
+
+    def get(self, key: tuple, fit: Callable[[], ScalingLaw]) -> ScalingLaw:
+        """The fit stored under ``key``, made by ``fit()`` when missing."""
+        if key not in self._fits:
+            if len(self._fits) >= self.size:
+                self._fits.pop(next(iter(self._fits)), None)
+            self._fits[key] = fit()
+        return self._fits[key]
 
 
 class _LawFit(Selector):
-    """Rank by a law fitted per candidate; after ``select``, ``converged_`` flags each fit
-    (a fit that did not converge keeps its best parameters; the caller reports the flag).
+    """Rank by a law fitted per candidate; ``Selection.converged`` flags each fit.
 
     The calibrated interval refits the law on every cut of the curves (all curves cut after
     each ladder size that leaves enough points). A cut of every curve at size ``o`` is the fit
-    this selector makes at budget ``o``, so an instance memoises its fits by their data: one
-    instance replaying many budgets fits each distinct set of curves once.
+    this selector makes at budget ``o``, so fits are memoised by their data (``memo``, shared
+    with the copies ``replace`` makes): one selector replaying many budgets fits each distinct
+    set of curves once.
     """
 
     law_cls: type = RectifiedLaw
     zero_shot = False
-    MEMO_SIZE = 64  # fits kept per instance
 
-    def __init__(self, *, seed: int = 0, level: float = 0.9, interval: str = "calibrated"):
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        level: float = 0.9,
+        interval: str = "calibrated",
+        memo: FitMemo | None = None,
+    ):
         super().__init__(level=level, interval=interval)
         self.seed = seed
-        self._fits: dict[tuple, ScalingLaw] = {}
+        self.memo = FitMemo() if memo is None else memo
 
     def law_at(self, sizes, losses, budget: float) -> ScalingLaw:
         """The law this selector fits at ``budget`` to a full table (memoised).
@@ -408,21 +486,19 @@ class _LawFit(Selector):
         return self._fit(sizes[keep], np.asarray(losses, dtype=float)[:, keep])
 
     def _fit(self, sizes: np.ndarray, losses: np.ndarray) -> ScalingLaw:
-        key = (self.seed, sizes.tobytes(), losses.shape, losses.tobytes())
-        if key not in self._fits:
-            if len(self._fits) >= self.MEMO_SIZE:
-                self._fits.pop(next(iter(self._fits)))
+        def fit() -> ScalingLaw:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FitWarning)  # flagged per model instead
-                self._fits[key] = self.law_cls(seed=self.seed).fit(sizes, losses)
-        return self._fits[key]
+                return self.law_cls(seed=self.seed).fit(sizes, losses)
+
+        key = (self.law_cls, self.seed, sizes.tobytes(), losses.shape, losses.tobytes())
+        return self.memo.get(key, fit)
 
     def _score(self, source, budget, target_size):
         n = len(source.model_sizes)
         sizes = _ladder(source, budget, zero_shot=self.zero_shot)
         losses = _read(source, range(n), sizes)
         law = self._fit(sizes, losses)
-        self.converged_ = law.converged_.copy()
         pred = law.predict([target_size])[:, 0]
         lo, hi = law.predict_interval([target_size], level=self.level)
 
@@ -435,20 +511,24 @@ class _LawFit(Selector):
                 zero_shot=self.zero_shot,
             )
 
-        horizon = np.full(n, np.log2(target_size / sizes.max()))
-        return self._scored(pred, lo[:, 0], hi[:, 0], {}, backtest, power_scale(horizon))
+        largest = np.full(n, sizes.max())
+        scored = self._scored(
+            pred, lo[:, 0], hi[:, 0], backtest, target_size=target_size, largest=largest
+        )
+        return with_fields(scored, converged=law.converged_.copy())
 
 
 @SELECTORS.register("VanillaFit")
 class VanillaFit(_LawFit):
-    """Vanilla power law fitted on sizes 200..budget, evaluated at the target."""
+    """Vanilla power law fitted on the positive ladder sizes up to the budget, evaluated at the
+    target."""
 
     law_cls = VanillaLaw
 
 
 @SELECTORS.register("RectifiedFit")
 class RectifiedFit(_LawFit):
-    """Rectified law fitted on the zero-shot point and sizes 200..budget."""
+    """Rectified law fitted on the zero-shot point and the ladder sizes up to the budget."""
 
     law_cls = RectifiedLaw
     zero_shot = True
@@ -456,7 +536,8 @@ class RectifiedFit(_LawFit):
 
 @SELECTORS.register("AtS")
 class AtS(Selector):
-    """Accept-then-Stop (Lin et al.): extrapolate the power-phase line of sizes 200..budget."""
+    """Accept-then-Stop (Lin et al.): extrapolate the power-phase line of the positive ladder
+    sizes up to the budget."""
 
     def __init__(
         self, *, k: int = 3, delta: float = 5.0, level: float = 0.9, interval: str = "calibrated"
@@ -481,8 +562,10 @@ class AtS(Selector):
         def backtest() -> Backtest:
             return backtest_power_phase(sizes, losses, k=self.k, delta=self.delta)
 
-        horizon = np.full(n, np.log2(target_size / sizes.max()))
-        return self._scored(out[:, 0], out[:, 1], out[:, 2], {}, backtest, power_scale(horizon))
+        largest = np.full(n, sizes.max())
+        return self._scored(
+            out[:, 0], out[:, 1], out[:, 2], backtest, target_size=target_size, largest=largest
+        )
 
 
 PREDICTORS = ("auto", "local_slope", "power_phase", "lens_law")
@@ -494,6 +577,44 @@ def _usable_f_terms(source: ProbeSource) -> np.ndarray | None:
         return None
     f = np.asarray(f, dtype=float)
     return f if f.shape == (len(source.model_sizes),) and np.all(np.isfinite(f) & (f > 0)) else None
+
+
+def first_round(
+    ladder: np.ndarray, budget: int, *, first_top: float, spacing: int, min_size=None
+) -> list[int]:
+    """The sizes ``Lens`` probes every candidate at in its first round, increasing.
+
+    The largest ladder size <= ``first_top * budget``, then that size divided by ``spacing``,
+    by ``spacing^2``, ... while the quotient is at least ``min_size`` (default: the smallest
+    ladder size). Empty when no ladder size is <= ``first_top * budget``.
+    """
+    top = ladder[ladder <= budget * first_top]
+    if len(top) == 0:
+        return []
+    floor = ladder.min() if min_size is None else min_size
+    sizes = [int(top[-1])]
+    while sizes[-1] // spacing >= floor:
+        sizes.append(sizes[-1] // spacing)
+    return sorted(sizes)
+
+
+@dataclass
+class _LensRun:
+    """One ``Lens`` selection in progress: what it read, what it spent, how it predicts.
+
+    Kept per call (never on the selector), so one ``Lens`` can serve several selections.
+    """
+
+    source: ProbeSource
+    target_size: int
+    ladder: np.ndarray  # the sizes Lens may probe, increasing
+    weights: np.ndarray  # parameter count per candidate
+    cap: float  # the compute cap, in parameters x examples
+    spent: float
+    points: dict[int, list[int]]  # sizes read per candidate, in the order read
+    losses: dict[tuple[int, int], float]  # (candidate, size) -> loss (0 = zero-shot)
+    predictor: str = "local_slope"
+    f_terms: np.ndarray | None = None
 
 
 @SELECTORS.register("Lens")
@@ -510,12 +631,13 @@ class Lens(Selector):
     zero-shot point (``"lens_law"``; a candidate whose fit gives no finite prediction falls
     back to the local slope). ``"auto"`` (the default) is ``"lens_law"`` when the probe
     source carries F for every candidate and the first round has at least 3 sizes (fewer
-    leave the law no residual degree of freedom), and ``"local_slope"`` otherwise. Each later round
-    ranks the candidates still running by predicted target loss, keeps the better ``keep``
-    fraction and probes them at ``spacing`` times their largest size (above the budget if need
-    be, never at the target), trimming the worst survivors so that the total stays within
-    ``cost_fraction`` of what AtS spends at the same budget. Dropped candidates keep their
-    last prediction and the reason; the selection is the best predicted survivor.
+    leave the law no residual degree of freedom), and ``"local_slope"`` otherwise; the
+    selection's ``predictor`` says which. Each later round ranks the candidates still running
+    by predicted target loss, keeps the better ``keep`` fraction and probes them at
+    ``spacing`` times their largest size (above the budget if need be, never at the target),
+    trimming the worst survivors so that the total stays within ``cost_fraction`` of what AtS
+    spends at the same budget. Dropped candidates keep their last prediction and the reason;
+    the selection is the best predicted survivor.
 
     Calibrated intervals backtest the predictor on the probes Lens read, and only those (the
     sparse first round and the survivors' larger probes), or with ``backtest_on="ladder"`` on
@@ -563,40 +685,62 @@ class Lens(Selector):
         self.predictor = predictor
 
     def _score(self, source, budget, target_size):
-        w = np.asarray(source.model_sizes, dtype=float)
-        n = len(w)
+        """The four steps of the class docstring: the first round (which also chooses the
+        predictor), the halving rounds, then the backtest behind the intervals."""
+        run = self._first_round(source, budget, target_size)
+        pred, lo, hi, dropped = self._halve(run)
+        backtest = None
+        if self.backtest_on == "ladder" and self.interval == "calibrated":
+            backtest = self._read_ladder(run, budget)
+        return self._calibrated(run, pred, lo, hi, dropped, backtest)
+
+    def _probe_ladder(self, source, budget, target_size) -> tuple[np.ndarray, int]:
+        """``(ladder, min_size)``: the sizes Lens may probe (positive, below the target, from
+        ``min_size`` up, default the smallest); the budget must be one of them."""
         positive = source.sizes[(source.sizes > 0) & (source.sizes < target_size)]
         min_size = self.min_size or int(positive.min())
         ladder = positive[positive >= min_size]
         if budget not in ladder:
             raise ValueError(f"budget {budget} is not on the ladder {ladder.astype(int).tolist()}")
-        top = ladder[ladder <= budget * self.first_top]
-        if len(top) == 0:
+        return ladder, min_size
+
+    def _first_round(self, source, budget, target_size) -> _LensRun:
+        """Probe every candidate on the first round (:func:`first_round`, plus the next
+        smaller size on a ladder too short for two) within the compute cap, and choose the
+        predictor; the LensLLM law also reads every zero-shot loss (free)."""
+        ladder, min_size = self._probe_ladder(source, budget, target_size)
+        first = first_round(
+            ladder, budget, first_top=self.first_top, spacing=self.spacing, min_size=min_size
+        )
+        if not first:
             raise ValueError(f"no ladder size is <= {self.first_top} x budget ({budget})")
-        first = [int(top[-1])]
-        while first[-1] // self.spacing >= min_size:
-            first.append(first[-1] // self.spacing)
         if len(first) == 1 and (below := ladder[ladder < first[0]]).size:
-            first.append(int(below.max()))  # a short ladder: the secant needs two sizes
-        first = sorted(first)
+            first = [int(below.max()), *first]  # a short ladder: the secant needs two sizes
+        w = np.asarray(source.model_sizes, dtype=float)
         cap = self.cost_fraction * ladder[ladder <= budget].sum() * w.sum()
         spent = w.sum() * sum(first)
         if spent > cap * (1 + 1e-12):
             raise ValueError(
                 f"the first round ({first}) costs more than the cap of {self.cost_fraction} x AtS"
             )
-        points = {i: list(first) for i in range(n)}
-        losses = {(i, d): source.loss(i, d) for i in range(n) for d in points[i]}
-        f_terms = _usable_f_terms(source)
+        points = {i: list(first) for i in range(len(w))}
+        losses = {(i, d): source.loss(i, d) for i in range(len(w)) for d in points[i]}
+        run = _LensRun(source, target_size, ladder, w, cap, spent, points, losses)
+        run.f_terms = _usable_f_terms(source)
+        run.predictor = self._choose_predictor(run.f_terms, first)
+        if run.predictor == "lens_law":
+            losses.update({(i, 0): source.loss(i, 0) for i in range(len(w))})
+        return run
+
+    def _choose_predictor(self, f_terms: np.ndarray | None, first: list[int]) -> str:
+        """The predictor of this selection (``predictor``, with ``"auto"`` resolved)."""
         # The law has 3 parameters per curve plus the shared scale: with zero-shot and fewer
         # than 3 first-round sizes it has no residual degree of freedom (an exact fit, an
         # unbounded interval), and F decides nothing the data could check.
         determined = len(first) >= 3
-        self.predictor_ = self.predictor
         if self.predictor == "auto":
-            use_f = f_terms is not None and determined
-            self.predictor_ = "lens_law" if use_f else "local_slope"
-        if self.predictor_ == "lens_law":
+            return "lens_law" if f_terms is not None and determined else "local_slope"
+        if self.predictor == "lens_law":
             if f_terms is None:
                 raise ValueError("predictor 'lens_law' needs F for every candidate (f_terms)")
             if not determined:
@@ -605,156 +749,166 @@ class Lens(Selector):
                     "lengthen the ladder (or use predictor 'auto', which then uses the local "
                     "slope)"
                 )
-            self._f_terms = f_terms
-            losses.update({(i, 0): source.loss(i, 0) for i in range(n)})  # zero-shot is free
-        active = list(range(n))
+        return self.predictor
+
+    def _halve(self, run: _LensRun):
+        """Successive halving: each round keeps the better ``keep`` fraction of the running
+        candidates and probes them at ``spacing`` times the largest size read, trimming the
+        worst survivors to stay within the cap. Returns ``(pred, lo, hi, dropped)``: every
+        candidate's last prediction and interval, and why each dropped one was dropped."""
+        active = list(range(len(run.weights)))
         dropped: dict[int, str] = {}
-        pred, lo, hi = self._predict(points, losses, target_size, active)
+        pred, lo, hi = self._predict(run, active)
         while len(active) > 1:
             order = sorted(active, key=lambda i: pred[i])
             survivors = order[: max(1, int(np.ceil(len(active) * self.keep)))]
-            top = max(points[i][-1] for i in survivors)
-            bigger = ladder[ladder >= top * self.spacing]
+            top = max(run.points[i][-1] for i in survivors)
+            bigger = run.ladder[run.ladder >= top * self.spacing]
             if len(bigger) == 0:
                 break
             size = int(bigger[0])
             # Shrink the survivor set, worst first, until the round fits the compute cap.
-            while survivors and spent + size * w[survivors].sum() > cap * (1 + 1e-12):
+            while survivors and run.spent + size * run.weights[survivors].sum() > run.cap * (
+                1 + 1e-12
+            ):
                 survivors.pop()
             if not survivors:
                 break
             for i in set(active) - set(survivors):
                 dropped[i] = (
-                    f"dropped after size {points[i][-1]}: predicted loss {pred[i]:.4g} ranked "
-                    f"{order.index(i) + 1} of {len(active)}"
+                    f"dropped after size {run.points[i][-1]}: predicted loss {pred[i]:.4g} "
+                    f"ranked {order.index(i) + 1} of {len(active)}"
                 )
             for i in survivors:
-                points[i].append(size)
-                losses[(i, size)] = source.loss(i, size)
-            spent += size * w[survivors].sum()
+                run.points[i].append(size)
+                run.losses[(i, size)] = run.source.loss(i, size)
+            run.spent += size * run.weights[survivors].sum()
             active = survivors
-            new_pred, new_lo, new_hi = self._predict(points, losses, target_size, active)
-            pred[active], lo[active], hi[active] = (
-                new_pred[active],
-                new_lo[active],
-                new_hi[active],
-            )
-        if self.backtest_on == "ladder" and self.interval == "calibrated":
-            # the whole ladder up to the budget is read (and counted) for the backtest only:
-            # where it was measured anyway (the live pipeline's full ladder), a backtest on
-            # every size checks the predictor on more origins than its sparse first round
-            backtest_losses = dict(losses)
-            for i in range(n):
-                for d in ladder[ladder <= budget]:
-                    backtest_losses[(i, int(d))] = source.loss(i, int(d))
-            backtest_points = {
-                i: sorted({d for (j, d) in backtest_losses if j == i}) for i in range(n)
-            }
-            return self._calibrated(
-                points, losses, target_size, pred, lo, hi, dropped,
-                backtest=(backtest_points, backtest_losses),
-            )  # fmt: skip
-        return self._calibrated(points, losses, target_size, pred, lo, hi, dropped)
+            new_pred, new_lo, new_hi = self._predict(run, active)
+            pred[active], lo[active], hi[active] = new_pred[active], new_lo[active], new_hi[active]
+        return pred, lo, hi, dropped
 
-    def _calibrated(
-        self, points, losses, target_size, pred, lo, hi, dropped, backtest=None
-    ) -> Scored:
+    def _read_ladder(self, run: _LensRun, budget: int):
+        """``(points, losses)`` of every ladder size up to the budget, read (and counted in
+        the cost) for the backtest only: where the whole ladder was measured anyway (the live
+        pipeline), a backtest on every size checks the predictor on more origins than the
+        sparse first round."""
+        n = len(run.weights)
+        losses = dict(run.losses)
+        for i in range(n):
+            for d in run.ladder[run.ladder <= budget]:
+                losses[(i, int(d))] = run.source.loss(i, int(d))
+        points = {i: sorted({d for (j, d) in losses if j == i}) for i in range(n)}
+        return points, losses
+
+    def _calibrated(self, run: _LensRun, pred, lo, hi, dropped, backtest=None) -> Scored:
         """Scores with intervals from a backtest of the predictor on the probes read (or on
         ``backtest``'s points and losses when given: ``backtest_on="ladder"``)."""
-        n = len(points)
-        bt_points, bt_losses = backtest or (points, losses)
+        n = len(run.points)
+        bt_points, bt_losses = backtest or (run.points, run.losses)
         sizes = np.array(sorted({0, *(d for i in bt_points for d in bt_points[i])}), dtype=float)
         table = np.array([[bt_losses.get((i, int(d)), np.nan) for d in sizes] for i in range(n)])
-        largest = np.array([max(points[i]) for i in range(n)], dtype=float)
-        horizon = np.log2(target_size / largest)
-        if self.predictor_ == "local_slope":
+        largest = np.array([max(run.points[i]) for i in range(n)], dtype=float)
+        second = None
+        if run.predictor == "local_slope":
             second = np.array(
-                [sorted(points[i])[-2] if len(points[i]) > 1 else np.nan for i in range(n)],
+                [sorted(run.points[i])[-2] if len(run.points[i]) > 1 else np.nan for i in range(n)],
                 dtype=float,
             )
-            scale = secant_scale(horizon, np.log2(largest / second))
 
             def backtest() -> Backtest:
                 return backtest_local_slope(sizes, table)
 
-        elif self.predictor_ == "power_phase":
-            scale = power_scale(horizon)
+        elif run.predictor == "power_phase":
 
             def backtest() -> Backtest:
                 return backtest_power_phase(sizes, table, k=self.k, delta=self.delta)
 
         else:
-            scale = power_scale(horizon)
 
             def backtest() -> Backtest:
                 # the law with F has 3 parameters per curve and a shared scale: a cut curve
                 # needs the zero-shot point and 3 sizes, as Lens's own first round does
                 return backtest_refits(
-                    self._lens_law_refit(sizes), sizes, table, min_points=4, zero_shot=True
+                    _lens_law_refit(sizes, run.f_terms), sizes, table, min_points=4, zero_shot=True
                 )
 
-        return self._scored(pred, lo, hi, dropped, backtest, scale)
+        scored = self._scored(
+            pred,
+            lo,
+            hi,
+            backtest,
+            target_size=run.target_size,
+            largest=largest,
+            second=second,
+            dropped=dropped,
+        )
+        return with_fields(scored, predictor=run.predictor)
 
-    def _lens_law_refit(self, sizes: np.ndarray):
-        """``refit`` for ``backtest_refits``: the LensLLM law on cut curves, each with its F.
-
-        The shared scale is profiled on 11 grid points instead of 41 (then refined the same
-        way) and without random starts: a backtest refits the law once per cut, and this makes
-        each refit about 5x cheaper for nearly the same fit."""
-        from lens_model.laws import LensLaw
-
-        def refit(kept, cut, rows):
-            law = LensLaw(scale="shared", n_grid=11, n_random_starts=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FitWarning)
-                try:
-                    law.fit(kept, cut, f_term=self._f_terms[rows])
-                except ValueError:  # a cut the law cannot fit predicts nothing
-                    return np.full((len(rows), len(sizes)), np.nan)
-            out = law.predict(np.maximum(sizes, 1.0))
-            return np.where(np.asarray(law.converged_)[:, None], out, np.nan)
-
-        return refit
-
-    def _extrapolate(self, points, losses, i, target_size) -> tuple[float, float, float]:
-        sizes = [d for d in points if d > 0]
-        ys = [losses[(i, d)] for d in sizes]
-        if self.predictor_ in ("local_slope", "lens_law"):
-            return local_slope_prediction(sizes, ys, target_size, level=self.level)
+    def _extrapolate(self, run: _LensRun, i: int) -> tuple[float, float, float]:
+        """Candidate ``i``'s prediction and interval from its own probes (the local slope, or
+        the power-phase line for ``predictor="power_phase"``)."""
+        sizes = [d for d in run.points[i] if d > 0]
+        ys = [run.losses[(i, d)] for d in sizes]
+        if run.predictor in ("local_slope", "lens_law"):
+            return local_slope_prediction(sizes, ys, run.target_size, level=self.level)
         return power_phase_prediction(
-            sizes, ys, target_size, k=self.k, delta=self.delta, level=self.level
+            sizes, ys, run.target_size, k=self.k, delta=self.delta, level=self.level
         )
 
-    def _predict(self, points, losses, target_size, models):
+    def _predict(self, run: _LensRun, models):
         """Predicted target loss of ``models`` and its interval (NaN elsewhere)."""
-        pred, lo, hi = _nan(len(points)), _nan(len(points)), _nan(len(points))
+        n = len(run.points)
+        pred, lo, hi = _nan(n), _nan(n), _nan(n)
         law = None
-        if self.predictor_ == "lens_law" and len(models) >= 2:
-            law = self._lens_law(points, losses, target_size, models)
+        if run.predictor == "lens_law" and len(models) >= 2:
+            law = self._lens_law(run, models)
         for i in models:
             if law is not None and np.isfinite(law[0][i]):
                 pred[i], lo[i], hi[i] = law[0][i], law[1][i], law[2][i]
             else:
-                pred[i], lo[i], hi[i] = self._extrapolate(points[i], losses, i, target_size)
+                pred[i], lo[i], hi[i] = self._extrapolate(run, i)
         return pred, lo, hi
 
-    def _lens_law(self, points, losses, target_size, models):
+    def _lens_law(self, run: _LensRun, models):
         """The LensLLM law (shared scale of F) fitted to ``models``' probes and zero-shot."""
         from lens_model.laws import LensLaw
 
         models = list(models)
-        sizes = sorted({0, *(d for i in models for d in points[i])})
-        table = np.array([[losses.get((i, d), np.nan) for d in sizes] for i in models])
+        sizes = sorted({0, *(d for i in models for d in run.points[i])})
+        table = np.array([[run.losses.get((i, d), np.nan) for d in sizes] for i in models])
         law = LensLaw(scale="shared")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FitWarning)  # unconverged curves fall back below
-            law.fit(np.array(sizes, dtype=float), table, f_term=self._f_terms[models])
-            centre = law.predict([target_size])[:, 0]
-            low, high = (v[:, 0] for v in law.predict_interval([target_size], level=self.level))
+            law.fit(np.array(sizes, dtype=float), table, f_term=run.f_terms[models])
+            centre = law.predict([run.target_size])[:, 0]
+            low, high = (v[:, 0] for v in law.predict_interval([run.target_size], level=self.level))
         ok = np.asarray(law.converged_, dtype=bool) & np.isfinite(centre)
         ok &= np.isfinite(low) & np.isfinite(high)
-        out = [_nan(len(points)) for _ in range(3)]
+        out = [_nan(len(run.points)) for _ in range(3)]
         for j, i in enumerate(models):
             if ok[j]:
                 out[0][i], out[1][i], out[2][i] = centre[j], low[j], high[j]
         return out
+
+
+def _lens_law_refit(sizes: np.ndarray, f_terms: np.ndarray):
+    """``refit`` for ``backtest_refits``: the LensLLM law on cut curves, each with its F.
+
+    The shared scale is profiled on 11 grid points instead of 41 (then refined the same way)
+    and without random starts: a backtest refits the law once per cut, and this makes each
+    refit about 5x cheaper for nearly the same fit."""
+    from lens_model.laws import LensLaw
+
+    def refit(kept, cut, rows):
+        law = LensLaw(scale="shared", n_grid=11, n_random_starts=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FitWarning)
+            try:
+                law.fit(kept, cut, f_term=f_terms[rows])
+            except ValueError:  # a cut the law cannot fit predicts nothing
+                return np.full((len(rows), len(sizes)), np.nan)
+        out = law.predict(np.maximum(sizes, 1.0))
+        return np.where(np.asarray(law.converged_)[:, None], out, np.nan)
+
+    return refit

@@ -12,8 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lens_model.metrics import pearson_correlation, relative_accuracy
-from lens_model.selectors import AtS, Lens, Selector, SubTuning, TableProbes
+from lens_model.loss_table import LossTable
+from lens_model.selectors import AtS, Lens, SubTuning, first_round
+from lens_model.table_score import TableScore, score
+
+__all__ = ["DENSE_FROM", "FIRST_TOPS", "cost_accuracy_curve", "first_round", "lens_settings"]
 
 DEFAULT_FRACTIONS = (0.25, 0.35, 0.5, 0.75, 1.0)
 # Fractions at or above this keep Lens's default ladder (spacing 4, first round up to the
@@ -22,20 +25,6 @@ DEFAULT_FRACTIONS = (0.25, 0.35, 0.5, 0.75, 1.0)
 DENSE_FROM = 0.67
 SPARSE = 8  # spacing of the ladder below DENSE_FROM
 FIRST_TOPS = tuple(2.0**-k for k in range(12))  # 1, 1/2, 1/4, ... tried largest first
-
-
-def first_round(ladder: np.ndarray, budget: int, *, first_top: float, spacing: int) -> list[int]:
-    """The sizes ``Lens`` probes every candidate at in its first round (mirrors ``Lens``).
-
-    Returns an empty list when no ladder size is <= ``first_top * budget``.
-    """
-    top = ladder[ladder <= budget * first_top]
-    if len(top) == 0:
-        return []
-    sizes = [int(top[-1])]
-    while sizes[-1] // spacing >= ladder.min():
-        sizes.append(sizes[-1] // spacing)
-    return sorted(sizes)
 
 
 def lens_settings(
@@ -79,29 +68,31 @@ def lens_settings(
     )
 
 
-def _row(method, fraction, budget, sel, truth, model_sizes, target, settings) -> dict:
+def _row(method: str, fraction: float, scored: TableScore, settings: dict) -> dict:
     return {
         "method": method,
         "cost_fraction_setting": fraction,
-        "budget": int(budget),
-        "cost": sel.cost(model_sizes, target),
-        "pear_corr": pearson_correlation(sel.scores, truth),
-        "rel_acc": relative_accuracy(sel.selected, truth),
+        "budget": scored.budget,
+        "cost": scored.cost,
+        "pear_corr": scored.pear_corr,
+        "rel_acc": scored.rel_acc,
         "first_top": settings.get("first_top", np.nan),
         "spacing": settings.get("spacing", np.nan),
         "skipped": "",
     }
 
 
-def _run(selector: Selector, sizes, losses, model_sizes, budget: int, target: int):
-    source = TableProbes(sizes, losses, model_sizes, max_size=target - 1)
-    return selector.select(source, budget=int(budget), target_size=int(target))
+def _skipped(fraction: float, budget: int, reason: str) -> dict:
+    nan = dict.fromkeys(("cost", "pear_corr", "rel_acc", "first_top", "spacing"), np.nan)
+    return (
+        {"method": "Lens", "cost_fraction_setting": fraction, "budget": int(budget)}
+        | nan
+        | {"skipped": reason}
+    )
 
 
 def cost_accuracy_curve(
-    sizes: Sequence[float],
-    losses: np.ndarray,
-    model_sizes: Sequence[float],
+    table: LossTable,
     *,
     budgets: Sequence[int],
     target_size: int,
@@ -111,12 +102,8 @@ def cost_accuracy_curve(
 
     Parameters
     ----------
-    sizes : array_like (m,)
-        Column sizes of the table (0 = zero-shot); must include ``target_size``.
-    losses : array_like (N, m)
-        True test losses.
-    model_sizes : array_like (N,)
-        Parameter counts.
+    table : LossTable
+        Must have a ``target_size`` column.
     budgets : sequence of int
         Budgets (ladder sizes below the target).
     target_size : int
@@ -132,41 +119,30 @@ def cost_accuracy_curve(
         ``first_top`` / ``spacing`` used and ``skipped`` (the reason, metrics NaN, when no first
         round fits within the fraction).
     """
-    sizes = np.asarray(sizes, dtype=float)
-    losses = np.asarray(losses, dtype=float)
-    model_sizes = np.asarray(model_sizes, dtype=float)
-    if target_size not in sizes:
-        raise ValueError(f"the table has no column for the target size {target_size}")
+    table.losses_at(target_size)  # no target column: fail before any work
     bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
         raise ValueError(f"cost fractions must be in (0, 1], got {bad}")
-    truth = losses[:, int(np.flatnonzero(sizes == target_size)[0])]
+    sizes = table.sizes.astype(float)
     ladder = sizes[(sizes > 0) & (sizes < target_size)]
     rows = []
     for budget in budgets:
         if budget not in ladder:
             raise ValueError(f"budget {budget} is not on the ladder {ladder.astype(int).tolist()}")
-        ats = _run(AtS(), sizes, losses, model_sizes, budget, target_size)
-        ats_cost = ats.cost(model_sizes, target_size)
-        rows.append(_row("AtS", np.nan, budget, ats, truth, model_sizes, target_size, {}))
-        sub = _run(SubTuning(), sizes, losses, model_sizes, budget, target_size)
-        rows.append(_row("SubTuning", np.nan, budget, sub, truth, model_sizes, target_size, {}))
+        ats = score(AtS(), table, budget=budget, target_size=target_size)
+        rows.append(_row("AtS", np.nan, ats, {}))
+        sub = score(SubTuning(), table, budget=budget, target_size=target_size)
+        rows.append(_row("SubTuning", np.nan, sub, {}))
         for fraction in fractions:
             settings, reason = lens_settings(ladder, int(budget), fraction)
             if settings is None:
-                nan = dict.fromkeys(("cost", "pear_corr", "rel_acc", "first_top", "spacing"))
-                rows.append(
-                    {"method": "Lens", "cost_fraction_setting": fraction, "budget": int(budget)}
-                    | {k: np.nan for k in nan}
-                    | {"skipped": reason}
-                )
+                rows.append(_skipped(fraction, budget, reason))
                 continue
-            sel = _run(Lens(**settings), sizes, losses, model_sizes, budget, target_size)
-            row = _row("Lens", fraction, budget, sel, truth, model_sizes, target_size, settings)
-            if row["cost"] > fraction * ats_cost + 1e-9:  # Lens caps itself; a breach is a bug
+            lens = score(Lens(**settings), table, budget=budget, target_size=target_size)
+            if lens.cost > fraction * ats.cost + 1e-9:  # Lens caps itself; a breach is a bug
                 raise RuntimeError(
-                    f"Lens spent {row['cost']:.6f} > {fraction} x AtS ({ats_cost:.6f}) at "
+                    f"Lens spent {lens.cost:.6f} > {fraction} x AtS ({ats.cost:.6f}) at "
                     f"budget {budget}"
                 )
-            rows.append(row)
+            rows.append(_row("Lens", fraction, lens, settings))
     return rows

@@ -81,46 +81,64 @@ def fit_and_select(
 ) -> SelectionResult:
     """Rank candidates by predicted target loss.
 
-    Parameters
-    ----------
-    probes
-        Candidate name -> its probe results.
-    n_params
-        Candidate name -> parameter count (ModelSize and the Cost metric use it).
-    rank_on
-        ``bits_per_byte`` (tokenizer-independent, the default) or ``loss_per_token``.
-    f_terms
-        Candidate name -> NTK term F(eta, t); adds the LensLLM law (shared scale) to the laws
-        reported per candidate, and ``Lens`` predicts with it (``predictor="auto"``) unless
-        ``rank_with_f`` is False.
-    adaptive
-        An adaptive run's own decision: used instead of running ``selector`` again; candidates
-        may then lack sizes (NaN in the curves, ignored by the law fits).
-    intervals
-        Level and method of the intervals (default: calibrated 90 % intervals); the result
-        also carries each candidate's probability of being best and every pairwise
-        probability, from the same predictive distributions.
+    ``probes`` and ``n_params`` map each candidate's name to its probe results and parameter
+    count (ModelSize and the Cost metric use it); ``rank_on`` is ``bits_per_byte``
+    (tokenizer-independent, the default) or ``loss_per_token``. ``f_terms`` (name -> NTK term
+    F(eta, t)) adds the LensLLM law (shared scale) to the laws reported per candidate, and
+    ``Lens`` predicts with it (``predictor="auto"``) unless ``rank_with_f`` is False.
+    ``adaptive``, an adaptive run's own decision, is used instead of running ``selector``
+    again (candidates may then lack sizes: NaN in the curves, ignored by the law fits).
+    ``intervals``: level and method of the intervals (default: calibrated 90 %); the result
+    also carries each candidate's probability of being best and every pairwise probability,
+    from the same predictive distributions.
     """
-    intervals = intervals or IntervalSpec()
     names = list(probes)
     sizes, table, keep, excluded = _usable_curves(probes, rank_on, adaptive is not None)
     kept = [names[i] for i in keep]
     weights = np.array([n_params[n] for n in kept], dtype=float)
-    f_keep = None  # F of every remaining candidate, or none: the shared scale needs them all
-    if f_terms and all(n in f_terms for n in kept):
+    # F of every remaining candidate, or none: the shared scale needs them all
+    f_keep = None
+    if f_terms and set(kept) <= set(f_terms):
         f_keep = np.array([f_terms[n] for n in kept], dtype=float)
     if adaptive is None:
-        source = TableProbes(
-            sizes, table[keep], weights, max_size=budget, f_terms=f_keep if rank_with_f else None
-        )
-        selector_obj = _selector(selector, intervals)
-        sel = selector_obj.select(source, budget=budget, target_size=target_size)
+        f_rank = f_keep if rank_with_f else None
+        source = TableProbes(sizes, table[keep], weights, max_size=budget, f_terms=f_rank)
+        sel = _selector(selector, intervals).select(source, budget=budget, target_size=target_size)
     else:
-        if adaptive.names != kept:
-            raise RuntimeError(
-                f"the adaptive run ranked {adaptive.names} but the usable curves are {kept}"
-            )
-        selector_obj, sel = None, adaptive.selection
+        sel = _adaptive_selection(adaptive, kept)
+    ranking = _ranking(sel, selector, kept, excluded, survivors_first=adaptive is not None)
+    laws = law_fits(np.array(sizes, dtype=float), table[keep], target_size, seed, f_keep)
+    return SelectionResult(
+        selector=selector,
+        # the adaptive path records its Lens settings in ``AdaptiveRun`` instead
+        predictor=sel.predictor if adaptive is None else None,
+        rank_on=rank_on,
+        target_size=target_size,
+        sizes=sizes,
+        selected=kept[sel.selected],
+        ranking=ranking,
+        candidates=_candidates(sel, kept, ranking, laws, f_keep, selector, excluded, names),
+        cost=sel.cost(weights, target_size),
+        probes_read=sorted((kept[m], int(d)) for m, d in sel.probes),
+        level=sel.level,
+        interval_method=sel.interval_method,
+        interval_basis=sel.interval_basis,
+        prob_better=_prob_better(sel, kept),
+    )
+
+
+def _adaptive_selection(adaptive: AdaptiveOutcome, kept: list[str]) -> Selection:
+    """The adaptive run's own selection, which must rank exactly the usable candidates."""
+    if adaptive.names != kept:
+        raise RuntimeError(
+            f"the adaptive run ranked {adaptive.names} but the usable curves are {kept}"
+        )
+    return adaptive.selection
+
+
+def _ranking(sel: Selection, selector: str, kept, excluded, *, survivors_first: bool) -> list:
+    """Candidate names from best to worst: the ranked ones (an adaptive run's survivors
+    first: a dropped candidate saw less data), then the excluded ones."""
     if not np.isfinite(sel.scores[sel.selected]):
         raise ValueError(
             f"selector {selector} gave no finite score to any candidate "
@@ -128,51 +146,40 @@ def fit_and_select(
             "choose another selector or a longer ladder"
         )
     order = list(sel.ranking())
-    if adaptive is not None:  # survivors first: a dropped candidate saw less data
+    if survivors_first:
         order = sorted(order, key=lambda j: j in sel.dropped)
-    ranking = [kept[j] for j in order] + list(excluded)
-    laws = law_fits(np.array(sizes, dtype=float), table[keep], target_size, seed, f_keep)
-    candidates = _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, excluded)
+    return [kept[j] for j in order] + list(excluded)
+
+
+def _prob_better(sel: Selection, kept: list[str]) -> dict[str, dict[str, float]]:
+    """``P(a better than b)`` for every ordered pair of candidates that has one."""
     better = sel.prob_better_matrix()
-    return SelectionResult(
-        selector=selector,
-        predictor=getattr(selector_obj, "predictor_", None),
-        rank_on=rank_on,
-        target_size=target_size,
-        sizes=sizes,
-        selected=kept[sel.selected],
-        ranking=ranking,
-        candidates={n: candidates[n] for n in names},
-        cost=sel.cost(weights, target_size),
-        probes_read=sorted((kept[m], int(d)) for m, d in sel.probes),
-        level=sel.level,
-        interval_method=sel.interval_method,
-        interval_basis=sel.interval_basis,
-        prob_better={
-            a: {
-                b: float(better[i, j])
-                for j, b in enumerate(kept)
-                if j != i and np.isfinite(better[i, j])
-            }
-            for i, a in enumerate(kept)
-        },
-    )
+    return {
+        a: {
+            b: float(better[i, j])
+            for j, b in enumerate(kept)
+            if j != i and np.isfinite(better[i, j])
+        }
+        for i, a in enumerate(kept)
+    }
 
 
-def _selector(name: str, intervals: IntervalSpec):
+def _selector(name: str, intervals: IntervalSpec | None):
     """The selector, with the intervals asked for. In the pipeline every ladder size was
     probed anyway, so a selector that can backtest its predictor on all of them does
     (``Lens(backtest_on="ladder")``: more origins than its sparse first round)."""
     cls = SELECTORS.get(name)
+    intervals = intervals or IntervalSpec()
     kwargs = {"level": intervals.level, "interval": intervals.method}
     if "backtest_on" in inspect.signature(cls).parameters:
         kwargs["backtest_on"] = "ladder"
     return cls(**kwargs)
 
 
-def _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, excluded):
-    """Every candidate's :class:`CandidateResult`: the ranked ones with their prediction,
-    interval, law fits and fit flags, the excluded ones with the reason (and NaN)."""
+def _candidates(sel, kept, ranking, laws, f_keep, selector, excluded, names):
+    """Every candidate's :class:`CandidateResult`, in the order of ``names``: the ranked ones
+    with their prediction, interval, law fits and fit flags, the excluded ones with the
+    reason (and NaN)."""
     candidates = {
         name: CandidateResult(
             name=name,
@@ -184,7 +191,7 @@ def _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, exclud
             laws={law: fits[j] for law, fits in laws.items()},
             f_term=None if f_keep is None else float(f_keep[j]),
             p_best=float(sel.p_best[j]) if np.isfinite(sel.p_best[j]) else None,
-            **_fit_flags(selector, selector_obj, j, laws, float(sel.scores[j])),
+            **_fit_flags(selector, sel, j, laws, float(sel.scores[j])),
         )
         for j, name in enumerate(kept)
     }
@@ -199,7 +206,7 @@ def _candidates(sel, kept, ranking, laws, f_keep, selector, selector_obj, exclud
             score=nan,
             excluded=reason,
         )
-    return candidates
+    return {n: candidates[n] for n in names}
 
 
 def _usable_curves(probes: dict[str, list[ProbeResult]], rank_on: str, adaptive: bool):
@@ -224,13 +231,12 @@ def _usable_curves(probes: dict[str, list[ProbeResult]], rank_on: str, adaptive:
     return sizes, table, keep, excluded
 
 
-def _fit_flags(selector: str, selector_obj, j: int, laws: dict, score: float) -> dict:
+def _fit_flags(selector: str, sel: Selection, j: int, laws: dict, score: float) -> dict:
     """``fit_converged`` (the selector's own law fit; None for selectors that fit no law) and
     ``fit_warnings``: every fit of candidate ``j`` that did not converge, and a score that is
     not a number (ranked last). Non-convergence keeps the best fit found, flagged, never a
     substitute value."""
-    converged = getattr(selector_obj, "converged_", None)
-    fit_converged = None if converged is None else bool(converged[j])
+    fit_converged = None if sel.converged is None else bool(sel.converged[j])
     notes = []
     if fit_converged is False:
         notes.append(

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from lens_model.loss_table import LossTable
 from tasks.records.schema import ProbeResult
 
 TARGET_SIZE = 1_638_400
@@ -54,13 +55,12 @@ def prefect_harness():
         yield
 
 
-def rectified_table(
+def rectified_case(
     sizes, *, n: int, seed: int, b=(30, 300), d_l=(5, 200), name: str = "SYNTH"
-) -> dict:
-    """``n`` rectified-law curves on ``sizes`` with 0.3 % noise, as a loss table: the keys of
-    ``tasks.reporting.loss_tables.load_loss_table`` plus ``params`` (the true law parameters).
-    ``b`` and
-    ``d_l`` are the ranges their parameters are drawn from."""
+) -> tuple[LossTable, dict[str, np.ndarray]]:
+    """``n`` rectified-law curves on ``sizes`` with 0.3 % noise, as a loss table, and the true
+    law parameters (``b``, ``d_l``, ``beta``, ``e``, one per model). ``b`` and ``d_l`` are
+    the ranges their parameters are drawn from."""
     rng = np.random.default_rng(seed)
     params = {
         "b": rng.uniform(*b, n),
@@ -69,18 +69,29 @@ def rectified_table(
         "e": rng.uniform(0.6, 1.6, n),
     }
     losses = rectified_loss(sizes, **params) * np.exp(0.003 * rng.standard_normal((n, len(sizes))))
-    return {
-        "name": name,
-        "models": [f"org/model-{i}" for i in range(n)],
-        "sizes": np.asarray(sizes).astype(int).tolist(),
-        "losses": losses.tolist(),
-        "model_sizes": rng.uniform(1e8, 7e9, n).round().tolist(),
-        "families": ["a", "b"] * (n // 2),
-        "params": {k: v.tolist() for k, v in params.items()},
-    }
+    table = LossTable(
+        name=name,
+        models=[f"org/model-{i}" for i in range(n)],
+        sizes=np.asarray(sizes).astype(int),
+        losses=losses,
+        model_sizes=rng.uniform(1e8, 7e9, n).round(),
+        families=["a", "b"] * (n // 2),
+    )
+    return table, params
+
+
+def rectified_table(sizes, **kwargs) -> LossTable:
+    """The table of :func:`rectified_case`."""
+    return rectified_case(sizes, **kwargs)[0]
 
 
 @pytest.fixture(scope="session")
-def synthetic_table() -> dict:
+def synthetic_table() -> LossTable:
     """Eight rectified-law curves on the FLAN ladder (0, 200, ..., 1638400), 0.3 % noise."""
     return rectified_table(LADDER, n=8, seed=7)
+
+
+@pytest.fixture(scope="session")
+def synthetic_params() -> dict[str, np.ndarray]:
+    """The true law parameters of ``synthetic_table``'s curves."""
+    return rectified_case(LADDER, n=8, seed=7)[1]

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lens_model.selectors import Lens
-from lens_model.tradeoff import FIRST_TOPS, first_round, lens_settings
+from lens_model.selectors import Lens, first_round
+from lens_model.tradeoff import FIRST_TOPS, lens_settings
 from tasks.fit import AdaptiveOutcome
 from tasks.records.errors import ProbeDivergedError
 from tasks.records.schema import RANK_KEYS, AdaptiveRun, IntervalSpec, ProbeResult

@@ -1,4 +1,5 @@
-"""Load and validate published loss tables for the replay benchmark (docs/replay.md).
+"""Read and validate loss tables (``lens_model.loss_table.LossTable``) for the replay benchmark
+(docs/replay.md) and the audit.
 
 ``load_loss_table`` is a plain function; ``load_loss_table_task`` is its Prefect task, built on
 first access so that loading a table (``lensllm benchmark`` without ``--prefect``) does not
@@ -13,23 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lens_model.loss_table import LossTable
 from tasks.records.errors import LossTableError, MissingFileError
 
-__all__ = ["LossTableError", "load_loss_table"]
+__all__ = ["LossTable", "LossTableError", "load_loss_table", "table_from_frame"]
 
 
-def load_loss_table(path: str) -> dict:
-    """Read a loss table and return plain data.
+def load_loss_table(path: str) -> LossTable:
+    """Read and validate a loss table CSV.
 
     The first column names the models; numeric columns (``0, 200, 400, ...``) hold the test loss
-    after fine-tuning on that many examples (0 = zero-shot); ``size`` is the parameter count;
-    ``family`` is optional. The dataset name is the file stem upper-cased.
-
-    Returns
-    -------
-    dict
-        ``name``, ``models``, ``sizes`` (ints), ``losses`` (rows of floats), ``model_sizes``,
-        ``families``.
+    after fine-tuning on that many examples (0 = zero-shot), doubling from column to column;
+    ``size`` is the parameter count; ``family`` is optional. The table's name is the file stem
+    upper-cased. Raises ``LossTableError`` naming the first problem.
     """
     file = Path(path)
     if not file.is_file():
@@ -38,19 +35,32 @@ def load_loss_table(path: str) -> dict:
         frame = pd.read_csv(file)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise LossTableError(f"{file.name}: not a readable CSV table ({err})") from err
-    where = f"loss table {file.name}"
     with file.open(newline="", errors="replace") as fh:  # pandas renames duplicates: read raw
         header = [c.strip() for c in next(csv.reader(fh), [])]
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
-        raise LossTableError(f"{where}: duplicate column(s) {dupes}; each size must appear once")
+        raise LossTableError(
+            f"loss table {file.name}: duplicate column(s) {dupes}; each size must appear once"
+        )
+    return table_from_frame(frame, file.stem.upper(), where=f"loss table {file.name}")
+
+
+def table_from_frame(
+    frame: pd.DataFrame, name: str, *, where: str | None = None, doubling: bool = True
+) -> LossTable:
+    """A :class:`LossTable` from a frame in the CSV format (model names in the first column,
+    one numeric column per size, ``size``, optional ``family``), or ``LossTableError``
+    saying what is wrong (``where`` names the table; ``doubling``: require a ladder that
+    doubles from column to column with at least 3 non-zero sizes, as the replay does)."""
+    where = where or f"loss table {name}"
     if "size" not in frame.columns:
         raise LossTableError(f"{where}: missing the 'size' column (parameter count per model)")
     size_cols = [c for c in frame.columns if str(c).strip().isdigit()]
     if not size_cols:
         raise LossTableError(f"{where}: no loss columns (numeric headers such as 0, 200, 400)")
     sizes = np.array([int(c) for c in size_cols])
-    _check_ladder(where, sizes)
+    if doubling:
+        _check_ladder(where, sizes)
     if len(frame) < 2:
         raise LossTableError(f"{where}: needs at least 2 models to select from, has {len(frame)}")
     losses = frame[size_cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
@@ -67,14 +77,17 @@ def load_loss_table(path: str) -> dict:
     if not np.all(np.isfinite(model_sizes) & (model_sizes > 0)):
         raise LossTableError(f"{where}: the 'size' column must hold positive parameter counts")
     families = frame["family"].astype(str).tolist() if "family" in frame else [""] * len(frame)
-    return {
-        "name": file.stem.upper(),
-        "models": frame[model_col].astype(str).tolist(),
-        "sizes": sizes.tolist(),
-        "losses": losses.tolist(),
-        "model_sizes": model_sizes.tolist(),
-        "families": families,
-    }
+    try:
+        return LossTable(
+            name=name,
+            models=frame[model_col].astype(str).tolist(),
+            sizes=sizes,
+            losses=losses,
+            model_sizes=model_sizes,
+            families=families,
+        )
+    except ValueError as err:  # e.g. sizes out of order without the doubling check
+        raise LossTableError(f"{where}: {err}") from err
 
 
 def _check_ladder(where: str, sizes: np.ndarray) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lens_model.laws import LAWS, FitWarning
+from lens_model.loss_table import LossTable
 from lens_model.phase import fit_power_phase
 from lens_model.replay import calibration_replay, make_selectors, replay
 from lens_model.tradeoff import cost_accuracy_curve
@@ -36,11 +37,11 @@ SELECTION_COLUMNS = [
 MIN_POINTS = 3  # AtS's first line (k = 3) and every law need at least this many sizes
 
 
-def budgets_for(table: dict) -> tuple[int, list[int]]:
+def budgets_for(table: LossTable) -> tuple[int, list[int]]:
     """Target = the largest size of the table; budgets = target / ratio for ratios on its
     ladder that leave at least ``MIN_POINTS`` non-zero sizes up to the budget (a short table,
     e.g. an audit's, has fewer budgets than a published one)."""
-    sizes = table["sizes"]
+    sizes = table.sizes.tolist()
     target = max(sizes)
     budgets = [
         target // r
@@ -51,7 +52,7 @@ def budgets_for(table: dict) -> tuple[int, list[int]]:
     ]
     if not budgets:
         raise LossTableError(
-            f"{table['name']}: no budget target/8 ... target/512 is on the ladder with at least "
+            f"{table.name}: no budget target/8 ... target/512 is on the ladder with at least "
             f"{MIN_POINTS} non-zero sizes up to it; the table needs a longer ladder"
         )
     return target, budgets
@@ -80,16 +81,8 @@ PAIRWISE_COLUMNS = [
 ]
 
 
-def _arrays(table: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return (
-        np.array(table["sizes"], dtype=float),
-        np.array(table["losses"], dtype=float),
-        np.array(table["model_sizes"], dtype=float),
-    )
-
-
 def replay_table(
-    table: dict, methods: list[str], selectors: dict | None = None
+    table: LossTable, methods: list[str], selectors: dict | None = None
 ) -> dict[str, list[dict]]:
     """Selections, intervals and pairwise probabilities of ``methods`` on one table.
 
@@ -105,11 +98,13 @@ def replay_table(
     }
 
 
-def run_replay(table: dict, methods: list[str], *, selectors: dict | None = None) -> list[dict]:
+def run_replay(
+    table: LossTable, methods: list[str], *, selectors: dict | None = None
+) -> list[dict]:
     """One row per (budget, method, metric), in the ``selection.csv`` format."""
     target, budgets = budgets_for(table)
     results = replay(
-        *_arrays(table),
+        table,
         methods=methods,
         budgets=budgets,
         target_size=target,
@@ -117,24 +112,26 @@ def run_replay(table: dict, methods: list[str], *, selectors: dict | None = None
     )
     rows = []
     for r in results:
-        for metric, value in zip(METRICS, (r.pear_corr, r.rel_acc, r.cost), strict=True):
+        scored = r.score
+        values = (scored.pear_corr, scored.rel_acc, scored.cost)
+        for metric, value in zip(METRICS, values, strict=True):
             rows.append(
                 {
-                    "dataset": table["name"],
-                    "ratio": target // r.budget,
-                    "max_data_num": r.budget,
+                    "dataset": table.name,
+                    "ratio": target // scored.budget,
+                    "max_data_num": scored.budget,
                     "predict_data_num": target,
                     "metric": metric,
                     "method": r.method,
                     "value": round(float(value), 4),
-                    "selected": table["models"][r.selection.selected],
+                    "selected": table.models[scored.selection.selected],
                 }
             )
     return rows
 
 
 def run_calibration(
-    table: dict, methods: list[str], *, selectors: dict | None = None
+    table: LossTable, methods: list[str], *, selectors: dict | None = None
 ) -> dict[str, list[dict]]:
     """Rows of ``calibration.csv`` and ``pairwise.csv`` for the methods that predict a loss.
 
@@ -144,14 +141,14 @@ def run_calibration(
     """
     target, budgets = budgets_for(table)
     interval_rows, pairwise = calibration_replay(
-        *_arrays(table),
+        table,
         methods=methods,
         budgets=budgets,
         target_size=target,
         selectors=selectors,
     )
     calibration = [
-        {"dataset": table["name"], "ratio": target // r["budget"]}
+        {"dataset": table.name, "ratio": target // r["budget"]}
         | {k: v for k, v in r.items() if k != "budget"}
         for r in interval_rows
     ]
@@ -160,7 +157,7 @@ def run_calibration(
         for b in rel["bins"]:
             pairs.append(
                 {
-                    "dataset": table["name"],
+                    "dataset": table.name,
                     "method": method,
                     "bin_low": b["low"],
                     "bin_high": b["high"],
@@ -174,14 +171,13 @@ def run_calibration(
     return {"calibration": calibration, "pairwise": pairs}
 
 
-def fit_errors(table: dict) -> list[dict]:
+def fit_errors(table: LossTable) -> list[dict]:
     """In-sample RMS log error of every law fitted on all non-zero sizes of every model.
 
     A table carries no NTK term, so the LensLLM law is the rectified law there: its row
     reuses the rectified fit.
     """
-    sizes = np.array(table["sizes"], dtype=float)
-    losses = np.array(table["losses"], dtype=float)
+    sizes, losses = table.sizes.astype(float), table.losses
     keep = sizes > 0
     rows, fitted = [], {}
     for name in LAWS.names():
@@ -192,10 +188,10 @@ def fit_errors(table: dict) -> list[dict]:
                 warnings.simplefilter("ignore", FitWarning)
                 fitted[key] = law_cls().fit(sizes[keep], losses[:, keep])
         law = fitted[key]
-        for model, err, ok in zip(table["models"], law.rmse_log_, law.converged_, strict=True):
+        for model, err, ok in zip(table.models, law.rmse_log_, law.converged_, strict=True):
             rows.append(
                 {
-                    "dataset": table["name"],
+                    "dataset": table.name,
                     "model": model,
                     "law": name,
                     "rmse_log": round(float(err), 6),
@@ -408,15 +404,14 @@ def plot_metrics(out_dir: Path, selection: pd.DataFrame, dataset: str) -> Path:
     return path
 
 
-def plot_curves(out_dir: Path, table: dict, budget: int, laws: dict | None = None) -> Path:
+def plot_curves(out_dir: Path, table: LossTable, budget: int, laws: dict | None = None) -> Path:
     """Grid of every model's curve, the laws fitted up to ``budget`` and the extrapolation.
 
     ``laws`` may give the vanilla and rectified laws already fitted at ``budget`` (e.g. by the
     VanillaFit and RectifiedFit selectors, ``law_at``); missing ones are fitted here.
     """
     plt = _pyplot()
-    sizes = np.array(table["sizes"], dtype=float)
-    losses = np.array(table["losses"], dtype=float)
+    sizes, losses = table.sizes.astype(float), table.losses
     target = sizes.max()
     fit_mask = sizes <= budget
     grid = np.geomspace(sizes[sizes > 0].min(), target, 80)
@@ -430,7 +425,7 @@ def plot_curves(out_dir: Path, table: dict, budget: int, laws: dict | None = Non
                 m = fit_mask & ((sizes > 0) | law.uses_zero_shot)
                 law.fit(sizes[m], losses[:, m])
             fits[name] = law.predict(grid)
-    n = len(table["models"])
+    n = len(table.models)
     cols = min(6, n)
     rows = int(np.ceil(n / cols))
     height = 2.6 * rows + 0.5  # the title's half inch above the grid
@@ -454,18 +449,16 @@ def plot_curves(out_dir: Path, table: dict, budget: int, laws: dict | None = Non
             label="AtS line",
         )
         ax.plot([target], [losses[i, -1]], "r*", ms=8, label="true at target")
-        ax.set_title(table["models"][i][-28:], fontsize=8)
+        ax.set_title(table.models[i][-28:], fontsize=8)
         _light_log_ticks(ax, losses[i, pos])
     axes.flat[0].legend(fontsize=6)
-    fig.suptitle(
-        f"{table['name']}: laws fitted on sizes <= {budget}, extrapolated to {int(target)}"
-    )
+    fig.suptitle(f"{table.name}: laws fitted on sizes <= {budget}, extrapolated to {int(target)}")
     # A fixed layout: tight_layout over 30 log-log axes took most of this plot's time.
     fig.subplots_adjust(
         left=0.2 / cols, right=0.99, bottom=0.3 / height, top=1 - 0.5 / height,
         wspace=0.25, hspace=0.45,
     )  # fmt: skip
-    path = out_dir / f"{table['name'].lower()}_curves.png"
+    path = out_dir / f"{table.name.lower()}_curves.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -500,17 +493,11 @@ COST_ACCURACY_COLUMNS = [
 HALF_COST = 0.5
 
 
-def run_cost_accuracy(table: dict) -> list[dict]:
+def run_cost_accuracy(table: LossTable) -> list[dict]:
     """Rows of ``cost_accuracy.csv``: Lens per cost fraction, AtS and SubTuning, per budget."""
     target, budgets = budgets_for(table)
-    rows = cost_accuracy_curve(
-        table["sizes"],
-        np.array(table["losses"]),
-        table["model_sizes"],
-        budgets=budgets,
-        target_size=target,
-    )
-    return [{"dataset": table["name"], "ratio": target // r["budget"]} | r for r in rows]
+    rows = cost_accuracy_curve(table, budgets=budgets, target_size=target)
+    return [{"dataset": table.name, "ratio": target // r["budget"]} | r for r in rows]
 
 
 def _setting(frame: pd.DataFrame) -> pd.Series:

@@ -10,8 +10,9 @@ import warnings
 import numpy as np
 import pytest
 
-from lens_model import SELECTORS, RectifiedLaw, TableProbes, fit_power_phase
+from lens_model import SELECTORS, RectifiedLaw, TableProbes
 from lens_model.calibration import (
+    NOISE_FLOOR,
     Backtest,
     IntervalCalibrator,
     Predictive,
@@ -20,10 +21,11 @@ from lens_model.calibration import (
     coverage,
     interval_score,
     pairwise_outcomes,
-    power_phase_lines,
     reliability,
     secant_scale,
 )
+from lens_model.lines import pack_curves, power_phase_lines
+from lens_model.loss_table import LossTable
 from lens_model.replay import calibration_replay
 from tests.conftest import LADDER, TARGET_SIZE, rectified_loss
 
@@ -97,9 +99,8 @@ def test_ats_intervals_on_rectified_curves_are_not_overconfident():
     losses = rectified_loss(LADDER, b, d_l, beta, e)
     losses *= np.exp(0.005 * rng.standard_normal(losses.shape))
     budgets = [6_400, 12_800, 25_600, 51_200, 102_400, 204_800]
-    rows, _ = calibration_replay(
-        LADDER, losses, np.ones(n), methods=["AtS"], budgets=budgets, target_size=TARGET_SIZE
-    )
+    table = LossTable("SYNTH", [f"m{i}" for i in range(n)], LADDER, losses, np.ones(n))
+    rows, _ = calibration_replay(table, methods=["AtS"], budgets=budgets, target_size=TARGET_SIZE)
 
     def mean(label, level, key="coverage"):
         return np.mean([r[key] for r in rows if r["method"] == label and r["nominal"] == level])
@@ -142,7 +143,7 @@ def test_law_calibrated_interval_is_honest_on_its_own_family():
 # -- intervals and horizons ------------------------------------------------------------------
 @pytest.mark.parametrize("name", PREDICTING)
 def test_intervals_widen_with_the_extrapolation_distance(name, synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     widths = []
     for target in (204_800 * 2, 204_800 * 8, 204_800 * 32):
         with warnings.catch_warnings():
@@ -206,13 +207,13 @@ def test_a_biased_backtest_never_gives_an_interval_without_the_prediction():
         predictions=np.zeros(50),
     )
     lo, hi = IntervalCalibrator().fit(bt).interval(np.zeros(3), np.ones(3), 0.5)
-    assert np.all(lo <= -0.1) and np.all(hi >= 0.005)
+    assert np.all(lo <= -0.1) and np.all(hi >= NOISE_FLOOR)
 
 
 # -- the level is a parameter ----------------------------------------------------------------
 @pytest.mark.parametrize("name", PREDICTING)
 def test_any_level_is_honoured_and_reported(name, synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     at = {}
     for level in (0.5, 0.9, 0.99):
         sel = select(name, sizes, losses, 25_600, level=level)
@@ -246,7 +247,7 @@ def test_heuristic_intervals_stay_available(synthetic_table):
     """``interval="heuristic"``: AtS reports its least-squares prediction interval as before."""
     from lens_model.phase import power_phase_prediction
 
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     sel = select("AtS", sizes, losses, 12_800, interval="heuristic", level=0.8)
     assert sel.interval_method == "heuristic" and sel.level == 0.8
     ladder = sizes[(sizes > 0) & (sizes <= 12_800)]
@@ -260,7 +261,7 @@ def test_heuristic_intervals_stay_available(synthetic_table):
 @pytest.mark.parametrize("name", PREDICTING)
 @pytest.mark.parametrize("interval", ["calibrated", "heuristic"])
 def test_probabilities_add_up(name, interval, synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sel = select(name, sizes, losses, 12_800, interval=interval)
@@ -278,7 +279,7 @@ def test_probabilities_add_up(name, interval, synthetic_table):
 
 
 def test_no_prediction_no_probability(synthetic_table):
-    sizes, losses = np.asarray(synthetic_table["sizes"]), np.asarray(synthetic_table["losses"])
+    sizes, losses = np.asarray(synthetic_table.sizes), np.asarray(synthetic_table.losses)
     sel = select("SubTuning", sizes, losses, 12_800)
     assert sel.interval_method == "none" and np.all(np.isnan(sel.p_best))
     pred = Predictive(centre=np.array([0.0, np.nan, 0.2]), scale=np.ones(3) * 0.1)
@@ -357,7 +358,7 @@ def test_exact_curves_never_get_a_zero_width_interval():
     sizes = LADDER[:10]
     losses = np.exp(1.5 - np.array([[0.1], [0.12], [0.08]]) * np.log(np.maximum(sizes, 1.0)))
     sel = select("AtS", sizes, losses, 51_200, target=204_800)
-    assert np.all(np.log(sel.upper / sel.lower) >= 2 * 0.005 - 1e-12)
+    assert np.all(np.log(sel.upper / sel.lower) >= 2 * NOISE_FLOOR - 1e-12)
 
 
 def test_calibrator_needs_two_errors():
@@ -369,18 +370,30 @@ def test_calibrator_needs_two_errors():
 
 # -- backtests -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("k", "delta"), [(3, 5.0), (2, 3.0), (4, 2.0)])
-def test_batched_power_phase_lines_match_ats(k, delta):
+def test_batched_power_phase_lines_fit_each_curve_on_its_own(k, delta):
+    """Curves of different lengths fitted in one batch get the lines each gets alone, and a
+    curve that is an exact power law beyond a flat head gets that law's slope and intercept
+    from the points of its power phase."""
     rng = np.random.default_rng(k)
-    for _ in range(40):
+    sizes = 200.0 * 2.0 ** np.arange(12)
+    curves = []
+    for _ in range(30):
         m = int(rng.integers(1, 13))
-        sizes = 200.0 * 2.0 ** np.arange(m)
-        losses = 50 / (rng.uniform(3, 3000) + sizes ** rng.uniform(0.1, 0.8)) + rng.uniform(0, 2)
-        losses = losses * np.exp(0.005 * rng.standard_normal(m))
-        x, y = np.log(sizes)[None, :], np.log(losses)[None, :]
-        slope, icpt = power_phase_lines(x, y, np.array([m]), k=k, delta=delta)
-        want_slope, want_icpt, _ = fit_power_phase(sizes, losses, k=k, delta=delta)
-        assert slope[0] == pytest.approx(want_slope, abs=1e-9)
-        assert icpt[0] == pytest.approx(want_icpt, abs=1e-8)
+        losses = 50 / (rng.uniform(3, 3000) + sizes[:m] ** rng.uniform(0.1, 0.8))
+        curves.append((losses + rng.uniform(0, 2)) * np.exp(0.005 * rng.standard_normal(m)))
+    table = np.full((len(curves), len(sizes)), np.nan)
+    for i, c in enumerate(curves):
+        table[i, : len(c)] = c
+    x, y, count = pack_curves(sizes, table)
+    slope, icpt = power_phase_lines(x, y, count, k=k, delta=delta)
+    for i, c in enumerate(curves):
+        one = power_phase_lines(*pack_curves(sizes[: len(c)], c[None, :]), k=k, delta=delta)
+        assert (slope[i], icpt[i]) == pytest.approx((one[0][0], one[1][0]), abs=1e-12)
+    head = np.array([5.0, 5.0, 5.0, 5.0])  # flat, far off the power-law line
+    tail = 40.0 * sizes[4:] ** -0.3
+    line = power_phase_lines(*pack_curves(sizes, np.concatenate([head, tail])[None, :]), k=k,
+                             delta=delta)  # fmt: skip
+    assert (line[0][0], line[1][0]) == pytest.approx((-0.3, np.log(40.0)), abs=1e-9)
 
 
 def test_backtest_records_every_cut_and_horizon():
@@ -434,3 +447,17 @@ def test_pairwise_outcomes_are_every_ordered_pair():
     p, o = pairwise_outcomes(prob, np.array([1.0, 2.0, 3.0]))
     assert len(p) == 6 and sorted(p.tolist()) == sorted([0.7, 0.9, 0.3, 0.6, 0.1, 0.4])
     assert o[p == 0.7][0] == 1.0 and o[p == 0.3][0] == 0.0
+
+
+def test_calibration_replay_bins_the_pairwise_probabilities_as_asked(synthetic_table):
+    """``n_bins`` sets the reliability bins of every method's pairwise probabilities."""
+    kwargs = {"methods": ["AtS"], "budgets": [3_200, 12_800], "target_size": TARGET_SIZE}
+    _, coarse = calibration_replay(synthetic_table, n_bins=4, **kwargs)
+    _, fine = calibration_replay(synthetic_table, **kwargs)
+    for label in ("AtS", "AtS (heuristic)"):
+        edges = [(b["low"], b["high"]) for b in coarse[label]["bins"]]
+        assert edges == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0)], label
+        assert len(fine[label]["bins"]) == 10
+        assert sum(b["count"] for b in coarse[label]["bins"]) == sum(
+            b["count"] for b in fine[label]["bins"]
+        )

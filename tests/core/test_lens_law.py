@@ -127,31 +127,30 @@ def test_bad_input():
         LensLaw().predict([1.0])
 
 
-def test_lens_selector_uses_f_when_every_candidate_has_it(synthetic_table):
+def test_lens_selector_uses_f_when_every_candidate_has_it(synthetic_table, synthetic_params):
     """With F present, ``Lens`` predicts with the LensLLM law (shared scale, zero-shot
     included); without F it keeps the local slope; F built from each curve's true knee
     makes the law fit the rectified curves."""
     from lens_model.selectors import Lens, TableProbes
-    from tests.conftest import LADDER, TARGET_SIZE
+    from tests.conftest import TARGET_SIZE
 
     t = synthetic_table
     budget = 25_600
     # F proportional to each model's true pre-learned size D_l: the ideal kernel feature
-    f = np.asarray(t["params"]["d_l"]) * 3.0
-    with_f = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=budget, f_terms=f)
-    without = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=budget)
-    lens_f, lens = Lens(), Lens()
-    sel_f = lens_f.select(with_f, budget=budget, target_size=TARGET_SIZE)
-    sel = lens.select(without, budget=budget, target_size=TARGET_SIZE)
-    assert (lens_f.predictor_, lens.predictor_) == ("lens_law", "local_slope")
+    f = np.asarray(synthetic_params["d_l"]) * 3.0
+    with_f = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=budget, f_terms=f)
+    without = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=budget)
+    sel_f = Lens().select(with_f, budget=budget, target_size=TARGET_SIZE)
+    sel = Lens().select(without, budget=budget, target_size=TARGET_SIZE)
+    assert (sel_f.predictor, sel.predictor) == ("lens_law", "local_slope")
     assert all(d == 0 or (m, 0) in with_f.probes for m, d in with_f.probes)  # zero-shot read
-    true = np.asarray(t["losses"])[:, list(LADDER).index(TARGET_SIZE)]
+    true = t.losses_at(TARGET_SIZE)
     err_f = np.abs(np.log(sel_f.predictions / true)).mean()
     err = np.abs(np.log(sel.predictions / true)).mean()
     assert err_f < err  # the right F and a shared scale beat the local slope here
     assert np.all(sel_f.lower <= sel_f.predictions) and np.all(sel_f.predictions <= sel_f.upper)
     # zero-shot costs nothing: the F path spends what the plain one does
-    w = np.asarray(t["model_sizes"])
+    w = np.asarray(t.model_sizes)
     assert sel_f.cost(w, TARGET_SIZE) == pytest.approx(sel.cost(w, TARGET_SIZE))
 
 
@@ -159,27 +158,27 @@ def test_lens_selector_refuses_lens_law_without_f(synthetic_table):
     from lens_model.selectors import Lens, TableProbes
 
     t = synthetic_table
-    source = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=25_600)
+    source = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=25_600)
     with pytest.raises(ValueError, match="needs F for every candidate"):
         Lens(predictor="lens_law").select(source, budget=25_600, target_size=1_638_400)
     with pytest.raises(ValueError, match="predictor must be one of"):
         Lens(predictor="ntk")
 
 
-def test_selection_ranks_with_f_unless_the_config_says_not(synthetic_table):
+def test_selection_ranks_with_f_unless_the_config_says_not(synthetic_table, synthetic_params):
     from tasks.fit import fit_and_select
 
     t = synthetic_table
     probes = {
         name: [
             probe_result(name, int(d), float(loss))
-            for d, loss in zip(t["sizes"], row, strict=True)
+            for d, loss in zip(t.sizes, row, strict=True)
             if d <= 25_600
         ]
-        for name, row in zip(t["models"], t["losses"], strict=True)
+        for name, row in zip(t.models, t.losses, strict=True)
     }
-    n_params = dict(zip(t["models"], t["model_sizes"], strict=True))
-    f_terms = {name: 3.0 * d_l for name, d_l in zip(t["models"], t["params"]["d_l"], strict=True)}
+    n_params = dict(zip(t.models, t.model_sizes, strict=True))
+    f_terms = {name: 3.0 * d_l for name, d_l in zip(t.models, synthetic_params["d_l"], strict=True)}
     kwargs = {"target_size": 1_638_400, "budget": 25_600, "selector": "Lens", "f_terms": f_terms}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -196,6 +195,7 @@ def test_selection_ranks_with_f_unless_the_config_says_not(synthetic_table):
 
 def test_lens_keeps_the_local_slope_when_the_law_with_f_would_be_underdetermined(
     synthetic_table,
+    synthetic_params,
 ):
     """Two first-round sizes + zero-shot = 3 points per curve for 3 parameters per curve plus
     the shared scale: an exact fit with an unbounded interval, so F is not used."""
@@ -203,14 +203,13 @@ def test_lens_keeps_the_local_slope_when_the_law_with_f_would_be_underdetermined
 
     t = synthetic_table
     budget = 3_200  # first round 3200 and 800 (200 x 4 = 800, 800 / 4 = 200 -> 3 sizes)
-    f = np.asarray(t["params"]["d_l"])
-    short = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=800, f_terms=f)
-    lens = Lens()
-    lens.select(short, budget=800, target_size=1_638_400)  # first round 200, 800
-    assert lens.predictor_ == "local_slope"
+    f = np.asarray(synthetic_params["d_l"])
+    short = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=800, f_terms=f)
+    sel = Lens().select(short, budget=800, target_size=1_638_400)  # first round 200, 800
+    assert sel.predictor == "local_slope"
     with pytest.raises(ValueError, match="at least 3 first-round sizes"):
         Lens(predictor="lens_law").select(short, budget=800, target_size=1_638_400)
-    longer = TableProbes(t["sizes"], t["losses"], t["model_sizes"], max_size=budget, f_terms=f)
-    sel = (lens := Lens(interval="heuristic")).select(longer, budget=budget, target_size=1_638_400)
-    assert lens.predictor_ == "lens_law"
+    longer = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=budget, f_terms=f)
+    sel = Lens(interval="heuristic").select(longer, budget=budget, target_size=1_638_400)
+    assert sel.predictor == "lens_law"
     assert np.all(np.isfinite(sel.lower)) and np.all(np.isfinite(sel.upper))

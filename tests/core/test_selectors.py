@@ -8,6 +8,7 @@ import pytest
 
 from lens_model import SELECTORS, Selection, Selector, TableProbes, fit_power_phase
 from lens_model.metrics import probe_cost, relative_accuracy
+from lens_model.selectors import Scored
 from tests.conftest import TARGET_SIZE
 
 BUDGETS = [3_200, 12_800, 51_200, 204_800]
@@ -15,25 +16,25 @@ FIXED_LADDER = {"ZeroShot", "SubTuning", "ModelSize", "VanillaFit", "RectifiedFi
 MIXED_SIZES = np.array([1e8] * 4 + [7e9] * 4)  # cheap and expensive candidates: Lens drops some
 
 
-def arrays(table: dict, model_sizes=None):
-    sizes = np.array(table["sizes"], dtype=float)
-    losses = np.array(table["losses"], dtype=float)
-    w = np.array(table["model_sizes"] if model_sizes is None else model_sizes, dtype=float)
+def arrays(table, model_sizes=None):
+    sizes = np.array(table.sizes, dtype=float)
+    losses = np.array(table.losses, dtype=float)
+    w = np.array(table.model_sizes if model_sizes is None else model_sizes, dtype=float)
     return sizes, losses, w
 
 
-def source(table: dict, model_sizes=None) -> TableProbes:
+def source(table, model_sizes=None) -> TableProbes:
     """A probe source that refuses the target column, as in the replay protocol."""
     sizes, losses, w = arrays(table, model_sizes)
     return TableProbes(sizes, losses, w, max_size=TARGET_SIZE - 1)
 
 
-def run(name: str, table: dict, budget: int, model_sizes=None, **kwargs) -> Selection:
+def run(name: str, table, budget: int, model_sizes=None, **kwargs) -> Selection:
     src = source(table, model_sizes)
     return SELECTORS.get(name)(**kwargs).select(src, budget=budget, target_size=TARGET_SIZE)
 
 
-def ats_cost(table: dict, budget: int, model_sizes=None) -> float:
+def ats_cost(table, budget: int, model_sizes=None) -> float:
     return run("AtS", table, budget, model_sizes).cost(arrays(table, model_sizes)[2], TARGET_SIZE)
 
 
@@ -45,7 +46,7 @@ def test_registry_holds_the_published_methods_and_lens():
 @pytest.mark.parametrize("name", SELECTORS.names())
 @pytest.mark.parametrize("budget", [3_200, 51_200])
 def test_every_selector_returns_a_valid_selection(name, budget, synthetic_table):
-    n = len(synthetic_table["models"])
+    n = len(synthetic_table.models)
     w = arrays(synthetic_table)[2]
     sel = run(name, synthetic_table, budget)
     assert isinstance(sel, Selection)
@@ -172,7 +173,7 @@ def test_dropped_candidates_are_never_selected():
         def _score(self, source, budget, target_size):
             scores = np.array([3.0, 1.0, 2.0])
             nan = np.full(3, np.nan)
-            return scores, scores, nan, nan, {1: "dropped after size 200"}
+            return Scored(scores, scores, nan, nan, {1: "dropped after size 200"})
 
     src = TableProbes([0, 200, 400], np.ones((3, 3)), [1, 1, 1], max_size=400)
     sel = DropsTheBest().select(src, budget=400, target_size=400)
@@ -295,3 +296,91 @@ def test_one_probe_size_is_too_few_to_extrapolate(name):
     with pytest.raises(ValueError, match=rf"{name} needs at least 2 probe sizes .* got \[64\]"):
         SELECTORS.get(name)().select(source, budget=64, target_size=1024)
     assert SELECTORS.get("SubTuning")().select(source, budget=64, target_size=1024).selected == 0
+
+
+# -- stateless selectors ---------------------------------------------------------------------
+def _same(a: Selection, b: Selection) -> None:
+    for key in ("scores", "predictions", "lower", "upper", "p_best"):
+        np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
+    assert (a.selected, a.probes, a.dropped) == (b.selected, b.probes, b.dropped)
+    assert (a.predictor, a.interval_method, a.interval_basis) == (
+        b.predictor,
+        b.interval_method,
+        b.interval_basis,
+    )
+
+
+class _Interrupting(TableProbes):
+    """A table whose first read of size ``at`` runs ``interrupt()`` first: a second selection
+    that starts and ends in the middle of this one."""
+
+    def __init__(self, *args, at: float, interrupt, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.at, self.interrupt, self.inner = at, interrupt, None
+
+    def loss(self, model: int, size: int) -> float:
+        if size == self.at and self.inner is None:
+            self.inner = self.interrupt()
+        return super().loss(model, size)
+
+
+def test_one_lens_serves_two_interleaved_selections(synthetic_table, synthetic_params):
+    """Lens on a table with F (the law predicts) is interrupted after its first round (at its
+    zero-shot reads) by the same instance selecting on another table without F (the local
+    slope predicts): each selection equals the one a fresh Lens makes alone."""
+    from tests.conftest import rectified_table
+
+    t, other = synthetic_table, rectified_table(synthetic_table.sizes, n=6, seed=11)
+    budget, f = 25_600, np.asarray(synthetic_params["d_l"]) * 3.0
+
+    def with_f(**kwargs) -> TableProbes:
+        cls = _Interrupting if kwargs else TableProbes
+        return cls(t.sizes, t.losses, t.model_sizes, max_size=TARGET_SIZE - 1, f_terms=f, **kwargs)
+
+    def without_f() -> TableProbes:
+        return TableProbes(other.sizes, other.losses, other.model_sizes, max_size=TARGET_SIZE - 1)
+
+    lens = SELECTORS.get("Lens")()
+    source = with_f(
+        at=0,
+        interrupt=lambda: lens.select(without_f(), budget=budget, target_size=TARGET_SIZE),
+    )
+    outer = lens.select(source, budget=budget, target_size=TARGET_SIZE)
+    assert source.inner is not None  # the second selection did run in the middle
+    assert (outer.predictor, source.inner.predictor) == ("lens_law", "local_slope")
+    fresh = SELECTORS.get("Lens")()
+    _same(outer, fresh.select(with_f(), budget=budget, target_size=TARGET_SIZE))
+    _same(source.inner, SELECTORS.get("Lens")().select(without_f(), budget=budget,
+                                                        target_size=TARGET_SIZE))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", SELECTORS.names())
+def test_select_leaves_the_selector_as_configured(name, synthetic_table):
+    selector = SELECTORS.get(name)(level=0.8)
+    before = selector.get_params()
+    run_twice = [selector.select(source(synthetic_table), budget=b, target_size=TARGET_SIZE)
+                 for b in (3_200, 51_200)]  # fmt: skip
+    assert selector.get_params() == before and set(vars(selector)) == set(before)
+    assert all(sel.level == 0.8 for sel in run_twice)
+
+
+@pytest.mark.parametrize("name", SELECTORS.names())
+def test_replace_copies_the_settings_and_validates_the_changes(name):
+    selector = SELECTORS.get(name)(level=0.8)
+    copy = selector.replace(interval="heuristic")
+    assert type(copy) is type(selector) and copy is not selector
+    assert copy.get_params() == selector.get_params() | {"interval": "heuristic"}
+    assert selector.interval == "calibrated"
+    with pytest.raises(ValueError, match="level must be in"):
+        selector.replace(level=1.5)
+
+
+def test_law_selector_copies_share_their_fits(synthetic_table):
+    """A copy with other interval settings reuses the fits (``FitMemo``): a replay of many
+    levels fits each set of curves once."""
+    fit = SELECTORS.get("RectifiedFit")()
+    law = fit.law_at(synthetic_table.sizes, synthetic_table.losses, 3_200)
+    copy = fit.replace(level=0.5, interval="heuristic")
+    assert copy.law_at(synthetic_table.sizes, synthetic_table.losses, 3_200) is law
+    sel = copy.select(source(synthetic_table), budget=3_200, target_size=TARGET_SIZE)
+    np.testing.assert_array_equal(sel.converged, law.converged_)

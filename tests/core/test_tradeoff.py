@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lens_model.loss_table import LossTable
 from lens_model.tradeoff import cost_accuracy_curve, first_round, lens_settings
 
 FLAN = Path(__file__).resolve().parents[3] / "shared" / "benchmarks" / "flan.csv"
@@ -17,15 +18,8 @@ BUDGETS = [TARGET // r for r in (8, 16, 32, 64, 128, 256, 512)]
 needs_flan = pytest.mark.skipif(not FLAN.is_file(), reason=f"FLAN loss table not found at {FLAN}")
 
 
-def _curve(table: dict, fractions) -> pd.DataFrame:
-    rows = cost_accuracy_curve(
-        table["sizes"],
-        np.array(table["losses"]),
-        table["model_sizes"],
-        budgets=BUDGETS,
-        target_size=TARGET,
-        fractions=fractions,
-    )
+def _curve(table: LossTable, fractions) -> pd.DataFrame:
+    rows = cost_accuracy_curve(table, budgets=BUDGETS, target_size=TARGET, fractions=fractions)
     return pd.DataFrame(rows)
 
 

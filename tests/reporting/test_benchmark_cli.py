@@ -46,11 +46,11 @@ PUBLISHED = {
 needs_flan = pytest.mark.skipif(not FLAN.is_file(), reason=f"FLAN loss table not found at {FLAN}")
 
 
-def _write_table(table: dict, path: Path) -> Path:
-    frame = pd.DataFrame(table["losses"], columns=[str(s) for s in table["sizes"]])
-    frame.insert(0, "config name", table["models"])
-    frame["size"] = table["model_sizes"]
-    frame["family"] = table["families"]
+def _write_table(table, path: Path) -> Path:
+    frame = pd.DataFrame(table.losses, columns=[str(s) for s in table.sizes])
+    frame.insert(0, "config name", table.models)
+    frame["size"] = table.model_sizes
+    frame["family"] = table.families
     frame.to_csv(path, index=False)
     return path
 

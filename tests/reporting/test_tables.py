@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from lens_model.loss_table import LossTable
 from tasks.records import errors
 from tasks.reporting.loss_tables import LossTableError, load_loss_table, load_loss_table_task
 
@@ -21,24 +22,24 @@ def write(tmp_path, text: str, name: str = "tiny.csv") -> str:
     return str(path)
 
 
-def test_good_table_loads_as_plain_data(tmp_path):
+def test_good_table_loads_as_a_loss_table(tmp_path):
     table = load_loss_table(write(tmp_path, GOOD, "flan_mini.csv"))
-    assert table == {
-        "name": "FLAN_MINI",
-        "models": ["org/a", "org/b"],
-        "sizes": [0, 200, 400, 800, 1600],
-        "losses": [[4.0, 3.0, 2.5, 2.2, 2.0], [3.5, 2.9, 2.6, 2.4, 2.3]],
-        "model_sizes": [124e6, 7e9],
-        "families": ["gpt", "llama"],
-    }
-    assert all(type(s) is int for s in table["sizes"])
+    assert table == LossTable(
+        name="FLAN_MINI",
+        models=["org/a", "org/b"],
+        sizes=[0, 200, 400, 800, 1600],
+        losses=[[4.0, 3.0, 2.5, 2.2, 2.0], [3.5, 2.9, 2.6, 2.4, 2.3]],
+        model_sizes=[124e6, 7e9],
+        families=["gpt", "llama"],
+    )
+    assert table.sizes.dtype.kind == "i" and not table.losses.flags.writeable
 
 
 def test_family_is_optional(tmp_path):
     text = "model,0,200,400,800,size\nm1,3,2,1.5,1.2,10\nm2,3,2.1,1.6,1.3,20\n"
     table = load_loss_table(write(tmp_path, text))
-    assert table["families"] == ["", ""]
-    assert table["sizes"] == [0, 200, 400, 800]
+    assert table.families == ("", "")
+    assert table.sizes.tolist() == [0, 200, 400, 800]
 
 
 def test_task_wrapper_returns_the_same(tmp_path):
