@@ -111,65 +111,84 @@ def decide_promotion(
         raise ValueError(f"margin must be a finite number >= 0, got {margin!r}")
     if not 0 <= min_confidence <= 1:
         raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
+    verdict = _precondition(challenger, champion, challenger_loss, comparison)
+    if verdict is None:
+        verdict = _measured_verdict(challenger, champion, comparison, margin, min_confidence)
+    promote, reason = verdict
+    return PromotionDecision(
+        promote=promote,
+        reason=reason,
+        challenger_version=challenger.version,
+        champion_version=champion.version if champion else None,
+        margin=margin,
+        min_confidence=min_confidence,
+        challenger_measured_loss=challenger_loss,
+        champion_measured_loss=comparison.champion_loss if comparison else None,
+        p_better=comparison.p_better if comparison else None,
+        test_fingerprint=comparison.test_fingerprint if comparison else None,
+        challenger_predicted_loss=challenger.predicted_loss,
+        champion_predicted_loss=champion.predicted_loss if champion else None,
+    )
 
-    def decision(promote: bool, reason: str) -> PromotionDecision:
-        return PromotionDecision(
-            promote=promote,
-            reason=reason,
-            challenger_version=challenger.version,
-            champion_version=champion.version if champion else None,
-            margin=margin,
-            min_confidence=min_confidence,
-            challenger_measured_loss=challenger_loss,
-            champion_measured_loss=comparison.champion_loss if comparison else None,
-            p_better=comparison.p_better if comparison else None,
-            test_fingerprint=comparison.test_fingerprint if comparison else None,
-            challenger_predicted_loss=challenger.predicted_loss,
-            champion_predicted_loss=champion.predicted_loss if champion else None,
-        )
 
+def _precondition(
+    challenger: Contender,
+    champion: Contender | None,
+    challenger_loss: float,
+    comparison: MeasuredComparison | None,
+) -> tuple[bool, str] | None:
+    """The verdict when no measured comparison can decide (rolled back, nothing measured, no
+    or the same champion, another task), else None."""
     new = f"v{challenger.version}"
     if challenger.rolled_back:
-        return decision(
+        return (
             False,
             f"{new} was rolled back from champion; it is not re-promoted automatically (set "
             "the alias by hand to override)",
         )
     if not math.isfinite(challenger_loss):
-        return decision(False, f"{new} has no finite measured loss on the test split")
+        return False, f"{new} has no finite measured loss on the test split"
     if champion is None:
-        return decision(
-            True, f"no champion yet: {new} becomes champion (measured {challenger_loss:.4g})"
-        )
+        return True, f"no champion yet: {new} becomes champion (measured {challenger_loss:.4g})"
     if champion.version == challenger.version:
-        return decision(False, f"{new} is already the champion")
+        return False, f"{new} is already the champion"
     if champion.task_key != challenger.task_key:
-        return decision(
+        return (
             False,
             f"champion v{champion.version} is for task {champion.task_key!r}, challenger for "
             f"{challenger.task_key!r}: champions are compared per task; register one model "
             "name per task key",
         )
     if comparison is None:
-        return decision(
+        return (
             False,
             f"champion v{champion.version} could not be measured on the current test split: "
             "no promotion without a comparison on shared data",
         )
-    c = comparison
+    return None
+
+
+def _measured_verdict(
+    challenger: Contender,
+    champion: Contender,
+    c: MeasuredComparison,
+    margin: float,
+    min_confidence: float,
+) -> tuple[bool, str]:
+    """Promote when the measured loss is lower by more than ``margin`` with confidence."""
     compare = (
-        f"{new} measured {c.challenger_loss:.4g} vs champion v{champion.version} "
-        f"{c.champion_loss:.4g} {c.rank_on} on the same {c.n_examples} test examples "
-        f"(split {c.test_fingerprint}); difference {c.challenger_loss - c.champion_loss:+.4g} "
-        f"[{c.difference_low:+.4g}, {c.difference_high:+.4g}], P(challenger better) "
-        f"{c.p_better:.2f}; margin {margin:g}, required confidence {min_confidence:g}"
-        f"{_predicted(challenger, champion)}"
+        f"v{challenger.version} measured {c.challenger_loss:.4g} vs champion "
+        f"v{champion.version} {c.champion_loss:.4g} {c.rank_on} on the same {c.n_examples} "
+        f"test examples (split {c.test_fingerprint}); difference "
+        f"{c.challenger_loss - c.champion_loss:+.4g} [{c.difference_low:+.4g}, "
+        f"{c.difference_high:+.4g}], P(challenger better) {c.p_better:.2f}; margin {margin:g}, "
+        f"required confidence {min_confidence:g}{_predicted(challenger, champion)}"
     )
     if not c.challenger_loss < c.champion_loss - margin:
-        return decision(False, f"not better by the margin: {compare}")
+        return False, f"not better by the margin: {compare}"
     if c.p_better < min_confidence:
-        return decision(False, f"better, but not confidently: {compare}")
-    return decision(True, f"promoted: {compare}")
+        return False, f"better, but not confidently: {compare}"
+    return True, f"promoted: {compare}"
 
 
 def _predicted(challenger: Contender, champion: Contender) -> str:
