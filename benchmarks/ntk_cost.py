@@ -42,9 +42,9 @@ from tasks.training.finetune import (  # noqa: E402
     configure_cpu,
     encode_examples,
     prepare_model,
-    select_device,
     train_step,
 )
+from tasks.training.precision import probe_precision  # noqa: E402
 
 
 class PeakMemory:
@@ -120,13 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(
             f"no model folder {model_dir}; prepare it first (lensllm models prepare {args.model})"
         )
-    device, autocast_dtype, dtype_label = select_device(args.device)
+    # the kernel's cost next to an fp32 training step, the precision the kernel is computed in
+    device, precision = probe_precision(ProbeSpec(device=args.device, precision="fp32"))
+    autocast_dtype, dtype_label = precision.autocast, precision.label
     threads = configure_cpu(args.threads) if device.type == "cpu" else None
     n_max = max(args.sizes)
     data = prepare_data(
         DataSpec(val_size=8, test_size=8, max_examples=2000), Ladder(first_size=n_max, budget=n_max)
     )
-    model, tokenizer, _ = prepare_model(str(model_dir), ProbeSpec(), device=device)
+    model, tokenizer, _ = prepare_model(str(model_dir), ProbeSpec(precision="fp32"), device=device)
     if args.attn:
         model.set_attn_implementation(args.attn)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
