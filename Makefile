@@ -78,5 +78,14 @@ lint: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/replay_speed.py
 
+# Training speed against this machine's measured matmul peak (fp32/bf16, padded/bucketed) and the
+# demo's selection in fp32 and bf16 side by side; run each alone on a quiet machine.
+.PHONY: throughput precision-check
+throughput: $(STAMP) data model
+	$(BIN)/python benchmarks/throughput.py
+
+precision-check: $(STAMP) data model
+	$(BIN)/python benchmarks/precision_check.py
+
 clean:
 	rm -rf .lensllm .prefect out
