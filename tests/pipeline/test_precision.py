@@ -202,3 +202,12 @@ def test_bucketing_cuts_the_padding_and_still_shuffles(tiny):
     first = [b["input_ids"].tolist() for b in bucketed]
     assert first == [b["input_ids"].tolist() for b in again]  # seeded
     assert first != [b["input_ids"].tolist() for b in other]  # a new epoch, a new order
+
+
+def test_eager_attention_only_for_bf16_on_the_cpu_at_probe_lengths(bf16_cpu):
+    from tasks.training.finetune import attention_choice
+
+    eager = {"attn_implementation": "eager"}
+    assert attention_choice(ProbeSpec(device="cpu", precision="bf16", max_seq_len=40)) == eager
+    assert attention_choice(ProbeSpec(device="cpu", precision="fp32", max_seq_len=40)) == {}
+    assert attention_choice(ProbeSpec(device="cpu", precision="bf16", max_seq_len=1024)) == {}
