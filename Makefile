@@ -108,5 +108,14 @@ bench-extrapolation: $(STAMP) data model
 bench-ntk: $(STAMP) data model
 	$(BIN)/python benchmarks/ntk_vs_ladder.py
 
+# Training speed against this machine's measured matmul peak (fp32/bf16, padded/bucketed) and the
+# demo's selection in fp32 and bf16 side by side; run each alone on a quiet machine.
+.PHONY: throughput precision-check
+throughput: $(STAMP) data model
+	$(BIN)/python benchmarks/throughput.py
+
+precision-check: $(STAMP) data model
+	$(BIN)/python benchmarks/precision_check.py
+
 clean:
 	rm -rf .lensllm .prefect out

@@ -58,6 +58,7 @@ from tasks.tracking.selection import (
     log_selection,
     selection_note,
 )
+from tasks.training.precision import resolved_spec
 
 
 @flow(name="select-model", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -130,6 +131,9 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
     fit, select, train the top candidates at the target, track and register."""
     started_ms = int(time.time() * 1000)
     timer = StepTimer()
+    # resolved once, here: every probe, the training at the target (a subflow that may run
+    # elsewhere), the selection key, the runs and the registered version carry one precision
+    cfg = cfg.model_copy(update={"probe": resolved_spec(cfg.probe)})
     cache = Path(cfg.cache_dir).resolve()
     tracker = Tracker.resolve(cfg.tracking.uri, cache)
     # What can fail fails before compute is spent: the data ladder, every candidate, MLflow.
@@ -413,6 +417,7 @@ def provenance_tags(cfg: SelectionConfig, data: PreparedData, key: str) -> dict[
         T.DATA_FINGERPRINT: data.fingerprint,
         T.SELECTION_KEY: key,
         T.TASK: cfg.name,
+        T.PRECISION: cfg.probe.precision,
     }
 
 
@@ -430,6 +435,7 @@ def _run_params(cfg: SelectionConfig, data: PreparedData, candidates: list[str])
         "data_distinct_examples": data.n_distinct,
         "data_groups": data.n_groups,
         "data_bad_rows_skipped": data.skipped_rows,
+        "probe_precision": cfg.probe.precision,
     }
 
 

@@ -30,6 +30,7 @@ from tasks.probing.plan import ProbePlan
 from tasks.records.schema import PreparedData, ProbeResult
 from tasks.runtime.progress import Progress
 from tasks.runtime.result_storage import result_storage
+from tasks.training.precision import resolved_spec
 
 
 @flow(name="train-at-target", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -64,7 +65,7 @@ def train_flow(
         data=data,
         models=models,
         trust=trust,
-        spec=cfg.probe,
+        spec=resolved_spec(cfg.probe),  # the select flow passes it resolved already
         # one training at a time, in this process: it gets every local core, whatever runner
         # the ladder's probes used
         threads=probe_threads(RunnerConfig(kind="thread", max_workers=1)),

@@ -21,8 +21,8 @@ from tasks.training.finetune import (
     pad_id,
     prepare_model,
     progress_logger,
-    select_device,
 )
+from tasks.training.precision import select_device
 
 
 def compute_ntk_features(
@@ -46,11 +46,11 @@ def compute_ntk_features(
     if not examples:
         raise ValueError("the NTK probe set is empty: give at least 2 examples")
     start = time.perf_counter()
-    dev, _, _ = select_device(spec.device)
+    dev = select_device(spec.device)
     if dev.type == "cpu":
         configure_cpu(threads)
-    # Dropout off: the kernel is that of the deterministic network.
-    kernel_spec = spec.model_copy(update={"lora_dropout": 0.0})
+    # Dropout off: the kernel is that of the deterministic network; fp32 (ProbeSpec.adapter_only)
+    kernel_spec = spec.model_copy(update={"lora_dropout": 0.0, "precision": "fp32"})
     model, tokenizer, _ = prepare_model(
         model_dir, kernel_spec, device=dev, trust_remote_code=trust_remote_code
     )

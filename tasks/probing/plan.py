@@ -18,6 +18,7 @@ from tasks.records.schema import PreparedData, ProbeResult, ProbeSpec
 from tasks.runtime.cache import cached
 from tasks.runtime.progress import Progress
 from tasks.training.finetune import progress_logger
+from tasks.training.precision import resolved_spec
 
 # Arguments that change how fast a probe runs, not what it computes.
 NOT_IN_CACHE_KEY = ("threads", "progress")
@@ -25,7 +26,11 @@ NOT_IN_CACHE_KEY = ("threads", "progress")
 
 @dataclass(frozen=True)
 class ProbePlan:
-    """Everything a probe of this selection needs besides the candidate and the size."""
+    """Everything a probe of this selection needs besides the candidate and the size.
+
+    ``spec.precision`` is resolved (fp32 or bf16) before the first probe, so the cache key of
+    every probe names the precision that computed it and one plan never mixes precisions.
+    """
 
     data: PreparedData
     models: dict[str, str]  # candidate name -> model folder
@@ -35,6 +40,9 @@ class ProbePlan:
     cache_dir: Path
     storage: Any  # Prefect result storage (tasks.runtime.result_storage)
     progress: Progress | None = None  # shows the selection's progress as probes finish
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "spec", resolved_spec(self.spec))  # frozen: set once, here
 
     @property
     def budget(self) -> int:

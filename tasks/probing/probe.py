@@ -33,8 +33,8 @@ from tasks.training.finetune import (
     fine_tune,
     prepare_model,
     save_finetuned_model,
-    select_device,
 )
+from tasks.training.precision import probe_precision
 
 
 def run_probe(
@@ -54,7 +54,9 @@ def run_probe(
     An empty ``data.train`` gives the zero-shot loss. A NaN/inf training or validation loss
     stops training with ``diverged=True``; the diverged weights are then evaluated as they are
     (a NaN test loss stays NaN). Deterministic for a given ``spec.seed`` on CPU; ``threads``
-    (torch CPU threads) changes the speed, not the result.
+    (torch CPU threads) changes the speed, not the result. ``spec.precision`` (``auto`` resolved
+    on the probe's device, :mod:`tasks.training.precision`) is the number format of training
+    and evaluation alike.
 
     ``save_dir``: the fine-tuned model is saved there as a plain transformers folder
     (safetensors + tokenizer; LoRA merged into the weights, so it reloads without the base).
@@ -84,7 +86,8 @@ class _ProbeRun:
 
     def __init__(self, model_dir, data: ProbeData, spec: ProbeSpec, name: str, threads):
         self.model_dir, self.data, self.spec, self.name = model_dir, data, spec, name
-        self.device, self.autocast_dtype, self.dtype_label = select_device(spec.device)
+        self.device, self.precision = probe_precision(spec)
+        self.autocast_dtype = self.precision.autocast
         cpu = self.device.type == "cpu"
         self.threads = configure_cpu(threads) if cpu or threads else None
         self.oom = functools.partial(
@@ -186,7 +189,8 @@ class _ProbeRun:
             n_truncated_test=test["n_truncated"],
             seed=self.spec.seed,
             device=str(self.device),
-            dtype=self.dtype_label,
+            dtype=self.precision.label,
+            precision=self.precision.name,
             threads=self.threads,
             worker=f"{socket.gethostname()}:{os.getpid()}",  # which process ran it (runners)
             history=out.history,

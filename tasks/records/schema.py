@@ -122,6 +122,11 @@ class ProbeSpec(Record):
     max_seq_len: int = Field(48, ge=8)
     seed: int = 0
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="number format (tasks.training.precision): auto is bf16 where the device "
+        "computes it fast (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32",
+    )
 
     @field_validator("device")
     @classmethod
@@ -137,11 +142,13 @@ class ProbeSpec(Record):
     def adapter_only(self) -> ProbeSpec:
         """This recipe with the training settings at their defaults and no dropout: what the
         NTK features depend on (model, adapter, sequence length, seed, device), so a new
-        learning rate does not recompute them."""
+        learning rate does not recompute them. The kernel is always computed in fp32 (its
+        eigenvalues span orders of magnitude that bf16's 8-bit mantissa would blur)."""
         training = ("learning_rate", "epochs", "max_steps", "eval_every")
         training += ("early_stopping_patience", "batch_size")
         defaults = {k: type(self).model_fields[k].default for k in training}
-        return self.model_copy(update={**defaults, "lora_dropout": 0.0})  # no dropout in a kernel
+        # no dropout in a kernel
+        return self.model_copy(update={**defaults, "lora_dropout": 0.0, "precision": "fp32"})
 
     def lora_config(self) -> Any:
         """The peft ``LoraConfig`` of this recipe (``method == "lora"``)."""
@@ -295,6 +302,7 @@ class ProbeResult(Record):
     seed: int = 0
     device: str
     dtype: str
+    precision: Literal["fp32", "bf16"] = "fp32"
     threads: int | None = None
     worker: str = ""
     history: list[dict[str, float | int | None]] = []

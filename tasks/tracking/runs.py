@@ -113,10 +113,10 @@ def probe_inputs(probe: ProbeResult, data: PreparedData) -> list[DatasetInput]:
 
 def log_probe(tracker: Tracker, run_id: str, probe: ProbeResult, data: PreparedData) -> None:
     """Log one probe to a candidate run: every numeric result as a metric at ``step = subset
-    size``, the subset and the test split as dataset inputs, the device as a tag."""
+    size``, the subset and the test split as dataset inputs, the device and precision as tags."""
     tracker.log(run_id, metrics=[(k, v, probe.size) for k, v in probe.metrics().items()])
     tracker.log_inputs(run_id, probe_inputs(probe, data))
-    tracker.log(run_id, tags={T.DEVICE: probe.device})
+    tracker.log(run_id, tags={T.DEVICE: probe.device, T.PRECISION: probe.precision})
 
 
 def log_candidate(

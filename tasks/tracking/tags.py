@@ -14,7 +14,8 @@ CONFIG_HASH = "lensllm.config_hash"
 DATA_FINGERPRINT = "lensllm.data_fingerprint"
 SELECTION_KEY = "lensllm.selection_key"  # config hash + data fingerprint: one selection
 TASK = "lensllm.task"  # the config's name: champions are compared per task
-PROVENANCE = (GIT_COMMIT, CONFIG_HASH, DATA_FINGERPRINT, SELECTION_KEY, TASK)
+PRECISION = "lensllm.precision"  # fp32 or bf16: the resolved probe.precision of every probe
+PROVENANCE = (GIT_COMMIT, CONFIG_HASH, DATA_FINGERPRINT, SELECTION_KEY, TASK, PRECISION)
 
 # Runs
 RUN_KIND = "lensllm.run_kind"  # one of RUN_KINDS

@@ -34,6 +34,7 @@ import torch
 
 from tasks.records.errors import ProbeOutOfMemoryError
 from tasks.records.schema import ProbeSpec
+from tasks.training.precision import probe_precision
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ FLOPS_FORMULA = (
     "weight gradients (about 4N in truth), so 6N is an upper estimate kept for comparability."
 )
 IGNORE_INDEX = -100
+# Batches per length-sorted window of an epoch (train_batches): 64 x 8 examples cover a whole
+# epoch of every probe of the demo, which leaves under 1 % padding, and longer epochs still mix.
+BUCKET_BATCHES = 64
 _LOAD_LOCK = threading.Lock()
 
 
@@ -157,27 +161,33 @@ def collate(encoded: list[EncodedExample], pad_token_id: int) -> dict[str, torch
 def train_batches(
     encoded: list[EncodedExample], batch_size: int, *, seed: int, epoch: int, pad_token_id: int
 ) -> list[dict[str, torch.Tensor]]:
-    """One epoch of shuffled batches; the order depends only on ``seed`` and ``epoch``."""
+    """One epoch of shuffled, length-bucketed batches; the order depends only on ``seed`` and
+    ``epoch``.
+
+    The shuffled epoch is cut into windows of ``BUCKET_BATCHES`` batches; within a window the
+    examples are sorted by length (equal lengths keep their shuffled order) and cut into batches,
+    and the window's batches are shuffled. A batch is then padded only to its own longest
+    member, which is close to its shortest. Each example's loss is the same in any batch (right
+    padding, causal attention, padded positions masked); only which examples share a step
+    changes.
+    """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(len(encoded), generator=generator).tolist()
-    return [
-        collate([encoded[i] for i in order[start : start + batch_size]], pad_token_id)
-        for start in range(0, len(order), batch_size)
-    ]
+    window = BUCKET_BATCHES * batch_size
+    batches = []
+    for start in range(0, len(order), window):
+        rows = sorted(order[start : start + window], key=lambda i: len(encoded[i].input_ids))
+        cut = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+        shuffle = torch.randperm(len(cut), generator=generator).tolist()
+        batches += [collate([encoded[i] for i in cut[j]], pad_token_id) for j in shuffle]
+    return batches
 
 
-def select_device(device: str = "auto") -> tuple[torch.device, torch.dtype | None, str]:
-    """``(device, autocast dtype or None, dtype label)``; ``auto`` prefers CUDA."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available here.")
-    dev = torch.device(device)
-    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
-        return dev, torch.bfloat16, "bfloat16-autocast"
-    return dev, None, "float32"
+def padding_share(batches: list[dict[str, torch.Tensor]]) -> float:
+    """The share of the batches' token positions that are padding."""
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    total = sum(b["attention_mask"].numel() for b in batches)
+    return 1.0 - real / total if total else 0.0
 
 
 def configure_cpu(threads: int | None = None) -> int:
@@ -228,9 +238,10 @@ def _load(model_dir, spec: ProbeSpec, train: bool, device, trust_remote_code: bo
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         model_dir,
-        dtype=torch.float32,
+        dtype=probe_precision(spec)[1].weights,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        **attention_choice(spec),
     )
     forward_params = forward_param_count(model)
     torch.manual_seed(spec.seed)
@@ -240,11 +251,32 @@ def _load(model_dir, spec: ProbeSpec, train: bool, device, trust_remote_code: bo
         with warnings.catch_warnings():
             # peft calls a transformers method that v5 renamed; the warning is not ours to fix
             warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-            model = get_peft_model(model, spec.lora_config())
+            # autocast_adapter_dtype: the adapter stays fp32 over bf16 base weights
+            model = get_peft_model(model, spec.lora_config(), autocast_adapter_dtype=True)
     elif not train:
         model.requires_grad_(False)
     model.config.use_cache = False
     return model.to(device), tokenizer, forward_params
+
+
+EAGER_ATTENTION_MAX_LEN = 256
+
+
+def attention_choice(spec: ProbeSpec) -> dict[str, str]:
+    """``attn_implementation`` for ``from_pretrained``: eager attention for bf16 on a CPU with
+    short sequences (``probe.max_seq_len`` up to ``EAGER_ATTENTION_MAX_LEN``), else the
+    model's default (SDPA).
+
+    Why: profiling a bf16 LoRA step of SmolLM2-135M (batch 8, about 22 tokens) on the CPU, the
+    SDPA flash kernel's backward took a quarter of the step; with eager attention the step was
+    about 25 % shorter (benchmarks/throughput.py). Eager attention's softmax is fp32 and its
+    memory grows with the square of the length, hence the bound; longer sequences keep SDPA.
+    """
+    device, precision = probe_precision(spec)
+    short = spec.max_seq_len <= EAGER_ATTENTION_MAX_LEN
+    if device.type == "cpu" and precision.name == "bf16" and short:
+        return {"attn_implementation": "eager"}
+    return {}
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -255,30 +287,52 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def _token_nll(model, batch, autocast_dtype, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token NLL of the labelled positions (``reduction`` ``sum`` or ``none``, float32)
-    and the shifted labels."""
+def _target_nll(model, batch, autocast_dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token NLL of every labelled position (float32, in row-major order) and the batch
+    row of each.
+
+    Only those positions reach the output layer: a forward pre-hook on it keeps the hidden
+    states that predict a labelled token, so no logits over the vocabulary are computed for
+    the prompt or the padding (for SmolLM2 a 576 x 49k matmul and a 49k-way softmax per
+    position). What a model does after its output layer (e.g. Gemma's logit soft-capping) is
+    elementwise and applies to the kept positions alike.
+    """
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items()}
-    with _autocast(device, autocast_dtype):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"][:, 1:]
-    logits = logits[:, :-1].float()
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction=reduction,
-    )
-    return nll, labels
+    keep = labels != IGNORE_INDEX
+    rows, targets = keep.nonzero()[:, 0], labels[keep]
+    keep_on_device = keep.to(device)
+
+    def select(_module, args):
+        hidden = args[0]
+        if hidden.dim() != 3 or hidden.shape[:2] != batch["labels"].shape:
+            return None
+        return (hidden[:, :-1][keep_on_device].unsqueeze(0), *args[1:])
+
+    head = model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(select) if head is not None else None
+    try:
+        with _autocast(device, autocast_dtype):
+            logits = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+            ).logits
+    finally:
+        if hook is not None:
+            hook.remove()
+    # kept positions come back as one row of at most T-1; a full (B, T) means no hook applied
+    full = logits.dim() == 3 and logits.shape[:2] == batch["labels"].shape
+    logits = logits[:, :-1][keep_on_device] if full else logits[0]
+    nll = torch.nn.functional.cross_entropy(logits.float(), targets.to(device), reduction="none")
+    return nll, rows
 
 
 def batch_nll(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], autocast_dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over labelled positions (float32) and the number of them."""
-    nll, labels = _token_nll(model, batch, autocast_dtype, "sum")
-    return nll, int((labels != IGNORE_INDEX).sum())
+    nll, rows = _target_nll(model, batch, autocast_dtype)
+    return nll.sum(), len(rows)
 
 
 def train_step(
@@ -373,12 +427,13 @@ def evaluate_loss(
 
 def _batch_nll_rows(model, batch, autocast_dtype, per_example: bool):
     """:func:`batch_nll`, plus each row's summed NLL when ``per_example`` (else zeros)."""
+    nll, rows = _target_nll(model, batch, autocast_dtype)
+    n_rows = len(batch["input_ids"])
     if not per_example:
-        nll, n = batch_nll(model, batch, autocast_dtype)
-        return nll, n, [0.0] * len(batch["input_ids"])
-    token_nll, labels = _token_nll(model, batch, autocast_dtype, "none")
-    rows = token_nll.reshape(labels.shape).sum(dim=1)
-    return rows.sum(), int((labels != IGNORE_INDEX).sum()), rows.tolist()
+        return nll.sum(), len(rows), [0.0] * n_rows
+    per_row = torch.zeros(n_rows, dtype=nll.dtype, device=nll.device)
+    per_row.index_add_(0, rows.to(nll.device), nll)
+    return nll.sum(), len(rows), per_row.tolist()
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -395,7 +450,7 @@ def _restore(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 def save_finetuned_model(
     model: torch.nn.Module, tokenizer: Any, save_dir: str, method: str, *, replace: bool = False
 ) -> str:
-    """Save a plain transformers folder (LoRA merged into the weights) atomically.
+    """Save a plain transformers folder (LoRA merged into the weights, fp32) atomically.
 
     An existing non-empty ``save_dir`` is an error unless ``replace`` is true; then the new
     folder is swapped in only once it is complete (a crash leaves the old one in place).
@@ -407,6 +462,9 @@ def save_finetuned_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal shared folder
     try:
+        # merged in fp32 and saved fp32: bf16 base weights widen exactly, and the adapter's
+        # update is not rounded to bf16 at the base weights' scale
+        model = model.to(torch.float32)
         plain = model.merge_and_unload() if method == "lora" else model
         plain.config.use_cache = True
         plain.save_pretrained(tmp, safe_serialization=True)

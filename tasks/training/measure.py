@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.records.schema import Example, Measurement, ProbeSpec
-from tasks.training.finetune import evaluate_loss, select_device
+from tasks.training.finetune import evaluate_loss
+from tasks.training.precision import probe_precision
 
 
 def measure(
@@ -18,16 +19,16 @@ def measure(
     fingerprint: str,
 ) -> Measurement:
     """``model``'s per-example losses on ``test`` with the probes' loss definition and
-    evaluation settings (``spec``'s device, sequence length and batch size)."""
-    device, autocast_dtype, _ = select_device(spec.device)
-    model = model.to(device).eval()
+    evaluation settings (``spec``'s device, precision, sequence length and batch size)."""
+    device, precision = probe_precision(spec)
+    model = model.to(device=device, dtype=precision.weights).eval()
     out = evaluate_loss(
         model,
         tokenizer,
         test,
         batch_size=spec.eval_batch_size,
         max_seq_len=spec.max_seq_len,
-        autocast_dtype=autocast_dtype,
+        autocast_dtype=precision.autocast,
         per_example=True,
     )
     return Measurement.of(

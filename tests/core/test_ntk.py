@@ -275,8 +275,9 @@ def test_compute_ntk_features_gives_the_probes_kernel_spectrum(tiny_dir):
     assert result.trace == pytest.approx(lam.sum(), rel=1e-6)
     assert 1.0 <= result.effective_rank <= len(EXAMPLES)
     assert result.seconds > 0 and result.peak_rss_mb > 0
-    # the same kernel as lens_model's on the probe's own adapter (seeded like the probe)
-    model, tokenizer, _ = prepare_model(tiny_dir, spec, device="cpu")
+    # the same kernel as lens_model's on the probe's own adapter (seeded like the probe), in
+    # fp32 whatever the probes' precision (adapter_only)
+    model, tokenizer, _ = prepare_model(tiny_dir, spec.adapter_only(), device="cpu")
     model.set_attn_implementation("eager")
     batch = collate(encode_examples(tokenizer, EXAMPLES, spec.max_seq_len), pad_id(tokenizer))
     theta = empirical_ntk(model, batch)

@@ -45,8 +45,9 @@ def data(train: list[dict], val: list[dict] = VAL, test: list[dict] = TEST, **kw
 
 
 def spec(**fields) -> ProbeSpec:
-    """A CPU recipe; ``ProbeSpec`` validates the fields."""
-    return ProbeSpec(device="cpu", **fields)
+    """A CPU recipe in fp32 (the same on every CPU; bf16 has tests of its own in
+    test_precision.py); ``ProbeSpec`` validates the fields."""
+    return ProbeSpec(device="cpu", **{"precision": "fp32", **fields})
 
 
 CPU = spec()
