@@ -315,7 +315,7 @@ def test_candidate_ntk_skips_broken_kernels_and_keys_on_the_adapter(tmp_path, mo
 
     calls = []
 
-    def fake_task(path, examples, spec, *, projection_dim, threads, trust_remote_code):
+    def fake_task(path, examples, spec, *, projection_dim, threads, trust_remote_code, candidate):
         calls.append((path, len(examples), spec, projection_dim, trust_remote_code))
         if path == "nan":
             raise NonFiniteKernelError("the kernel has NaN entries")
