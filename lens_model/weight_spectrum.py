@@ -26,11 +26,11 @@ singular values and ``N`` is the larger side); ``alpha`` and ``xmin / lambda_max
 invariant to scaling ``W``; ``lambda_max`` scales as the square, so the log spectral norm and
 the weighted alpha are not (they are meant to see the weights' scale).
 
-``weightwatcher`` (PyPI 0.7.7, Apache-2.0; the authors' package) computes the same metrics,
-but it pulls ``powerlaw``, ``scikit-learn``, ``matplotlib`` and ``tqdm`` into the project, reads
-models through its own loaders and fits one layer at a time with ``powerlaw``; the metrics are
-a few dozen lines of numpy here, vectorised over the ``xmin`` candidates, deterministic and
-tested against spectra with a known exponent, so it is not used.
+``weightwatcher`` (PyPI 0.7.7, Apache-2.0, the authors' package) is not used: it would add
+``powerlaw`` to the install and import matplotlib and scikit-learn, and on smollm2-135m's 210
+decoder matrices it took 84 s against 16 s here (one thread each, same loaded machine). Its
+per-layer alphas equal these where both pick the same ``xmin``; its default eigenvalues are
+``s^2`` without the ``1 / N``, so its log spectral norm is ``log10 N`` higher.
 
 Everything is pure numpy (no I/O): callers pass matrices.
 """
@@ -45,8 +45,8 @@ import numpy as np
 DEFAULT_MIN_TAIL = 10
 #: Elements of the (candidates x tail) KS matrix evaluated at once: bounds memory (~32 MiB).
 _KS_CHUNK_ELEMENTS = 1 << 22
-#: Bytes of stacked float64 matrices given to one batched SVD call.
-_SVD_CHUNK_BYTES = 64 << 20
+#: Bytes of stacked float64 matrices given to one batched eigensolver call.
+_EIG_CHUNK_BYTES = 64 << 20
 #: What :func:`summarize` returns, each the mean over layers (lower = better for all three).
 SUMMARY_METRICS = ("alpha_weighted", "alpha", "log_spectral_norm")
 #: The summary metric the literature ranks with.
@@ -96,14 +96,21 @@ def eigenvalues(matrices: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (..., min(rows, cols))
         float64, ascending.
+
+    Notes
+    -----
+    Computed as the eigenvalues of the smaller Gram matrix in float64 (``eigvalsh``), three
+    times faster than an SVD here; the absolute error, about ``1e-16 lambda_max``, is far below
+    the rank threshold of :func:`nonzero`.
     """
     w = np.asarray(matrices, dtype=np.float64)
     if w.ndim < 2 or min(w.shape[-2:]) < 1:
         raise ValueError(f"need a 2-D weight matrix (or a stack of them), got shape {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError("the weight matrix has NaN or inf entries")
-    singular = np.linalg.svd(w, compute_uv=False)
-    return singular[..., ::-1] ** 2 / max(w.shape[-2:])
+    wt = np.swapaxes(w, -1, -2)
+    gram = wt @ w if w.shape[-2] >= w.shape[-1] else w @ wt
+    return np.linalg.eigvalsh(gram) / max(w.shape[-2:])
 
 
 def fit_power_law(values: Sequence[float] | np.ndarray, *, min_tail: int = DEFAULT_MIN_TAIL):
@@ -212,8 +219,8 @@ def layer_spectra(
 ) -> list[LayerSpectrum]:
     """The metrics of every named 2-D matrix, in the mapping's order.
 
-    Matrices of equal shape go through one batched SVD (in chunks of at most 64 MiB of
-    float64), the rest of the work is per matrix.
+    Matrices of equal shape go through one batched eigensolver call (in chunks of at most
+    64 MiB of float64), the power-law fits are per matrix.
     """
     if not matrices:
         raise ValueError("no weight matrices given")
@@ -225,7 +232,7 @@ def layer_spectra(
         groups.setdefault(tuple(shape), []).append(name)
     found: dict[str, LayerSpectrum] = {}
     for shape, names in groups.items():
-        per_chunk = max(1, _SVD_CHUNK_BYTES // (8 * shape[0] * shape[1]))
+        per_chunk = max(1, _EIG_CHUNK_BYTES // (8 * shape[0] * shape[1]))
         for lo in range(0, len(names), per_chunk):
             chunk = names[lo : lo + per_chunk]
             values = eigenvalues(np.stack([np.asarray(matrices[n]) for n in chunk]))
