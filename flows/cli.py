@@ -273,6 +273,18 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_spectra(args: argparse.Namespace) -> int:
+    from flows.audit import audit_spectra_flow
+
+    with _no_tracebacks_for_input_errors():
+        spectral = audit_spectra_flow(out_dir=args.out, cache_dir=args.cache_dir)["spectral"]
+    print(
+        f"lowest {spectral['metric']} picks {spectral['selected']} (RelAcc "
+        f"{spectral['rel_acc']:.3f}); report: {args.out}/audit.md"
+    )
+    return 0
+
+
 def _calibration(args: argparse.Namespace) -> int:
     import statistics
     from pathlib import Path
@@ -352,6 +364,16 @@ def _add_pipeline_commands(sub) -> None:
     audit.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     audit.add_argument("--out", required=True, metavar="DIR", help="output folder")
     audit.set_defaults(func=_audit)
+
+    spectra = sub.add_parser(
+        "audit-spectra",
+        help="add the weight-spectrum (NLPmetrics) metrics to a written audit, re-run nothing",
+    )
+    spectra.add_argument("--out", required=True, metavar="DIR", help="the audit's folder")
+    spectra.add_argument(
+        "--cache-dir", default=".lensllm", metavar="DIR", help="cache with the models (models/)"
+    )
+    spectra.set_defaults(func=_audit_spectra)
 
     cal = sub.add_parser(
         "calibration", help="the live calibration record: predictions checked at the target"
