@@ -246,12 +246,17 @@ def read_audit(out: Path) -> tuple[dict, pd.DataFrame]:
 
 
 def add_spectra(out_dir: str | Path, metrics: dict[str, dict[str, float]]) -> dict:
-    """Add the weight-spectrum section to a written audit (its ``audit.json`` and loss table)
-    and re-render ``audit.md``, without re-running anything; returns the report."""
+    """Add the weight-spectrum section to a written audit (``audit.json``, and ``audit.md``
+    where it replaces an earlier such section), scored on its loss table, without re-running
+    anything; returns the report."""
     out = Path(out_dir)
     report, table = read_audit(out)
     report["spectral"] = spectral_choice(table, metrics, report["target_size"])
-    write_report(out, report, table)
+    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    # the rest of audit.md stays as the audit wrote it (the CSV's rounding would move cells)
+    text = (out / "audit.md").read_text().split(f"\n{SPECTRAL_HEADING}")[0].rstrip("\n")
+    section = _spectral_markdown(report["spectral"], report["target_size"])
+    (out / "audit.md").write_text("\n".join([text, "", *section]) + "\n")
     return report
 
 
@@ -354,9 +359,12 @@ def audit_markdown(report: dict, table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+SPECTRAL_HEADING = "## Weight-spectrum metrics (NLPmetrics: no probes, cost 0)"
+
+
 def _spectral_markdown(spectral: dict, target: int) -> list[str]:
     lines = [
-        "## Weight-spectrum metrics (NLPmetrics: no probes, cost 0)",
+        SPECTRAL_HEADING,
         "",
         f"Means over the {spectral['matrices']}; lower = better for each (Martin & Mahoney "
         "2021; the weighted alpha is the one they rank with).",

@@ -101,5 +101,8 @@ def test_spectra_are_added_to_a_written_audit_without_changing_the_rest(tmp_path
     text = (out / "audit.md").read_text()
     assert "## Every selector at budget" in text  # the rest of the report is still there
     assert f"picks **{table['config name'].iloc[-1]}**" in text
+    add_spectra(out, metrics)  # again: the section is replaced, not repeated
+    assert (out / "audit.md").read_text() == text
+    assert text.count("## Weight-spectrum metrics") == 1
     with pytest.raises(MissingFileError, match="give the folder of a written audit"):
         add_spectra(tmp_path / "nowhere", metrics)
