@@ -8,8 +8,12 @@ Outputs in ``out_dir``:
   tables, so ``lensllm benchmark --table <task>.csv`` scores every selector on this task;
 * ``audit.md`` / ``audit.json``: the realized regret (RelAcc of the selection's choice on the
   measured target losses, whether it really was the best), every candidate's prediction
-  against its measurement, and what each registered selector would have chosen at the
-  config's budget.
+  against its measurement, what each registered selector would have chosen at the
+  config's budget, and each candidate's weight-spectrum metrics beside its measured loss
+  with the choice of the lowest mean weighted alpha (the NLPmetrics baseline, no probes).
+
+An audit written before the weight-spectrum metrics existed gets them without re-running
+(:func:`add_spectra`, ``lensllm audit-spectra --out DIR``).
 
 Every probe is the pipeline's cached probe task, so an audit after a selection recomputes none
 of the selection's probes, and a second audit recomputes nothing. Scheduled monthly
@@ -31,17 +35,19 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.config import SelectionConfig, load_config
 from flows.runners import probe_threads
 from flows.select import run_selection
-from lens_model.metrics import relative_accuracy
+from lens_model.metrics import pearson_correlation, relative_accuracy
 from lens_model.selectors import SELECTORS
 from lens_model.table_score import score
+from lens_model.weight_spectrum import RANKING_METRIC, SUMMARY_METRICS
 from tasks.data import prepare_data_task
 from tasks.models import describe_candidate, family_of, resolve_candidate_task
 from tasks.probing.plan import ProbePlan
-from tasks.records.errors import ConfigError
-from tasks.records.schema import Ladder, SelectionSummary, count_held
+from tasks.records.errors import ConfigError, MissingFileError
+from tasks.records.schema import Ladder, SelectionSummary, SpectralSpec, count_held
 from tasks.reporting.loss_tables import table_from_frame
 from tasks.runtime.result_storage import result_storage
 from tasks.tracking.client import Tracker
+from tasks.weight_metrics import MATRICES, candidate_spectra
 
 
 @flow(name="audit-selection", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -64,8 +70,7 @@ def audit_flow(
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / f"{cfg.name}.csv"
     table.to_csv(table_path, index=False, float_format="%.6f")
-    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "audit.md").write_text(audit_markdown(report, table) + "\n")
+    write_report(out, report, table)
     tracker = Tracker(summary.tracking_uri)
     for file in (table_path, out / "audit.md", out / "audit.json"):
         tracker.log_artifact(summary.run_id, str(file), "audit")
@@ -78,6 +83,20 @@ def audit_flow(
         table_path,
     )
     return {**report, "out_dir": str(out), "table": str(table_path)}
+
+
+@flow(name="audit-spectra", log_prints=True)
+def audit_spectra_flow(out_dir: str, cache_dir: str = ".lensllm") -> dict:
+    """Compute the weight-spectrum metrics of every candidate of the audit in ``out_dir``
+    (cached task; models resolved in ``cache_dir``/models) and add them to its report."""
+    report, table = read_audit(Path(out_dir))
+    cache = Path(cache_dir).resolve()
+    models = {
+        name: resolve_candidate_task(name, cache_dir=str(cache / "models"))
+        for name in table["config name"]
+    }
+    spectra = candidate_spectra(models, SpectralSpec(), storage=result_storage(cache))
+    return add_spectra(out_dir, {name: result.summary() for name, result in spectra.items()})
 
 
 def check_auditable(cfg: SelectionConfig) -> None:
@@ -173,7 +192,73 @@ def audit_report(cfg: SelectionConfig, summary: SelectionSummary, table: pd.Data
         "checks": checks,
         "selectors": replay_at_budget(table, cfg.ladder.budget, cfg.target_size),
         "selection_run": summary.run_id,
+        **_spectral_section(table, summary, cfg.target_size),
     }
+
+
+def _spectral_section(table: pd.DataFrame, summary: SelectionSummary, target: int) -> dict:
+    if not summary.spectral:
+        return {}
+    metrics = {name: result.summary() for name, result in summary.spectral.items()}
+    return {"spectral": spectral_choice(table, metrics, target)}
+
+
+def spectral_choice(table: pd.DataFrame, metrics: dict[str, dict[str, float]], target: int):
+    """Each candidate's weight-spectrum metrics (``metrics[name][metric]``) beside its measured
+    loss at ``target``, and what ranking by the lowest mean weighted alpha picks: RelAcc on
+    the measured losses, PearCorr of the metric with them, cost 0 (no probe)."""
+    names = list(table["config name"])
+    missing = [n for n in names if n not in metrics]
+    if missing:
+        raise ValueError(f"no weight-spectrum metrics for {missing}: compute them for every row")
+    true = table[str(target)].to_numpy(dtype=float)
+    scores = np.array([metrics[n][RANKING_METRIC] for n in names])
+    pick = int(np.argmin(scores))
+    return {
+        "metric": RANKING_METRIC,
+        "matrices": MATRICES,
+        "selected": names[pick],
+        "rel_acc": relative_accuracy(pick, true),
+        "pear_corr": float(pearson_correlation(scores, true)),
+        "cost": 0.0,
+        "candidates": [
+            {"candidate": n, **{k: metrics[n][k] for k in SUMMARY_METRICS}, "measured_loss": t}
+            for n, t in zip(names, true.tolist(), strict=True)
+        ],
+    }
+
+
+def write_report(out: Path, report: dict, table: pd.DataFrame) -> None:
+    """``audit.json`` and ``audit.md`` of ``report`` into ``out``."""
+    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "audit.md").write_text(audit_markdown(report, table) + "\n")
+
+
+def read_audit(out: Path) -> tuple[dict, pd.DataFrame]:
+    """The report and the loss table an audit wrote into ``out``."""
+    file = out / "audit.json"
+    if not file.is_file():
+        raise MissingFileError(
+            f"{file} does not exist: give the folder of a written audit "
+            "(lensllm audit --config FILE --out DIR writes one)"
+        )
+    report = json.loads(file.read_text())
+    return report, pd.read_csv(out / f"{report['task']}.csv")
+
+
+def add_spectra(out_dir: str | Path, metrics: dict[str, dict[str, float]]) -> dict:
+    """Add the weight-spectrum section to a written audit (``audit.json``, and ``audit.md``
+    where it replaces an earlier such section), scored on its loss table, without re-running
+    anything; returns the report."""
+    out = Path(out_dir)
+    report, table = read_audit(out)
+    report["spectral"] = spectral_choice(table, metrics, report["target_size"])
+    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    # the rest of audit.md stays as the audit wrote it (the CSV's rounding would move cells)
+    text = (out / "audit.md").read_text().split(f"\n{SPECTRAL_HEADING}")[0].rstrip("\n")
+    section = _spectral_markdown(report["spectral"], report["target_size"])
+    (out / "audit.md").write_text("\n".join([text, "", *section]) + "\n")
+    return report
 
 
 def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict]:
@@ -262,7 +347,36 @@ def audit_markdown(report: dict, table: pd.DataFrame) -> str:
         "-: no interval stated (the selector predicts no loss, or had too few probes to "
         "calibrate an interval).",
     ]
+    if "spectral" in report:
+        lines += ["", *_spectral_markdown(report["spectral"], report["target_size"])]
     return "\n".join(lines)
+
+
+SPECTRAL_HEADING = "## Weight-spectrum metrics (NLPmetrics: no probes, cost 0)"
+
+
+def _spectral_markdown(spectral: dict, target: int) -> list[str]:
+    lines = [
+        SPECTRAL_HEADING,
+        "",
+        f"Means over the {spectral['matrices']}; lower = better for each (Martin & Mahoney "
+        "2021; the weighted alpha is the one they rank with).",
+        "",
+        f"| candidate | weighted alpha | alpha | log10 lambda_max | measured at {target} |",
+        "|---|---|---|---|---|",
+    ]
+    for c in spectral["candidates"]:
+        lines.append(
+            f"| {c['candidate']} | {c['alpha_weighted']:.3f} | {c['alpha']:.3f} | "
+            f"{c['log_spectral_norm']:.3f} | {c['measured_loss']:.4f} |"
+        )
+    lines += [
+        "",
+        f"The lowest {spectral['metric']} picks **{spectral['selected']}**: RelAcc "
+        f"{spectral['rel_acc']:.3f} on the measured losses at {target}, PearCorr of the metric "
+        f"with them {spectral['pear_corr']:.3f}.",
+    ]
+    return lines
 
 
 def _interval_cell(check: dict) -> str:

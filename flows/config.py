@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.records.errors import ConfigError
-from tasks.records.schema import DataSpec, IntervalSpec, Ladder, NtkSpec, ProbeSpec
+from tasks.records.schema import DataSpec, IntervalSpec, Ladder, NtkSpec, ProbeSpec, SpectralSpec
 
 __all__ = ["ConfigError", "SelectionConfig", "load_config", "check_selector"]
 
@@ -128,6 +128,7 @@ class SelectionConfig(_Strict):
     probe: ProbeSpec = ProbeSpec()
     ladder: Ladder = Ladder()
     ntk: NtkSpec = NtkSpec()
+    spectral: SpectralSpec = SpectralSpec()
     adaptive: AdaptiveConfig = AdaptiveConfig()
     target_size: int = Field(4096, ge=1)
     selector: str = "Lens"

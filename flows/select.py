@@ -40,6 +40,7 @@ from tasks.records.schema import (
     RegistrationRequest,
     SelectionResult,
     SelectionSummary,
+    SpectralResult,
     TargetCheck,
 )
 from tasks.reporting.plots import plot_prediction, plot_selection, plot_spectra
@@ -59,6 +60,7 @@ from tasks.tracking.selection import (
     selection_note,
 )
 from tasks.training.precision import resolved_spec
+from tasks.weight_metrics import candidate_spectra
 
 
 @flow(name="select-model", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -113,6 +115,7 @@ class _Run:
     probes: dict[str, list[ProbeResult]] = field(default_factory=dict)
     adaptive: AdaptiveOutcome | None = None
     ntk: dict[str, NtkResult] = field(default_factory=dict)
+    spectral: dict[str, SpectralResult] = field(default_factory=dict)
     result: SelectionResult | None = None
     targets: dict[str, ProbeResult] = field(default_factory=dict)
     checks: list[TargetCheck] = field(default_factory=list)
@@ -127,8 +130,9 @@ class _Run:
 
 def run_selection(cfg: SelectionConfig) -> SelectionSummary:
     """The recipe: validate the data and candidates, then (holding the selection's lock so
-    the same selection started twice waits and then takes everything from cache) probe,
-    fit, select, train the top candidates at the target, track and register."""
+    the same selection started twice waits and then takes everything from cache) compute
+    each candidate's NTK features and weight spectra, probe, fit, select, train the top
+    candidates at the target, track and register."""
     started_ms = int(time.time() * 1000)
     timer = StepTimer()
     # resolved once, here: every probe, the training at the target (a subflow that may run
@@ -166,6 +170,8 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
                 models, cfg.trust(), data.train, cfg.probe, cfg.ntk, threads=plan.threads,
                 storage=plan.storage,
             )  # fmt: skip
+        with timer.step("weight spectra"):
+            run.spectral = candidate_spectra(models, cfg.spectral, storage=plan.storage)
         with timer.step("probes"):
             run.probes, run.adaptive = _probe(cfg, plan, n_params)
             plan.progress.close()
@@ -309,6 +315,7 @@ def _track_and_register(run: _Run) -> SelectionSummary:
             result=run.result,
             n_params=run.n_params,
             ntk=run.ntk,
+            spectral=run.spectral,
             plots=run.plots,
             targets=run.targets,
         )
@@ -351,6 +358,7 @@ def _summary(run: _Run, run_id, resumed, budget, registration, recorded_in=None)
         plot=_keep_plot(run.plots[0], run.plan.cache_dir, run_id),
         checks=run.checks,
         recorded_in=recorded_in,
+        spectral=run.spectral,
     )
 
 

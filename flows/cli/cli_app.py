@@ -30,6 +30,7 @@ def lensllm() -> None:
 for _command in (
     commands_pipeline.select_command,
     commands_pipeline.audit_command,
+    commands_pipeline.audit_spectra_command,
     commands_benchmark.benchmark_command,
     commands_tracking.calibration_command,
     commands_tracking.ui_command,

@@ -61,3 +61,30 @@ def audit_command(
     print(f"loss table: {report['table']} (score it: lensllm benchmark --table {report['table']}"
           f" --out OUT)\nreport: {report['out_dir']}/audit.md")  # fmt: skip
     return 0
+
+
+@click.command(
+    "audit-spectra",
+    short_help="Add weight-spectrum metrics to a written audit; re-runs nothing.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(exists=True, file_okay=False), help="the audit's folder"
+)
+@click.option(
+    "--cache-dir",
+    default=".lensllm",
+    show_default=True,
+    help="cache with the candidates' model folders (models/)",
+)
+def audit_spectra_command(out: str, cache_dir: str) -> int:
+    """Add the weight-spectrum (NLPmetrics) metrics of every candidate to a written audit
+    (audit.md, audit.json), without re-running the audit."""
+    from flows.audit import audit_spectra_flow
+
+    with no_tracebacks_for_input_errors():
+        spectral = audit_spectra_flow(out_dir=out, cache_dir=cache_dir)["spectral"]
+    print(
+        f"lowest {spectral['metric']} picks {spectral['selected']} (RelAcc "
+        f"{spectral['rel_acc']:.3f}); report: {out}/audit.md"
+    )
+    return 0

@@ -9,7 +9,8 @@ store and dump to JSON for MLflow), and settings travel as one object:
   :meth:`ProbeSpec.lora_config`;
 * :class:`PreparedData` is the split and shuffled data set, :class:`ProbeData` the slice one
   probe trains and tests on;
-* :class:`ProbeResult` is one measured probe, :class:`NtkResult` a candidate's kernel spectrum;
+* :class:`ProbeResult` is one measured probe, :class:`NtkResult` a candidate's kernel spectrum,
+  :class:`SpectralResult` the spectra of its weight matrices;
 * :class:`CandidateResult` and :class:`SelectionResult` are the ranking with predictions;
   :class:`Budget` the compute accounting, :class:`AdaptiveRun` what an adaptive run did.
 """
@@ -23,6 +24,8 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lens_model.weight_spectrum import DEFAULT_MIN_TAIL, RANKING_METRIC, SUMMARY_METRICS
 
 Example = dict[str, str]
 #: The probe-result field each ``rank_on`` choice ranks on.
@@ -182,6 +185,15 @@ class NtkSpec(Record):
     projection_dim: int | None = Field(None, ge=1, description="needed for method: full")
     rank_with_f: bool = Field(
         True, description="Lens ranks with the LensLLM law and F (else F is only reported)"
+    )
+
+
+class SpectralSpec(Record):
+    """The weight-spectrum (NLPmetrics) metrics of each candidate (``tasks.weight_metrics``)."""
+
+    enabled: bool = True
+    min_tail: int = Field(
+        DEFAULT_MIN_TAIL, ge=2, description="fewest eigenvalues a fitted power-law tail holds"
     )
 
 
@@ -397,6 +409,51 @@ class NtkResult(Record):
     peak_rss_mb: float
     device: str
     projection_dim: int | None = None
+
+
+class SpectralLayer(Record):
+    """One weight matrix's metrics (``lens_model.weight_spectrum.LayerSpectrum``)."""
+
+    name: str
+    rows: int
+    cols: int
+    n_eigenvalues: int
+    alpha: float
+    xmin: float
+    ks_distance: float
+    n_tail: int
+    lambda_max: float
+    log_spectral_norm: float
+    alpha_weighted: float
+
+
+class SpectralResult(Record):
+    """A candidate's weight-spectrum metrics: the means over its matrices (lower = better for
+    each; ``alpha_weighted`` is the one the literature ranks with), every matrix's, which
+    weights they were computed from and what it cost. A selector reads one by name:
+    ``result.metric("alpha_weighted")``."""
+
+    weights_sha256: str = Field(description="sha256 over the safetensors files' names and bytes")
+    matrices: str = Field(description="which weight matrices, in words")
+    alpha_weighted: float
+    alpha: float
+    log_spectral_norm: float
+    layers: list[SpectralLayer]
+    seconds: float
+
+    def metric(self, name: str) -> float:
+        """The model-level metric ``name`` (one of ``SUMMARY_METRICS``)."""
+        if name not in SUMMARY_METRICS:
+            raise KeyError(
+                f"unknown weight-spectrum metric {name!r}: choose one of "
+                f"{', '.join(SUMMARY_METRICS)} ({RANKING_METRIC} is the one the literature ranks "
+                "with)"
+            )
+        return float(getattr(self, name))
+
+    def summary(self) -> dict[str, float]:
+        """Every model-level metric by name."""
+        return {name: self.metric(name) for name in SUMMARY_METRICS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -651,6 +708,9 @@ class SelectionSummary(Record):
     )
     timings: dict[str, float] = Field(
         {}, description="wall seconds per step of this process's run (cache hits are fast)"
+    )
+    spectral: dict[str, SpectralResult] = Field(
+        {}, description="each candidate's weight-spectrum metrics (spectral.enabled)"
     )
 
     def time_split(self) -> str:

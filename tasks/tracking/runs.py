@@ -131,13 +131,16 @@ def log_candidate(
     tags: dict | None = None,
     extra_metrics: list[tuple[str, float, int]] | None = None,
     extra_json: dict[str, Any] | None = None,
+    extra_tables: dict[str, list[dict]] | None = None,
 ) -> str:
     """Create the nested run of one candidate under a selection run; return its id.
 
     Every probe is logged (:func:`log_probe`). Numeric entries of ``prediction`` become
     ``prediction.<key>`` metrics at step ``prediction['target_size']`` and ``predicted_loss``
     also ``test_loss_predicted`` there, next to the measured curve; the whole prediction is
-    logged as ``prediction.json``. The parent's ``lensllm.*`` tags are copied.
+    logged as ``prediction.json``. ``extra_json`` and ``extra_tables`` (artifact file ->
+    payload, or rows of a table the UI renders) are logged too. The parent's ``lensllm.*``
+    tags are copied.
 
     Idempotent under a resumed parent (:func:`open_selection_run`): a finished run of the same
     candidate is kept and its id returned; an unfinished one (cut off by a crash) is deleted and
@@ -167,6 +170,8 @@ def log_candidate(
         tracker.log(run_id, metrics=extra_metrics or [])
         for artifact_file, payload in (extra_json or {}).items():
             tracker.log_json(run_id, payload, artifact_file)
+        for artifact_file, rows in (extra_tables or {}).items():
+            tracker.log_table(run_id, rows, artifact_file)
     except Exception:
         tracker.end_run(run_id, "FAILED")
         raise

@@ -15,6 +15,7 @@ from tasks.records.schema import (
     ProbeResult,
     Registration,
     SelectionResult,
+    SpectralResult,
     TargetCheck,
 )
 from tasks.tracking import tags as T
@@ -33,12 +34,19 @@ def log_selection(
     ntk: dict[str, NtkResult],
     plots: list[str],
     targets: dict[str, ProbeResult] | None = None,
+    spectral: dict[str, SpectralResult] | None = None,
 ) -> None:
     """Log every candidate (nested runs; a candidate trained at the target gets that point on
-    its curve too) and the ranking, fit parameters and plots (parent)."""
-    targets = targets or {}
+    its curve too; its NTK features and weight spectra) and the ranking, fit parameters and
+    plots (parent)."""
+    targets, spectral = targets or {}, spectral or {}
     for name, runs in probes.items():
         cand = result.candidates[name]
+        extra_metrics = ntk_metrics(ntk[name], cand) if name in ntk else []
+        extra_tables = {}
+        if name in spectral:
+            extra_metrics += spectral_metrics(spectral[name])
+            extra_tables["weight_spectra.json"] = spectral_rows(spectral[name])
         log_candidate(
             tracker,
             run_id,
@@ -48,8 +56,9 @@ def log_selection(
             prediction=_prediction(cand, result.target_size),
             params={"n_params": n_params[name], "model": name},
             tags={T.DROPPED_REASON: cand.dropped} if cand.dropped else None,
-            extra_metrics=ntk_metrics(ntk[name], cand) if name in ntk else None,
+            extra_metrics=extra_metrics,
             extra_json={"ntk_spectrum.json": ntk[name].model_dump()} if name in ntk else None,
+            extra_tables=extra_tables,
         )
     tracker.log_inputs(run_id, selection_inputs(data))
     tracker.log_table(run_id, result.ranking_rows(), "ranking.json")
@@ -215,3 +224,19 @@ def ntk_metrics(feats: NtkResult, cand: CandidateResult) -> list[tuple[str, floa
     metrics += [("ntk.eigenvalue", float(v), k) for k, v in enumerate(feats.eigenvalues)]
     metrics += [("ntk.alignment", float(v), k) for k, v in enumerate(feats.alignment)]
     return metrics
+
+
+def spectral_metrics(spectral: SpectralResult) -> list[tuple[str, float, int]]:
+    """A candidate's weight-spectrum metrics: the model-level means (``spectral.<metric>``),
+    the matrix count and the time it took (step 0)."""
+    values = {
+        **spectral.summary(),
+        "n_matrices": len(spectral.layers),
+        "seconds": spectral.seconds,
+    }
+    return [(f"spectral.{k}", float(v), 0) for k, v in values.items()]
+
+
+def spectral_rows(spectral: SpectralResult) -> list[dict]:
+    """Every weight matrix's metrics, one row each (the ``weight_spectra.json`` table)."""
+    return [layer.model_dump() for layer in spectral.layers]

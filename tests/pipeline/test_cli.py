@@ -40,7 +40,16 @@ def test_help_lists_every_command(capsys):
     listed = capsys.readouterr().out.split("Commands:")[1]
     for name in lensllm.commands:
         assert f"\n  {name} " in listed, name
-    expected = {"select", "audit", "benchmark", "calibration", "ui", "models", "register"}
+    expected = {
+        "select",
+        "audit",
+        "audit-spectra",
+        "benchmark",
+        "calibration",
+        "ui",
+        "models",
+        "register",
+    }
     assert expected | {"registry", "stack", "deploy", "worker"} == set(lensllm.commands)
 
 

@@ -64,11 +64,20 @@ def test_config_error_is_the_user_error_of_tasks_errors():
         (_with(probe__lerning_rate=0.1), "probe.lerning_rate"),
         (_with(dataset__max_exmples=10), "dataset.max_exmples"),
         (_with(registry={"model_name": "m", "margn": 0.1}), "registry.margn"),
+        (_with(spectral={"enable": False}), "spectral.enable"),
     ],
 )
 def test_unknown_key_is_named(tmp_path, data, key):
     with pytest.raises(ConfigError, match=rf"unknown key '{key}'"):
         load_config(_write(tmp_path, data))
+
+
+def test_the_spectral_section(tmp_path):
+    assert load_config(_write(tmp_path, BASE)).spectral.enabled  # on by default
+    cfg = load_config(_write(tmp_path, _with(spectral={"enabled": False, "min_tail": 20})))
+    assert (cfg.spectral.enabled, cfg.spectral.min_tail) == (False, 20)
+    with pytest.raises(ConfigError, match=r"spectral.min_tail: Input should be greater than"):
+        load_config(_write(tmp_path, _with(spectral={"min_tail": 1})))
 
 
 def test_unknown_key_in_a_candidate_entry_is_named(tmp_path):

@@ -191,7 +191,7 @@ def test_the_time_split_covers_the_selection_and_is_logged(selection):
     """Where the time went, step by step (the demo's split in the README comes from it)."""
     summary = selection["summary"]
     steps = [
-        "data and models", "NTK", "probes", "fit", "target training", "tracking",
+        "data and models", "NTK", "weight spectra", "probes", "fit", "target training", "tracking",
         "registration and gate",
     ]  # fmt: skip
     assert list(summary.timings) == steps
@@ -265,7 +265,14 @@ def test_mlflow_parent_run_with_one_nested_run_per_candidate(selection):
         eigen = client.get_metric_history(child.info.run_id, "ntk.eigenvalue")
         assert sorted(m.step for m in eigen) == list(range(len(eigen))) and len(eigen) >= 2
         assert child.data.metrics["ntk.f_term"] > 0
-        assert "ntk_spectrum.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "ntk_spectrum.json" in artifacts
+        # the weight spectra, as in the selection's records: the means and every matrix's
+        spectral = selection["summary"].spectral[child.data.tags[T.CANDIDATE]]
+        for metric, value in spectral.summary().items():
+            assert child.data.metrics[f"spectral.{metric}"] == pytest.approx(value)
+        assert child.data.metrics["spectral.n_matrices"] == len(spectral.layers) == 14
+        assert "weight_spectra.json" in artifacts
     assert uri.startswith("sqlite:///")
 
 
