@@ -68,9 +68,9 @@ def test_one_tracking_uri_option_everywhere():
 # ------------------------------------------------------------------ MLFLOW_TRACKING_URI honoured
 def _table(tmp: Path) -> str:
     table = rectified_table([0, 16, 32, 64, 128, 256, 512, 1024], n=4, seed=1, name="ENV")
-    frame = pd.DataFrame(table["losses"], columns=[str(s) for s in table["sizes"]])
-    frame.insert(0, "config name", table["models"])
-    frame["size"], frame["family"] = table["model_sizes"], table["families"]
+    frame = pd.DataFrame(table.losses, columns=[str(int(s)) for s in table.sizes])
+    frame.insert(0, "config name", list(table.models))
+    frame["size"], frame["family"] = table.model_sizes, list(table.families)
     frame.to_csv(tmp / "env.csv", index=False)
     return str(tmp / "env.csv")
 
