@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lens_model.calibration import reliability
+from lens_model.error_model import ErrorGroup, ErrorModel, fit_family
 from lens_model.loss_table import LossTable
 from lens_model.selectors import SELECTORS, Selector
 from lens_model.table_score import TableScore, score
@@ -161,3 +162,60 @@ def _scores_by_level(selector, table, budget, target_size, levels, kind) -> dict
         if not out[level].predicts:
             break
     return {level: out.get(level, out[levels[0]]) for level in levels}
+
+
+# -- the cross-task error model --------------------------------------------------------------
+ERROR_MODEL_METHODS = ("Lens", "AtS")
+
+
+def fitting_selections(table: LossTable) -> list[tuple[int, int]]:
+    """``(budget, target)`` of every selection a table offers for fitting an error model:
+    each positive size as a (pretend) target, each smaller size with at least one positive
+    size below it as a budget."""
+    sizes = [int(d) for d in table.sizes if d > 0]
+    return [(b, t) for t in sizes for b in sizes if b < t and sizes.index(b) >= 1]
+
+
+def error_groups(
+    tables: Sequence[LossTable], methods: Sequence[str] = ERROR_MODEL_METHODS
+) -> dict[str, list[ErrorGroup]]:
+    """Every selection's errors (backtest and target) by predictor family, from running
+    ``methods`` (in-selection calibration, no prior) at every :func:`fitting_selections` of
+    every table. Selections a selector cannot make (too short a ladder) are skipped."""
+    selectors = {m: SELECTORS.get(m)(interval="calibrated") for m in methods}
+    groups: dict[str, list[ErrorGroup]] = {}
+    for table in tables:
+        for budget, target in fitting_selections(table):
+            for name, selector in selectors.items():
+                try:
+                    scored = score(selector, table, budget=budget, target_size=target)
+                except ValueError:
+                    continue
+                evidence = scored.selection.evidence
+                if evidence is not None:
+                    label = f"{table.name} {name} {budget}->{target}"
+                    groups.setdefault(evidence.family, []).append(
+                        evidence.group(scored.truth, label, table.name)
+                    )
+    return groups
+
+
+def fit_error_model(
+    tables: Sequence[LossTable],
+    *,
+    methods: Sequence[str] = ERROR_MODEL_METHODS,
+    seed: int = 0,
+    source: str = "",
+) -> ErrorModel:
+    """The error model (``lens_model.error_model``) fitted on every selection of ``tables``:
+    one :class:`FamilyPrior` per predictor family with errors from at least two selections."""
+    groups = error_groups(tables, methods)
+    families = {
+        family: fit_family(part, seed=seed)
+        for family, part in sorted(groups.items())
+        if sum(g.errors.size > 0 for g in part) >= 2
+    }
+    if not families:
+        names = ", ".join(t.name for t in tables)
+        raise ValueError(f"no predictor family has errors from two selections in: {names}")
+    return ErrorModel(families, source=source)
