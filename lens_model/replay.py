@@ -23,6 +23,9 @@ DEFAULT_TARGET = 1_638_400
 DEFAULT_BUDGETS = (204_800, 102_400, 51_200, 25_600, 12_800, 6_400, 3_200)
 DEFAULT_LEVELS = (0.5, 0.8, 0.9)
 INTERVAL_KINDS = ("calibrated", "heuristic")
+# with an error model, "calibrated" is its prior updated with the selection's backtest, and
+# "in-selection" the backtest alone (the selector's copy without the error model)
+IN_SELECTION = "in-selection"
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,17 @@ class ReplayResult:
     score: TableScore
 
 
-def make_selectors(methods: Sequence[str]) -> dict[str, Selector]:
-    """One selector per method name, default settings (unknown names raise before any work).
+def make_selectors(
+    methods: Sequence[str], *, error_model: ErrorModel | None = None
+) -> dict[str, Selector]:
+    """One selector per method name, default settings but ``error_model`` (unknown names
+    raise before any work).
 
     Passing the same dict to :func:`replay` and :func:`calibration_replay` lets them share
     each selector's memoised fits: their copies with other interval settings
     (``Selector.replace``) share them too."""
     classes = [SELECTORS.get(m) for m in methods]
-    return {m: cls() for m, cls in zip(methods, classes, strict=True)}
+    return {m: cls(error_model=error_model) for m, cls in zip(methods, classes, strict=True)}
 
 
 def _selectors(methods: Sequence[str], selectors: dict[str, Selector] | None) -> dict:
@@ -149,15 +155,21 @@ def calibration_replay(
     return rows, pairwise
 
 
+def _as_kind(selector: Selector, level: float, kind: str) -> Selector:
+    if kind == IN_SELECTION:
+        return selector.replace(level=level, interval="calibrated", error_model=None)
+    return selector.replace(level=level, interval=kind)
+
+
 def _scores_by_level(selector, table, budget, target_size, levels, kind) -> dict:
     """The scored selection behind each level's intervals (``levels`` highest first): one
     run at the highest level for a calibrated selector (its predictive distributions give
     every level), one per level for a heuristic one (none after a run that predicts nothing).
     """
-    runs = levels[:1] if kind == "calibrated" else levels
+    runs = levels if kind == "heuristic" else levels[:1]
     out = {}
     for level in runs:
-        selector_at = selector.replace(level=level, interval=kind)
+        selector_at = _as_kind(selector, level, kind)
         out[level] = score(selector_at, table, budget=budget, target_size=target_size)
         if not out[level].predicts:
             break
@@ -209,13 +221,24 @@ def fit_error_model(
 ) -> ErrorModel:
     """The error model (``lens_model.error_model``) fitted on every selection of ``tables``:
     one :class:`FamilyPrior` per predictor family with errors from at least two selections."""
-    groups = error_groups(tables, methods)
+    return fit_groups(_flat_groups(error_groups(tables, methods)), seed=seed, source=source)
+
+
+def _flat_groups(groups_by_family: dict[str, list[ErrorGroup]]) -> list[tuple[str, ErrorGroup]]:
+    return [(family, g) for family, part in groups_by_family.items() for g in part]
+
+
+def fit_groups(groups, *, seed: int = 0, source: str = "") -> ErrorModel:
+    """The error model fitted on ``(family, group)`` pairs (:func:`error_groups` flattened):
+    one :class:`FamilyPrior` per family with errors from at least two selections."""
+    by_family: dict[str, list[ErrorGroup]] = {}
+    for family, g in groups:
+        by_family.setdefault(family, []).append(g)
     families = {
         family: fit_family(part, seed=seed)
-        for family, part in sorted(groups.items())
+        for family, part in sorted(by_family.items())
         if sum(g.errors.size > 0 for g in part) >= 2
     }
     if not families:
-        names = ", ".join(t.name for t in tables)
-        raise ValueError(f"no predictor family has errors from two selections in: {names}")
+        raise ValueError("no predictor family has errors from two selections in these tables")
     return ErrorModel(families, source=source)

@@ -191,3 +191,19 @@ def test_widths_grow_with_the_target_distance_for_a_selection(synthetic_table):
         )
         widths.append(np.log(sel.upper / sel.lower))
     assert np.all(np.diff(np.array(widths), axis=0) > 0)
+
+
+def test_leave_one_table_out_scores_the_prior_beside_the_backtest_alone():
+    from lens_model.replay import error_groups, fit_groups
+    from tasks.reporting.replay_report import run_calibration
+    from tests.conftest import rectified_table
+
+    ladder = LADDER[:12]
+    tables = [rectified_table(ladder, n=4, seed=s, name=f"T{s}") for s in range(3)]
+    others = [(f, g) for t in tables[1:] for f, part in error_groups([t]).items() for g in part]
+    model = fit_groups(others, source="loto")
+    from lens_model.replay import make_selectors
+
+    rows = run_calibration(tables[0], ["AtS"], selectors=make_selectors(["AtS"], error_model=model))
+    methods = {r["method"] for r in rows["calibration"]}
+    assert methods == {"AtS", "AtS (heuristic)", "AtS (in-selection)"}
