@@ -134,6 +134,9 @@ class BenchmarkSettings:
         Where to log (default URI: ``tasks.tracking.client.default_tracking_uri()``).
     plots : bool
         Write the PNG plots.
+    prior : str
+        The error model of the calibrated intervals: ``"none"``, ``"default"`` (the shipped
+        file), ``"leave-one-table-out"`` (fitted on the other tables, per table) or a path.
     """
 
     tables: list[str]
@@ -142,6 +145,7 @@ class BenchmarkSettings:
     tracking_uri: str | None = None
     experiment: str = DEFAULT_EXPERIMENT
     plots: bool = True
+    prior: str = "none"
 
 
 def run_benchmark(
@@ -195,7 +199,8 @@ def run_benchmark(
     try:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        frames = _compute_and_write(tables, out, methods, plots, steps, log)
+        models = _error_models(settings, steps, log)
+        frames = _compute_and_write(tables, out, methods, plots, steps, log, models)
         seconds = time.perf_counter() - started
         runs = _log_runs(frames, methods, out, settings, tracker or steps.log_run)
     finally:
@@ -226,7 +231,40 @@ def _log_runs(frames, methods, out: Path, settings: BenchmarkSettings, tracker) 
     return runs
 
 
-def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, log) -> dict:
+LEAVE_ONE_OUT = "leave-one-table-out"
+
+
+def _error_models(settings: BenchmarkSettings, steps: Steps, log) -> dict:
+    """The error model each table is scored with, by path (None: no prior)."""
+    if settings.prior != LEAVE_ONE_OUT:
+        from tasks.priors.prior_file import resolve_prior
+
+        model = resolve_prior(settings.prior)
+        return {path: model for path in settings.tables}
+    from lens_model.replay import error_groups, fit_groups
+
+    if len(settings.tables) < 3:
+        from tasks.records.errors import ConfigError
+
+        raise ConfigError("--prior leave-one-table-out needs at least 3 tables (--table ...)")
+    tables = {path: steps.load(path) for path in settings.tables}
+    groups = {path: error_groups([t]) for path, t in tables.items()}
+    models = {}
+    for path, table in tables.items():
+        others = [g for p, part in groups.items() if p != path for g in _flat(part)]
+        names = ", ".join(t.name for p, t in tables.items() if p != path)
+        models[path] = fit_groups(others, source=f"leave-one-table-out: fitted on {names}")
+        log(f"{table.name}: error model fitted on {names}")
+    return models
+
+
+def _flat(groups_by_family: dict) -> list:
+    return [(family, g) for family, part in groups_by_family.items() for g in part]
+
+
+def _compute_and_write(
+    tables, out: Path, methods, plots: bool, steps: Steps, log, models: dict
+) -> dict:
     import pandas as pd
 
     from lens_model.replay import make_selectors
@@ -235,7 +273,7 @@ def _compute_and_write(tables, out: Path, methods, plots: bool, steps: Steps, lo
     selection, calibration, pairwise, fit_error, tradeoff = [], [], [], [], []
     for path in tables:
         table = steps.load(path)
-        selectors = make_selectors(methods)
+        selectors = make_selectors(methods, error_model=models.get(path))
         result = steps.replay(table, methods, selectors)
         selection += result["selection"]
         calibration += result["calibration"]

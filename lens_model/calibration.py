@@ -115,6 +115,9 @@ class Backtest:
         The predicted log loss.
     growth : str
         The growth model, in words.
+    slopes : ndarray (n,) or None
+        The cut curve's local slope ``d ln L / d log2 D`` between its two largest kept points
+        (what ``lens_model.error_model`` scales errors with); None where not computed.
     """
 
     errors: np.ndarray
@@ -125,6 +128,7 @@ class Backtest:
     origins: np.ndarray
     predictions: np.ndarray
     growth: str = ""
+    slopes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.errors)
@@ -136,7 +140,7 @@ class Backtest:
     @classmethod
     def empty(cls, growth: str = "") -> Backtest:
         z = np.zeros(0)
-        return cls(z, z, z, z.astype(int), z.astype(int), z, z, growth)
+        return cls(z, z, z, z.astype(int), z.astype(int), z, z, growth, z)
 
 
 def _cuts(count: np.ndarray, min_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +172,7 @@ def _line_backtest(sizes, losses, lines, scale, growth: str) -> Backtest:
     r, j = np.nonzero(beyond)
     horizon = (x[rows][r, j] - origin[r]) / LN2
     window = (origin[r] - before[r]) / LN2
+    secant = (y[rows, kept - 1] - y[rows, kept - 2]) / ((origin - before) / LN2)
     return _backtest(
         errors=y[rows][r, j] - pred[r, j],
         predictions=pred[r, j],
@@ -176,11 +181,12 @@ def _line_backtest(sizes, losses, lines, scale, growth: str) -> Backtest:
         log2_origins=origin[r] / LN2,
         candidates=rows[r],
         growth=growth,
+        slopes=secant[r],
     )
 
 
 def _backtest(
-    errors, predictions, horizons, scales, log2_origins, candidates, growth: str
+    errors, predictions, horizons, scales, log2_origins, candidates, growth: str, slopes=None
 ) -> Backtest:
     ok = np.isfinite(errors) & (horizons > 0) & np.isfinite(scales) & (scales > 0)
     keys = np.stack([np.round(log2_origins[ok], 9), np.round(log2_origins[ok] + horizons[ok], 9)])
@@ -194,6 +200,7 @@ def _backtest(
         origins=log2_origins[ok],
         predictions=np.asarray(predictions, dtype=float)[ok],
         growth=growth,
+        slopes=None if slopes is None else np.asarray(slopes, dtype=float)[ok],
     )
 
 
@@ -585,11 +592,24 @@ def _p_best(pred: Predictive) -> np.ndarray:
     return out
 
 
-def _p_min_independent(means: np.ndarray, sds: np.ndarray) -> np.ndarray:
-    """P(candidate i is the minimum) of independent normals (``sds > 0``)."""
+def _p_min_independent(means: np.ndarray, sds: np.ndarray, upper: float = math.inf) -> np.ndarray:
+    """P(candidate i is the minimum, and below ``upper``) of independent normals; a zero
+    ``sds`` is a point mass (two identical candidates have no spread between them): the
+    lowest point masses share what the normals leave below them."""
+    zero = sds <= 0
+    if zero.any():
+        x0 = float(np.min(means[zero]))
+        out = np.zeros(len(means))
+        if (~zero).any():
+            out[~zero] = _p_min_independent(means[~zero], sds[~zero], min(x0, upper))
+        first = zero & (means == x0)
+        out[first] = (1.0 - out.sum()) / first.sum() if x0 <= upper else 0.0
+        return out
     # the minimum lies below every candidate's mean + 8.5 sd with probability 1 - 1e-17
-    hi = float(np.min(means + 8.5 * sds))
+    hi = min(float(np.min(means + 8.5 * sds)), upper)
     lo = float(np.min(means - 8.5 * sds))
+    if hi <= lo:
+        return np.zeros(len(means))
     n = int(min(max((hi - lo) / (float(np.min(sds)) / 10.0), 400), 20000)) + 1
     grid = np.linspace(lo, hi, n)
     zs = (grid[None, :] - means[:, None]) / sds[:, None]

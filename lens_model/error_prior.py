@@ -106,21 +106,28 @@ class NormalInverseGamma:
                 f"m={self.m}, kappa={self.kappa}, a={self.a}, b={self.b}"
             )
 
-    def update(self, errors) -> NormalInverseGamma:
-        """The posterior after the standardised ``errors`` (conjugate update)."""
+    def update(self, errors, weights=None) -> NormalInverseGamma:
+        """The posterior after the standardised ``errors`` (conjugate update).
+
+        ``weights`` (default 1 each) count each error as that many observations: errors that
+        are strongly correlated (one curve cut at several origins) share a weight of one, so
+        that they count as the one piece of evidence they are (a power-likelihood update)."""
         r = _finite(errors)
         if r.size == 0:
             return self
-        n = r.size
-        mean = float(r.mean())
-        ss = float(np.sum((r - mean) ** 2))
+        w = np.ones(r.size) if weights is None else np.asarray(weights, dtype=float).ravel()
+        if w.shape != r.shape or not np.all(np.isfinite(w) & (w > 0)):
+            raise ValueError("weights must be positive, finite and one per error")
+        n = float(w.sum())
+        mean = float(np.sum(w * r) / n)
+        ss = float(np.sum(w * (r - mean) ** 2))
         kappa_n = self.kappa + n
         return NormalInverseGamma(
             m=(self.kappa * self.m + n * mean) / kappa_n,
             kappa=kappa_n,
             a=self.a + n / 2,
             b=self.b + ss / 2 + self.kappa * n * (mean - self.m) ** 2 / (2 * kappa_n),
-            n=self.n + n,
+            n=self.n + r.size,
         )
 
     def predictive(self) -> StudentT:
@@ -163,20 +170,24 @@ def _sufficient(groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.nd
 def _total_log_marginal(params: np.ndarray, n, mean, ss) -> float:
     """Summed log marginal likelihood of every group, vectorised over groups; ``params`` are
     ``(m, ln kappa, ln(a - 1), ln b)``."""
+    return float(np.sum(group_log_marginals(params, n, mean, ss)))
+
+
+def group_log_marginals(params: np.ndarray, n, mean, ss) -> np.ndarray:
+    """Each group's log marginal likelihood from its size (or summed weight) ``n``, mean and
+    sum of squares about it; ``params`` as in ``_total_log_marginal``."""
     m, log_kappa, log_a1, log_b = params
     kappa, a, b = math.exp(log_kappa), 1.0 + math.exp(log_a1), math.exp(log_b)
     kappa_n = kappa + n
     a_n = a + n / 2
     b_n = b + ss / 2 + kappa * n * (mean - m) ** 2 / (2 * kappa_n)
-    return float(
-        np.sum(
-            gammaln(a_n)
-            - gammaln(a)
-            + a * log_b
-            - a_n * np.log(b_n)
-            + 0.5 * (log_kappa - np.log(kappa_n))
-            - 0.5 * n * math.log(2 * math.pi)
-        )
+    return (
+        gammaln(a_n)
+        - gammaln(a)
+        + a * log_b
+        - a_n * np.log(b_n)
+        + 0.5 * (log_kappa - np.log(kappa_n))
+        - 0.5 * n * math.log(2 * math.pi)
     )
 
 

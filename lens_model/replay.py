@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lens_model.calibration import reliability
+from lens_model.error_model import ErrorGroup, ErrorModel, fit_family
 from lens_model.loss_table import LossTable
 from lens_model.selectors import SELECTORS, Selector
 from lens_model.table_score import TableScore, score
@@ -22,6 +23,9 @@ DEFAULT_TARGET = 1_638_400
 DEFAULT_BUDGETS = (204_800, 102_400, 51_200, 25_600, 12_800, 6_400, 3_200)
 DEFAULT_LEVELS = (0.5, 0.8, 0.9)
 INTERVAL_KINDS = ("calibrated", "heuristic")
+# with an error model, "calibrated" is its prior updated with the selection's backtest, and
+# "in-selection" the backtest alone (the selector's copy without the error model)
+IN_SELECTION = "in-selection"
 
 
 @dataclass(frozen=True)
@@ -32,14 +36,17 @@ class ReplayResult:
     score: TableScore
 
 
-def make_selectors(methods: Sequence[str]) -> dict[str, Selector]:
-    """One selector per method name, default settings (unknown names raise before any work).
+def make_selectors(
+    methods: Sequence[str], *, error_model: ErrorModel | None = None
+) -> dict[str, Selector]:
+    """One selector per method name, default settings but ``error_model`` (unknown names
+    raise before any work).
 
     Passing the same dict to :func:`replay` and :func:`calibration_replay` lets them share
     each selector's memoised fits: their copies with other interval settings
     (``Selector.replace``) share them too."""
     classes = [SELECTORS.get(m) for m in methods]
-    return {m: cls() for m, cls in zip(methods, classes, strict=True)}
+    return {m: cls(error_model=error_model) for m, cls in zip(methods, classes, strict=True)}
 
 
 def _selectors(methods: Sequence[str], selectors: dict[str, Selector] | None) -> dict:
@@ -148,16 +155,90 @@ def calibration_replay(
     return rows, pairwise
 
 
+def _as_kind(selector: Selector, level: float, kind: str) -> Selector:
+    if kind == IN_SELECTION:
+        return selector.replace(level=level, interval="calibrated", error_model=None)
+    return selector.replace(level=level, interval=kind)
+
+
 def _scores_by_level(selector, table, budget, target_size, levels, kind) -> dict:
     """The scored selection behind each level's intervals (``levels`` highest first): one
     run at the highest level for a calibrated selector (its predictive distributions give
     every level), one per level for a heuristic one (none after a run that predicts nothing).
     """
-    runs = levels[:1] if kind == "calibrated" else levels
+    runs = levels if kind == "heuristic" else levels[:1]
     out = {}
     for level in runs:
-        selector_at = selector.replace(level=level, interval=kind)
+        selector_at = _as_kind(selector, level, kind)
         out[level] = score(selector_at, table, budget=budget, target_size=target_size)
         if not out[level].predicts:
             break
     return {level: out.get(level, out[levels[0]]) for level in levels}
+
+
+# -- the cross-task error model --------------------------------------------------------------
+ERROR_MODEL_METHODS = ("Lens", "AtS")
+
+
+def fitting_selections(table: LossTable) -> list[tuple[int, int]]:
+    """``(budget, target)`` of every selection a table offers for fitting an error model:
+    each positive size as a (pretend) target, each smaller size with at least one positive
+    size below it as a budget."""
+    sizes = [int(d) for d in table.sizes if d > 0]
+    return [(b, t) for t in sizes for b in sizes if b < t and sizes.index(b) >= 1]
+
+
+def error_groups(
+    tables: Sequence[LossTable], methods: Sequence[str] = ERROR_MODEL_METHODS
+) -> dict[str, list[ErrorGroup]]:
+    """Every selection's errors (backtest and target) by predictor family, from running
+    ``methods`` (in-selection calibration, no prior) at every :func:`fitting_selections` of
+    every table. Selections a selector cannot make (too short a ladder) are skipped."""
+    selectors = {m: SELECTORS.get(m)(interval="calibrated") for m in methods}
+    groups: dict[str, list[ErrorGroup]] = {}
+    for table in tables:
+        for budget, target in fitting_selections(table):
+            for name, selector in selectors.items():
+                try:
+                    scored = score(selector, table, budget=budget, target_size=target)
+                except ValueError:
+                    continue
+                evidence = scored.selection.evidence
+                if evidence is not None:
+                    label = f"{table.name} {name} {budget}->{target}"
+                    groups.setdefault(evidence.family, []).append(
+                        evidence.group(scored.truth, label, table.name)
+                    )
+    return groups
+
+
+def fit_error_model(
+    tables: Sequence[LossTable],
+    *,
+    methods: Sequence[str] = ERROR_MODEL_METHODS,
+    seed: int = 0,
+    source: str = "",
+) -> ErrorModel:
+    """The error model (``lens_model.error_model``) fitted on every selection of ``tables``:
+    one :class:`FamilyPrior` per predictor family with errors from at least two selections."""
+    return fit_groups(_flat_groups(error_groups(tables, methods)), seed=seed, source=source)
+
+
+def _flat_groups(groups_by_family: dict[str, list[ErrorGroup]]) -> list[tuple[str, ErrorGroup]]:
+    return [(family, g) for family, part in groups_by_family.items() for g in part]
+
+
+def fit_groups(groups, *, seed: int = 0, source: str = "") -> ErrorModel:
+    """The error model fitted on ``(family, group)`` pairs (:func:`error_groups` flattened):
+    one :class:`FamilyPrior` per family with errors from at least two selections."""
+    by_family: dict[str, list[ErrorGroup]] = {}
+    for family, g in groups:
+        by_family.setdefault(family, []).append(g)
+    families = {
+        family: fit_family(part, seed=seed)
+        for family, part in sorted(by_family.items())
+        if sum(g.errors.size > 0 for g in part) >= 2
+    }
+    if not families:
+        raise ValueError("no predictor family has errors from two selections in these tables")
+    return ErrorModel(families, source=source)

@@ -40,6 +40,7 @@ from lens_model.calibration import (
     power_scale,
     secant_scale,
 )
+from lens_model.error_model import ErrorEvidence, ErrorModel, posterior_predictive
 from lens_model.laws import FitWarning, RectifiedLaw, ScalingLaw, VanillaLaw
 from lens_model.lookup import Registry
 from lens_model.metrics import probe_cost
@@ -160,6 +161,13 @@ class Selection:
         Probability that each candidate has the lowest loss at the target; sums to 1 over the
         candidates with a prediction (dropped ones included: they may still be the best), NaN
         for the others and for selectors that predict no loss. Computed on first access.
+    evidence : ErrorEvidence or None
+        The selection's backtest errors and each candidate's slope and horizon, in the terms
+        of the cross-task error model (``lens_model.error_model``), for predictors it covers.
+
+    With an error model, ``predictions`` are the medians of the predictive distributions (the
+    predictor's extrapolation moved by the measured bias) while ``scores`` keep the predictor's
+    own extrapolation, so the ranking is the published method's.
     """
 
     scores: np.ndarray
@@ -176,6 +184,7 @@ class Selection:
     predictive: Predictive | None = field(default=None, repr=False)
     predictor: str | None = None
     converged: np.ndarray | None = None
+    evidence: ErrorEvidence | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.predictive is None:  # a Selection built by hand: normals from its intervals
@@ -235,6 +244,7 @@ class Scored:
     basis: str = ""
     predictor: str | None = None
     converged: np.ndarray | None = None
+    evidence: ErrorEvidence | None = None
 
     @classmethod
     def unpredicted(cls, scores) -> Scored:
@@ -256,18 +266,32 @@ class Selector:
         Nominal level of the reported intervals, in (0, 1).
     interval : {"calibrated", "heuristic"}
         How intervals and decision probabilities are made (module docstring).
+    error_model : ErrorModel, optional
+        The cross-task error model (``lens_model.error_model``): calibrated intervals of a
+        predictor it covers are its prior updated with the selection's backtest errors. None:
+        the backtest alone (split-conformal quantiles, ``IntervalCalibrator``).
     """
 
     greater_is_better = False
     level = 0.9  # class defaults: a subclass whose __init__ skips super() still selects
     interval = "calibrated"
+    error_model = None
     # probe sizes up to the budget (zero-shot aside) the selector needs: a curve to extrapolate
     # needs two
     min_ladder_sizes = 2
 
-    def __init__(self, *, level: float = 0.9, interval: str = "calibrated") -> None:
+    def __init__(
+        self,
+        *,
+        level: float = 0.9,
+        interval: str = "calibrated",
+        error_model: ErrorModel | None = None,
+    ) -> None:
         self.level = check_level(level)
         self.interval = check_interval_method(interval)
+        if error_model is not None and not isinstance(error_model, ErrorModel):
+            raise ValueError(f"error_model must be an ErrorModel or None, got {error_model!r}")
+        self.error_model = error_model
 
     def get_params(self) -> dict:
         """The constructor's settings, by name (every one is stored under its own name)."""
@@ -315,6 +339,7 @@ class Selector:
             predictive=scored.predictive,
             predictor=scored.predictor,
             converged=scored.converged,
+            evidence=scored.evidence,
         )
 
     def _score(self, source: ProbeSource, budget: int, target_size: int) -> Scored:
@@ -332,6 +357,8 @@ class Selector:
         largest: np.ndarray,
         second: np.ndarray | None = None,
         dropped: dict[int, str] | None = None,
+        family: str | None = None,
+        slopes: np.ndarray | None = None,
     ) -> Scored:
         """Scores = predictions, with calibrated intervals from ``backtest()`` (errors of the
         selector's own predictor on its own probes), or the heuristic ``lower`` / ``upper``
@@ -341,12 +368,50 @@ class Selector:
         candidate's ``largest`` probe to ``target_size``: ``power_scale`` for a line or a law,
         ``secant_scale`` for a secant from the ``second`` largest probe. Too few probes for a
         backtest: no interval at all (NaN bounds and probabilities, method ``"none"``), never
-        the predictor's own interval in its place (it has no backtest behind it)."""
+        the predictor's own interval in its place (it has no backtest behind it).
+
+        A predictor of ``family`` (``lens_model.error_model.FAMILIES``) with each candidate's
+        local ``slopes`` has its errors described in the error model's terms
+        (``Scored.evidence``); with an ``error_model`` covering the family, the intervals are
+        its prior updated with the backtest (:meth:`_with_prior`)."""
         pred = np.asarray(predictions, dtype=float)
         dropped = {} if dropped is None else dropped
         if self.interval == "heuristic":
             return Scored(pred, pred, lower, upper, dropped, basis="heuristic (as asked)")
         bt = backtest()
+        evidence = None
+        if family is not None and slopes is not None:
+            evidence = _evidence(family, bt, pred, slopes, np.log2(target_size / largest))
+        prior = self.error_model.family(family) if self.error_model is not None else None
+        if prior is not None and evidence is not None:
+            return self._with_prior(prior, evidence, pred, dropped, bt)
+        scored = self._in_selection(pred, bt, dropped, target_size, largest, second)
+        return with_fields(scored, evidence=evidence)
+
+    def _with_prior(self, prior, evidence: ErrorEvidence, pred, dropped, bt: Backtest) -> Scored:
+        """The error model's prior updated with the backtest errors: medians as predictions,
+        Student-t intervals, decisions from the joint posterior."""
+        predictive = posterior_predictive(prior, evidence)
+        with np.errstate(over="ignore", invalid="ignore"):
+            median = np.exp(predictive.median())
+        lo, hi = predictive.interval(self.level)
+        post, t = predictive.posterior, predictive.marginal
+        n = post.n
+        reach = f", horizons up to {bt.horizons.max():.3g} doublings" if n else ""
+        basis = (
+            f"calibrated: error-model prior ({self.error_model.source or 'given'}; "
+            f"{evidence.family} family, error scale (|slope| + {prior.slope_floor:.3g}) x "
+            f"H^{prior.gamma:.2f}, fitted on {prior.n_groups} selections) updated with {n} "
+            f"backtest errors from {len(np.unique(evidence.backtest_candidates))} candidate(s)"
+            f"{reach}: Student-t with {t.df:.3g} df; the point is the predictive median, the "
+            f"prediction moved by the posterior bias ({t.median:+.3f} x the error scale)"
+        )
+        return Scored(
+            pred, median, lo, hi, dropped, predictive, "calibrated", basis, evidence=evidence
+        )
+
+    def _in_selection(self, pred, bt: Backtest, dropped, target_size, largest, second) -> Scored:
+        """Intervals from the selection's backtest alone (split-conformal quantiles)."""
         try:
             calibrator = IntervalCalibrator().fit(bt)
         except ValueError as err:
@@ -364,6 +429,37 @@ class Selector:
         lo, hi = predictive.interval(self.level)
         basis = calibrator.basis(self.level)
         return Scored(pred, pred, lo, hi, dropped, predictive, "calibrated", basis)
+
+
+def _evidence(family: str, bt: Backtest, pred, slopes, horizons) -> ErrorEvidence:
+    """The backtest and the target predictions in the error model's terms."""
+    bt_slopes = bt.slopes if bt.slopes is not None else np.full(len(bt), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_pred = np.log(np.asarray(pred, dtype=float))
+    return ErrorEvidence(
+        family=family,
+        backtest_errors=bt.errors,
+        backtest_slopes=bt_slopes,
+        backtest_horizons=bt.horizons,
+        backtest_candidates=bt.candidates,
+        log_predictions=log_pred,
+        slopes=np.asarray(slopes, dtype=float),
+        horizons=np.asarray(horizons, dtype=float),
+    )
+
+
+def local_slopes(points: list[list[float]], losses: list[list[float]]) -> np.ndarray:
+    """Each curve's local slope ``d ln L / d log2 D`` between its two largest positive sizes
+    (``points[i]`` increasing with ``losses[i]``); NaN for a curve with fewer than two."""
+    out = []
+    for d, y in zip(points, losses, strict=True):
+        pos = [(a, b) for a, b in zip(d, y, strict=True) if a > 0 and np.isfinite(b)]
+        if len(pos) < 2:
+            out.append(np.nan)
+            continue
+        (d1, y1), (d2, y2) = pos[-2], pos[-1]
+        out.append((np.log(y2) - np.log(y1)) / np.log2(d2 / d1))
+    return np.asarray(out, dtype=float)
 
 
 def _error_scale(target_size: float, largest, second=None) -> np.ndarray:
@@ -464,8 +560,9 @@ class _LawFit(Selector):
         level: float = 0.9,
         interval: str = "calibrated",
         memo: FitMemo | None = None,
+        error_model: ErrorModel | None = None,
     ):
-        super().__init__(level=level, interval=interval)
+        super().__init__(level=level, interval=interval, error_model=error_model)
         self.seed = seed
         self.memo = FitMemo() if memo is None else memo
 
@@ -540,9 +637,15 @@ class AtS(Selector):
     sizes up to the budget."""
 
     def __init__(
-        self, *, k: int = 3, delta: float = 5.0, level: float = 0.9, interval: str = "calibrated"
+        self,
+        *,
+        k: int = 3,
+        delta: float = 5.0,
+        level: float = 0.9,
+        interval: str = "calibrated",
+        error_model: ErrorModel | None = None,
     ) -> None:
-        super().__init__(level=level, interval=interval)
+        super().__init__(level=level, interval=interval, error_model=error_model)
         self.k = k
         self.delta = delta
 
@@ -563,8 +666,16 @@ class AtS(Selector):
             return backtest_power_phase(sizes, losses, k=self.k, delta=self.delta)
 
         largest = np.full(n, sizes.max())
+        slopes = local_slopes([list(sizes)] * n, [list(row) for row in losses])
         return self._scored(
-            out[:, 0], out[:, 1], out[:, 2], backtest, target_size=target_size, largest=largest
+            out[:, 0],
+            out[:, 1],
+            out[:, 2],
+            backtest,
+            target_size=target_size,
+            largest=largest,
+            family="line",
+            slopes=slopes,
         )
 
 
@@ -662,8 +773,9 @@ class Lens(Selector):
         level: float = 0.9,
         interval: str = "calibrated",
         backtest_on: str = "read",
+        error_model: ErrorModel | None = None,
     ) -> None:
-        super().__init__(level=level, interval=interval)
+        super().__init__(level=level, interval=interval, error_model=error_model)
         if backtest_on not in ("read", "ladder"):
             raise ValueError(f"backtest_on must be 'read' or 'ladder', got {backtest_on!r}")
         self.backtest_on = backtest_on
@@ -833,6 +945,9 @@ class Lens(Selector):
                     _lens_law_refit(sizes, run.f_terms), sizes, table, min_points=4, zero_shot=True
                 )
 
+        family = {"local_slope": "secant", "power_phase": "line"}.get(run.predictor)
+        points = [sorted(d for d in run.points[i] if d > 0) for i in range(n)]
+        slopes = local_slopes(points, [[run.losses[(i, d)] for d in points[i]] for i in range(n)])
         scored = self._scored(
             pred,
             lo,
@@ -842,6 +957,8 @@ class Lens(Selector):
             largest=largest,
             second=second,
             dropped=dropped,
+            family=family,
+            slopes=slopes,
         )
         return with_fields(scored, predictor=run.predictor)
 

@@ -11,6 +11,7 @@ from prefect import task
 
 from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw
 from lens_model.selectors import SELECTORS, Selection, TableProbes
+from tasks.priors.prior_file import interval_settings
 from tasks.records.errors import ProbeDivergedError
 from tasks.records.schema import (
     RANK_KEYS,
@@ -170,7 +171,7 @@ def _selector(name: str, intervals: IntervalSpec | None):
     (``Lens(backtest_on="ladder")``: more origins than its sparse first round)."""
     cls = SELECTORS.get(name)
     intervals = intervals or IntervalSpec()
-    kwargs = {"level": intervals.level, "interval": intervals.method}
+    kwargs = interval_settings(intervals)
     if "backtest_on" in inspect.signature(cls).parameters:
         kwargs["backtest_on"] = "ladder"
     return cls(**kwargs)

@@ -8,6 +8,7 @@ import click
 
 from flows.cli import (
     commands_benchmark,
+    commands_error_model,
     commands_models,
     commands_pipeline,
     commands_registry,
@@ -32,7 +33,7 @@ for _command in (
     commands_pipeline.audit_command,
     commands_pipeline.audit_spectra_command,
     commands_benchmark.benchmark_command,
-    commands_tracking.calibration_command,
+    commands_error_model.calibration_group(commands_tracking.calibration_command),
     commands_tracking.ui_command,
     commands_models.models_group,
     commands_registry.register_command,

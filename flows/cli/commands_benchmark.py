@@ -32,6 +32,15 @@ from flows.cli.console_errors import no_tracebacks_for_input_errors
 @tracking_uri_option
 @click.option("--no-plots", is_flag=True, help="skip the PNG plots")
 @click.option(
+    "--prior",
+    default="none",
+    show_default=True,
+    metavar="none|default|leave-one-table-out|FILE",
+    help="the error model calibrated intervals start from: none (each selection's backtest "
+    "alone), default (configs/error_prior.json), leave-one-table-out (each table scored with "
+    "a model fitted on the other tables) or a file from `lensllm calibration fit`",
+)
+@click.option(
     "--prefect",
     is_flag=True,
     help="run as the replay-benchmark Prefect flow (tasks visible in Prefect; starts a "
@@ -54,6 +63,7 @@ def benchmark_command(ctx: click.Context, tables: tuple[str, ...], out: str, **o
         methods=methods,
         tracking_uri=opts["tracking_uri"],
         plots=not opts["no_plots"],
+        prior=opts["prior"],
     )
     _print_result(_run(settings, opts["prefect"], opts["prefect_api_url"]))
     return 0

@@ -22,6 +22,7 @@ import numpy as np
 from lens_model.selectors import Lens, first_round
 from lens_model.tradeoff import FIRST_TOPS, lens_settings
 from tasks.fit import AdaptiveOutcome
+from tasks.priors.prior_file import interval_settings
 from tasks.records.errors import ProbeDivergedError
 from tasks.records.schema import RANK_KEYS, AdaptiveRun, IntervalSpec, ProbeResult
 
@@ -143,7 +144,7 @@ def run_adaptive(
     ladder = source.sizes[source.sizes > 0].astype(int).tolist()
     settings = adaptive_settings(ladder, budget, fraction)
     intervals = intervals or IntervalSpec()
-    lens = Lens(**settings, level=intervals.level, interval=intervals.method)
+    lens = Lens(**settings, **interval_settings(intervals))
     sel = lens.select(source, budget=int(budget), target_size=int(target_size))
     names = source.names
     run = AdaptiveRun(

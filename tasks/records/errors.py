@@ -54,6 +54,11 @@ class LossTableError(LensLLMUserError, ValueError):
     """A loss table that the replay benchmark cannot use; the message names the problem."""
 
 
+class ErrorPriorFileError(LensLLMUserError, ValueError):
+    """An error-prior file (``configs/error_prior.json``) that cannot be read or does not
+    match this version of LensLLM; the message says how to rebuild it."""
+
+
 class ProbeDivergedError(LensLLMUserError, ValueError):
     """A probe diverged and there is no loss to rank it by (``candidate`` and ``size`` name it
     when known)."""

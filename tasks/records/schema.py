@@ -175,6 +175,12 @@ class IntervalSpec(Record):
         description="calibrated: learned from a backtest of the selection's own probes; "
         "heuristic: the predictor's own least-squares / delta-method interval",
     )
+    prior: str = Field(
+        "default",
+        description="the cross-task error model calibrated intervals start from: 'default' "
+        "(the shipped configs/error_prior.json), 'none' (the selection's own backtest alone) "
+        "or the path of a file written by `lensllm calibration fit`",
+    )
 
 
 class NtkSpec(Record):

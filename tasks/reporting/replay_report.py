@@ -17,7 +17,13 @@ import pandas as pd
 from lens_model.laws import LAWS, FitWarning
 from lens_model.loss_table import LossTable
 from lens_model.phase import fit_power_phase
-from lens_model.replay import calibration_replay, make_selectors, replay
+from lens_model.replay import (
+    IN_SELECTION,
+    INTERVAL_KINDS,
+    calibration_replay,
+    make_selectors,
+    replay,
+)
 from lens_model.tradeoff import cost_accuracy_curve
 from tasks.records.errors import LossTableError  # noqa: E402
 
@@ -137,15 +143,18 @@ def run_calibration(
 
     Calibrated and heuristic intervals side by side (method ``"AtS"`` and
     ``"AtS (heuristic)"``), at nominal levels 0.5, 0.8 and 0.9; pairwise probabilities binned
-    in tenths, with the expected calibration error and the Brier score per method.
+    in tenths, with the expected calibration error and the Brier score per method. With an
+    error model on the selectors, the backtest-only intervals too (``"AtS (in-selection)"``).
     """
     target, budgets = budgets_for(table)
+    with_prior = any(getattr(s, "error_model", None) for s in (selectors or {}).values())
     interval_rows, pairwise = calibration_replay(
         table,
         methods=methods,
         budgets=budgets,
         target_size=target,
         selectors=selectors,
+        intervals=(*INTERVAL_KINDS, IN_SELECTION) if with_prior else INTERVAL_KINDS,
     )
     calibration = [
         {"dataset": table.name, "ratio": target // r["budget"]}
@@ -269,6 +278,32 @@ def calibration_summary(calibration: pd.DataFrame, pairwise: pd.DataFrame | None
     return pd.DataFrame(out)
 
 
+def pooled_summary(calibration: pd.DataFrame, pairwise: pd.DataFrame | None) -> pd.DataFrame:
+    """Per method over every table: coverage at each level (weighted by budgets), the mean
+    interval score at the highest level, and the pairwise ECE of the pooled pairs (from the
+    per-table bins: the same ten bins, counts added)."""
+    top = calibration.nominal.max()
+    out = []
+    for method, part in calibration.groupby("method", sort=False):
+        row = {"method": method, "tables": part.dataset.nunique()}
+        for nominal, cov in part.groupby("nominal").coverage.mean().items():
+            row[f"coverage@{nominal:g}"] = cov
+        row[f"interval score@{top:g}"] = part[part.nominal == top].mean_interval_score.mean()
+        if pairwise is not None and not pairwise.empty:
+            row["pairwise ECE"] = _pooled_ece(pairwise[pairwise.method == method])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _pooled_ece(bins: pd.DataFrame) -> float:
+    if bins.empty or bins.pairs.sum() == 0:
+        return float("nan")
+    b = bins.fillna({"mean_probability": 0.0, "observed_frequency": 0.0})
+    p = (b.pairs * b.mean_probability).groupby(b.bin_low).sum()
+    o = (b.pairs * b.observed_frequency).groupby(b.bin_low).sum()
+    return float((p - o).abs().sum() / b.pairs.sum())
+
+
 def calibration_report(calibration: pd.DataFrame, pairwise: pd.DataFrame | None) -> str:
     """The "Calibration" section of report.md."""
     lines = [
@@ -283,6 +318,9 @@ def calibration_report(calibration: pd.DataFrame, pairwise: pd.DataFrame | None)
         "lens_model/calibration.py.",
     ]
     summary = calibration_summary(calibration, pairwise)
+    if calibration.dataset.nunique() > 1:
+        pooled = pooled_summary(calibration, pairwise).set_index("method")
+        lines += ["", "## Pooled over the tables", "", markdown_table(pooled, 3)]
     for dataset, part in summary.groupby("dataset", sort=False):
         frame = part.drop(columns="dataset").set_index("method")
         lines += ["", f"## {dataset}: calibration", "", markdown_table(frame, 3)]

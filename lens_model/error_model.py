@@ -1,0 +1,373 @@
+"""The extrapolation-error model: how wrong a selector's prediction is, learned across tasks.
+
+A selector extrapolates each candidate's log loss from its probes to a target size ``H``
+doublings beyond its largest probe. Its log error ``e = ln(true loss) - ln(prediction)`` is
+modelled from what the selector can see, per predictor *family* (``FAMILIES``: the secant of
+``Lens``'s local slope, the power-phase line of ``AtS``):
+
+    g = (|s| + s0) * H ** gamma                     the error scale
+    r = e / g                                       the standardised error
+
+``s`` is the curve's local slope ``d ln L / d log2 D`` between the two largest probes read:
+a curve that still falls fast has further to bend, so its extrapolation errs more (on the
+published FLAN table and the zoo audits ``|e|`` grows like ``|s|^0.9 H^1.8``); ``s0`` keeps
+the scale of a flat curve positive, ``gamma`` is the growth with the horizon. The standardised
+errors of one *selection* (its candidates share data, recipe and target, so they share a bias
+and a spread) follow the normal-inverse-gamma model of ``lens_model.error_prior``:
+
+    r_i | mu, sigma^2 ~ N(mu, sigma^2),  mu | sigma^2 ~ N(m, sigma^2 / kappa),
+    sigma^2 ~ Inv-Gamma(a, b).
+
+A backtest error (the same predictor cut at a smaller origin, ``lens_model.calibration``) is
+standardised by the same ``g`` with its own slope and horizon, and is one more ``r_i`` of the
+group. So a selection's intervals are the prior ``(m, kappa, a, b)`` updated with its own
+backtest errors by the conjugate update (``NormalInverseGamma.update``): with none or few of
+its own errors an interval is the prior's, a long ladder's many errors dominate it, and a task
+whose errors are larger than the prior expects widens its intervals itself.
+
+The predictive log loss of candidate ``i`` is ``ln(prediction_i) + g_i * t``, with ``t``
+Student-t (``2 a_n`` degrees of freedom, location ``m_n``): its median, the reported point, is
+``ln(prediction_i) + g_i m_n`` (a measured bias moves it), and every central interval holds
+it. Decisions use the same joint posterior: candidates share ``mu`` and ``sigma``, so
+
+    z_i - z_j | sigma^2 ~ N(c_i - c_j + (g_i - g_j) m_n,
+                            sigma^2 ((g_i - g_j)^2 / kappa_n + g_i^2 + g_j^2)),
+
+with ``c`` the log predictions: ``P(i better than j)`` is a Student-t probability (exact), and
+``P(i is best)`` a seeded Monte Carlo average over the same posterior.
+
+Fitting (``fit_family``): ``(gamma, s0, m, kappa, a, b)`` maximise the summed log marginal
+likelihood of the *unstandardised* errors of many selections (each group: a selection's
+backtest errors and its target errors), ``sum_groups ln p(r) - sum_i ln g_i`` (the Jacobian
+of ``r = e / g`` makes ``gamma`` and ``s0`` identifiable). Pure numpy/scipy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import stdtr
+
+from lens_model.error_prior import BOUNDS, NormalInverseGamma, StudentT, group_log_marginals
+from lens_model.error_prior import fit_prior as fit_nig
+
+FAMILIES = {
+    "secant": "Lens's local slope: the secant of a curve's two largest probes, extrapolated",
+    "line": "AtS's power-phase line (least squares through the largest probes), extrapolated",
+}
+GAMMA_BOUNDS = (0.25, 3.0)
+SLOPE_FLOOR_BOUNDS = (1e-4, 1.0)
+# The noise of a measured loss, in log space: no interval is narrower than this on either
+# side of its median (``lens_model.calibration.NOISE_FLOOR``).
+NOISE_FLOOR = 0.005
+N_DRAWS = 20_000  # Monte Carlo draws of P(best): standard error below 0.004
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown predictor family {family!r}; known: {sorted(FAMILIES)}")
+    return family
+
+
+@dataclass(frozen=True)
+class FamilyPrior:
+    """The error model of one predictor family: scale ``(|s| + slope_floor) * H ** gamma`` and
+    the normal-inverse-gamma ``prior`` of a selection's standardised errors.
+
+    ``n_groups`` and ``n_errors`` say how much data it was fitted on (0 when set by hand)."""
+
+    gamma: float
+    slope_floor: float
+    prior: NormalInverseGamma
+    n_groups: int = 0
+    n_errors: int = 0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.gamma) and self.gamma > 0 and self.slope_floor > 0):
+            raise ValueError(
+                f"an error model needs gamma > 0 and slope_floor > 0, got gamma={self.gamma}, "
+                f"slope_floor={self.slope_floor}"
+            )
+
+    def scale(self, slopes, horizons) -> np.ndarray:
+        """Error scale ``g`` of predictions ``horizons`` doublings beyond a probe where the
+        curve's local slope (per doubling) is ``slopes``."""
+        s = np.abs(np.asarray(slopes, dtype=float))
+        h = np.asarray(horizons, dtype=float)
+        with np.errstate(invalid="ignore"):
+            return (s + self.slope_floor) * np.where(h > 0, h, np.nan) ** self.gamma
+
+
+@dataclass(frozen=True)
+class ErrorModel:
+    """A fitted error model per predictor family, and where it came from (``source``: in
+    words, e.g. the prior file and its tables)."""
+
+    families: Mapping[str, FamilyPrior]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for name in self.families:
+            check_family(name)
+
+    def family(self, name: str | None) -> FamilyPrior | None:
+        """The family's prior, or None when the model has none for it."""
+        return self.families.get(name) if name else None
+
+
+@dataclass(frozen=True)
+class ErrorGroup:
+    """Errors of one selection (backtest and target errors alike) with their slopes, horizons
+    and weights (``backtest_weights``): one group of the model. Entries with a non-finite
+    error or slope or a non-positive horizon are dropped."""
+
+    errors: np.ndarray
+    slopes: np.ndarray
+    horizons: np.ndarray
+    weights: np.ndarray | None = None
+    label: str = ""
+    task: str = ""
+
+    def __post_init__(self) -> None:
+        names = ("errors", "slopes", "horizons", "weights")
+        w = np.ones(np.size(self.errors)) if self.weights is None else self.weights
+        arrays = [
+            np.asarray(v, dtype=float).ravel() for v in (self.errors, self.slopes, self.horizons, w)
+        ]
+        if len({a.size for a in arrays}) != 1:
+            raise ValueError("errors, slopes, horizons and weights of a group must have one length")
+        ok = np.isfinite(arrays[0]) & np.isfinite(arrays[1]) & (arrays[2] > 0) & (arrays[3] > 0)
+        for name, a in zip(names, arrays, strict=True):
+            object.__setattr__(self, name, a[ok])
+
+
+def backtest_weights(candidates) -> np.ndarray:
+    """Weight of each backtest error: one over its candidate's count of errors. The errors of
+    one curve cut at several origins are strongly correlated; together they count as one
+    observation, so a long ladder does not claim a precision its few curves cannot give."""
+    c = np.asarray(candidates, dtype=int).ravel()
+    if c.size == 0:
+        return np.zeros(0)
+    _, inverse, counts = np.unique(c, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse.ravel()]
+
+
+@dataclass(frozen=True)
+class ErrorEvidence:
+    """What a selection saw of its predictor's errors, in the terms of the model.
+
+    Attributes
+    ----------
+    family : str
+        The predictor family.
+    backtest_errors, backtest_slopes, backtest_horizons : ndarray (n,)
+        The selection's own backtest errors, the local slope at each cut and the horizon.
+    backtest_candidates : ndarray of int (n,)
+        Candidate of each backtest error.
+    log_predictions, slopes, horizons : ndarray (N,)
+        Each candidate's predicted log loss at the target (the predictor's own, before any
+        bias), local slope and horizon; NaN where it has none.
+    """
+
+    family: str
+    backtest_errors: np.ndarray
+    backtest_slopes: np.ndarray
+    backtest_horizons: np.ndarray
+    backtest_candidates: np.ndarray
+    log_predictions: np.ndarray
+    slopes: np.ndarray
+    horizons: np.ndarray
+
+    def group(self, truth, label: str = "", task: str = "") -> ErrorGroup:
+        """The selection's group: its backtest errors and its target errors against ``truth``
+        (true losses at the target); ``task`` names the table it comes from."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            target = np.log(np.asarray(truth, dtype=float)) - self.log_predictions
+        return ErrorGroup(
+            np.concatenate([self.backtest_errors, target]),
+            np.concatenate([self.backtest_slopes, self.slopes]),
+            np.concatenate([self.backtest_horizons, self.horizons]),
+            np.concatenate([backtest_weights(self.backtest_candidates), np.ones(target.size)]),
+            label,
+            task,
+        )
+
+
+# -- the posterior predictive ----------------------------------------------------------------
+@dataclass(frozen=True)
+class PosteriorPredictive:
+    """The candidates' log losses at the target under the posterior of their selection's error
+    (module docstring): ``z_i = centre_i + scale_i * (mu + sigma eps_i)``.
+
+    Attributes
+    ----------
+    centre : ndarray (N,)
+        The predictor's log predictions (NaN: no prediction).
+    scale : ndarray (N,)
+        Error scales ``g_i`` at the target.
+    posterior : NormalInverseGamma
+        The selection's posterior (the prior updated with its backtest errors).
+    seed : int
+        Seed of the Monte Carlo behind ``p_best``.
+    """
+
+    centre: np.ndarray
+    scale: np.ndarray
+    posterior: NormalInverseGamma
+    seed: int = 0
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def rankable(self) -> np.ndarray:
+        return np.isfinite(self.centre) & np.isfinite(self.scale) & (self.scale > 0)
+
+    @property
+    def marginal(self) -> StudentT:
+        """The standardised error of one candidate (Student-t)."""
+        return self.posterior.predictive()
+
+    def median(self) -> np.ndarray:
+        """Median log loss: the reported point (the prediction moved by the posterior bias)."""
+        return self.centre + self.scale * self.marginal.median
+
+    def interval(self, level: float) -> tuple[np.ndarray, np.ndarray]:
+        """Central ``level`` interval of each candidate's loss (loss units), holding the
+        median +- ``NOISE_FLOOR`` at least."""
+        lo_q, hi_q = self.marginal.interval(level)
+        mid = self.median()
+        lo = np.minimum(self.centre + self.scale * lo_q, mid - NOISE_FLOOR)
+        hi = np.maximum(self.centre + self.scale * hi_q, mid + NOISE_FLOOR)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.exp(lo), np.exp(hi)
+
+    def prob_better_matrix(self) -> np.ndarray:
+        """``P[i, j] = P(z_i < z_j)``, exact under the joint posterior; 0.5 on the diagonal,
+        NaN where either candidate has no prediction."""
+        if "pairwise" not in self._cache:
+            post, c, g = self.posterior, self.centre, self.scale
+            dg = g[:, None] - g[None, :]
+            mean = c[:, None] - c[None, :] + dg * post.m  # E[z_i - z_j]
+            var = dg**2 / post.kappa + g[:, None] ** 2 + g[None, :] ** 2
+            with np.errstate(divide="ignore", invalid="ignore"):
+                p = stdtr(2 * post.a, -mean / np.sqrt(post.b / post.a * var))
+            ok = self.rankable[:, None] & self.rankable[None, :]
+            p = np.where(ok, p, np.nan)
+            np.fill_diagonal(p, np.where(self.rankable, 0.5, np.nan))
+            self._cache["pairwise"] = p
+        return self._cache["pairwise"].copy()
+
+    def p_best(self) -> np.ndarray:
+        """P(each candidate has the lowest loss at the target), seeded Monte Carlo over the
+        joint posterior (``N_DRAWS`` draws); sums to 1 over the candidates with a prediction,
+        NaN for the others."""
+        if "p_best" not in self._cache:
+            out = np.full(len(self.centre), np.nan)
+            ok = self.rankable
+            if ok.any():
+                out[ok] = _p_best_draws(self.centre[ok], self.scale[ok], self.posterior, self.seed)
+            self._cache["p_best"] = out
+        return self._cache["p_best"].copy()
+
+
+def _p_best_draws(centre, scale, post: NormalInverseGamma, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    var = post.b / rng.gamma(post.a, 1.0, N_DRAWS)
+    mu = post.m + np.sqrt(var / post.kappa) * rng.standard_normal(N_DRAWS)
+    eps = rng.standard_normal((N_DRAWS, len(centre)))
+    z = centre[None, :] + scale[None, :] * (mu[:, None] + np.sqrt(var)[:, None] * eps)
+    return np.bincount(np.argmin(z, axis=1), minlength=len(centre)) / N_DRAWS
+
+
+def posterior_predictive(
+    family: FamilyPrior, evidence: ErrorEvidence, *, seed: int = 0
+) -> PosteriorPredictive:
+    """The family's prior updated with the evidence's backtest errors, at the evidence's
+    target slopes and horizons."""
+    g_bt = family.scale(evidence.backtest_slopes, evidence.backtest_horizons)
+    r = evidence.backtest_errors / g_bt
+    ok = np.isfinite(r)
+    weights = backtest_weights(evidence.backtest_candidates)[ok]
+    posterior = family.prior.update(r[ok], weights)
+    return PosteriorPredictive(
+        centre=np.asarray(evidence.log_predictions, dtype=float),
+        scale=family.scale(evidence.slopes, evidence.horizons),
+        posterior=posterior,
+        seed=seed,
+    )
+
+
+# -- fitting ---------------------------------------------------------------------------------
+def _log_likelihood(params: np.ndarray, e, s, h, w, index, n, task_weight) -> float:
+    """Weighted sum over groups of their log marginal likelihood of unstandardised errors;
+    ``params`` are ``(gamma, ln s0, m, ln kappa, ln(a - 1), ln b)``."""
+    gamma, log_s0 = params[0], params[1]
+    g = (s + math.exp(log_s0)) * h**gamma
+    r = e / g
+    mean = np.bincount(index, weights=w * r, minlength=len(n)) / n
+    ss = np.bincount(index, weights=w * (r - mean[index]) ** 2, minlength=len(n))
+    jacobian = np.bincount(index, weights=w * np.log(g), minlength=len(n))
+    per_group = group_log_marginals(params[2:], n, mean, ss) - jacobian
+    return float(np.sum(task_weight * per_group))
+
+
+def task_weights(groups: Sequence[ErrorGroup]) -> np.ndarray:
+    """Weight of each group in the fit: one over its task's count of groups. The selections
+    of one table reuse the same curves, so each table counts as one task, however many
+    selections it offers (a 30-model published table would otherwise drown the audits)."""
+    tasks = [g.task for g in groups]
+    return np.array([1.0 / tasks.count(t) for t in tasks])
+
+
+def fit_family(groups: Sequence[ErrorGroup], *, seed: int = 0) -> FamilyPrior:
+    """Maximum marginal likelihood ``(gamma, s0, m, kappa, a, b)`` over ``groups`` (module
+    docstring): L-BFGS-B from a grid of starts in ``gamma`` and ``s0``, each started at the
+    empirical-Bayes prior of its standardised errors. Deterministic given ``seed``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two non-empty groups.
+    """
+    groups = [g for g in groups if g.errors.size]
+    if len(groups) < 2:
+        raise ValueError(
+            f"fitting an error model needs errors from at least two selections, got {len(groups)}"
+        )
+    e, s, h, w = (
+        np.concatenate([getattr(g, k) for g in groups])
+        for k in ("errors", "slopes", "horizons", "weights")
+    )
+    s = np.abs(s)
+    index = np.concatenate([np.full(g.errors.size, k) for k, g in enumerate(groups)])
+    n = np.bincount(index, weights=w)
+    task_weight = task_weights(groups)
+    bounds = [
+        GAMMA_BOUNDS,
+        tuple(math.log(v) for v in SLOPE_FLOOR_BOUNDS),
+        BOUNDS["m"],
+        tuple(math.log(v) for v in BOUNDS["kappa"]),
+        tuple(math.log(v - 1.0) for v in BOUNDS["a"]),
+        tuple(math.log(v) for v in BOUNDS["b"]),
+    ]
+    best = None
+    for gamma0 in (1.0, 1.5, 2.0):
+        for s00 in (0.003, 0.03):
+            r = e / ((s + s00) * h**gamma0)
+            nig = fit_nig([r[index == k] for k in range(len(groups))], seed=seed, n_starts=2)
+            start = [gamma0, math.log(s00), nig.m, math.log(nig.kappa)]
+            start += [math.log(nig.a - 1.0), math.log(nig.b)]
+            res = minimize(
+                lambda p: -_log_likelihood(p, e, s, h, w, index, n, task_weight),
+                np.clip(start, [b[0] for b in bounds], [b[1] for b in bounds]),
+                method="L-BFGS-B",
+                bounds=bounds,
+            )
+            if np.isfinite(res.fun) and (best is None or res.fun < best.fun - 1e-9):
+                best = res
+    gamma, log_s0, m, log_kappa, log_a1, log_b = (float(v) for v in best.x)
+    prior = NormalInverseGamma(m, math.exp(log_kappa), 1.0 + math.exp(log_a1), math.exp(log_b))
+    return FamilyPrior(gamma, math.exp(log_s0), prior, n_groups=len(groups), n_errors=e.size)

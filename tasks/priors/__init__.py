@@ -1,0 +1,1 @@
+"""The cross-task error prior on disk: fitting it from loss tables, writing and reading it."""

@@ -1,0 +1,209 @@
+"""The cross-task error model (lens_model/error_model.py): recovery of a known model on
+synthetic tasks, the Bayesian update's coverage and width, coherent points and decisions,
+and its use by every selector."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from lens_model.calibration import _p_min_independent
+from lens_model.error_model import (
+    ErrorEvidence,
+    ErrorGroup,
+    ErrorModel,
+    FamilyPrior,
+    fit_family,
+    posterior_predictive,
+)
+from lens_model.error_prior import NormalInverseGamma
+from lens_model.selectors import SELECTORS, TableProbes
+from tests.conftest import LADDER, TARGET_SIZE
+
+TRUE = FamilyPrior(1.5, 0.05, NormalInverseGamma(m=0.1, kappa=3.0, a=5.0, b=0.4))
+
+
+def _task(rng, n_backtest: int, n_target: int = 4, family: FamilyPrior = TRUE):
+    """One selection drawn from ``family``: backtest errors (one per candidate, horizons 1-2)
+    and target errors (horizons 3-6), with their slopes."""
+    p = family.prior
+    var = 1.0 / rng.gamma(p.a, 1.0 / p.b)
+    mu = rng.normal(p.m, math.sqrt(var / p.kappa))
+    n = n_backtest + n_target
+    slopes = -rng.uniform(0.01, 0.3, n)
+    horizons = np.concatenate([rng.integers(1, 3, n_backtest), rng.integers(3, 7, n_target)])
+    errors = family.scale(slopes, horizons) * rng.normal(mu, math.sqrt(var), n)
+    return errors, slopes, horizons.astype(float), var
+
+
+def _evidence(errors, slopes, horizons, n_backtest: int) -> ErrorEvidence:
+    bt = slice(0, n_backtest)
+    tg = slice(n_backtest, None)
+    return ErrorEvidence(
+        family="secant",
+        backtest_errors=errors[bt],
+        backtest_slopes=slopes[bt],
+        backtest_horizons=horizons[bt],
+        backtest_candidates=np.arange(n_backtest),
+        log_predictions=np.zeros(len(errors) - n_backtest),
+        slopes=slopes[tg],
+        horizons=horizons[tg],
+    )
+
+
+def test_fit_recovers_the_growth_slope_floor_and_prior():
+    rng = np.random.default_rng(0)
+    groups = []
+    for k in range(300):
+        e, s, h, _ = _task(rng, n_backtest=6)
+        groups.append(ErrorGroup(e, s, h, task=f"t{k}"))
+    fit = fit_family(groups)
+    assert fit.gamma == pytest.approx(TRUE.gamma, abs=0.12)
+    assert fit.slope_floor == pytest.approx(TRUE.slope_floor, rel=0.35)
+    assert fit.prior.m == pytest.approx(TRUE.prior.m, abs=0.06)
+    # the predictive spread of a new error, the quantity intervals rest on
+    assert fit.prior.predictive().sd == pytest.approx(TRUE.prior.predictive().sd, rel=0.15)
+
+
+@pytest.mark.parametrize("n_backtest", [0, 3, 40])
+def test_update_on_tasks_from_the_model_covers_at_the_nominal_level(n_backtest):
+    rng = np.random.default_rng(n_backtest)
+    held = {0.5: [], 0.9: []}
+    for _ in range(1500):
+        e, s, h, _ = _task(rng, n_backtest)
+        pred = posterior_predictive(TRUE, _evidence(e, s, h, n_backtest))
+        for level in held:
+            lo, hi = pred.interval(level)
+            truth = np.exp(e[n_backtest:])
+            held[level].append(np.mean((lo <= truth) & (truth <= hi)))
+    for level, values in held.items():
+        assert np.mean(values) == pytest.approx(level, abs=0.025)
+
+
+def test_a_long_ladder_is_dominated_by_its_own_errors_and_a_short_one_by_the_prior():
+    rng = np.random.default_rng(3)
+
+    def width(n, sigma):
+        """Mean 90 % width (in units of the error scale) over tasks of spread ``sigma``."""
+        s, h = -np.full(n + 1, 0.1), np.r_[np.ones(n), 4.0]
+        out = []
+        for _ in range(200):
+            e = TRUE.scale(s, h) * rng.normal(0.0, sigma, n + 1)
+            lo, hi = posterior_predictive(TRUE, _evidence(e, s, h, n)).interval(0.9)
+            out.append(float(np.log(hi / lo)[0]) / float(TRUE.scale(-0.1, 4.0)))
+        return float(np.mean(out))
+
+    lo_q, hi_q = TRUE.prior.predictive().interval(0.9)
+    typical = math.sqrt(TRUE.prior.b / (TRUE.prior.a - 1))  # the prior's typical spread
+    assert width(3, typical) == pytest.approx(hi_q - lo_q, rel=0.2)  # a 3-size ladder
+    wide = 3 * typical  # a task unlike the prior: its own errors pull the interval wider
+    assert width(3, wide) > 1.3 * (hi_q - lo_q)
+    assert width(400, wide) == pytest.approx(2 * 1.6449 * wide, rel=0.1)  # a long ladder
+
+
+def test_the_point_is_the_median_inside_every_interval_and_a_bias_moves_it():
+    e = np.array([0.3, 0.35, 0.32, 0.0])  # three backtest errors agree on a positive bias
+    s, h = -np.full(4, 0.1), np.array([1.0, 1.0, 1.0, 3.0])
+    pred = posterior_predictive(TRUE, _evidence(e, s, h, 3))
+    assert pred.median()[0] > 0.0  # moved up from the prediction (log 0)
+    for level in (0.1, 0.5, 0.9, 0.99):
+        lo, hi = pred.interval(level)
+        assert lo[0] < math.exp(pred.median()[0]) < hi[0]
+
+
+def test_intervals_widen_monotonically_with_the_horizon():
+    h = np.arange(1.0, 10.0)
+    evidence = ErrorEvidence("secant", *(np.zeros(0),) * 3, np.zeros(0, dtype=int),
+                             np.zeros(9), -np.full(9, 0.1), h)  # fmt: skip
+    lo, hi = posterior_predictive(TRUE, evidence).interval(0.9)
+    assert np.all(np.diff(np.log(hi / lo)) > 0)
+
+
+def test_pairwise_probabilities_and_p_best_come_from_one_joint_posterior():
+    rng = np.random.default_rng(5)
+    centre, scale = np.array([0.0, 0.05, 0.2]), np.array([0.3, 0.6, 0.4])
+    evidence = ErrorEvidence("secant", *(np.zeros(0),) * 3, np.zeros(0, dtype=int),
+                             centre, scale, np.ones(3))  # fmt: skip
+    family = FamilyPrior(1.0, 1e-4, TRUE.prior)  # scale = |slope| at H = 1
+    pred = posterior_predictive(family, evidence)
+    post = pred.posterior
+    var = post.b / rng.gamma(post.a, 1.0, 200_000)
+    mu = post.m + np.sqrt(var / post.kappa) * rng.standard_normal(len(var))
+    z = centre + pred.scale * (
+        mu[:, None] + np.sqrt(var)[:, None] * rng.standard_normal((len(var), 3))
+    )
+    p = pred.prob_better_matrix()
+    assert p[0, 1] == pytest.approx(np.mean(z[:, 0] < z[:, 1]), abs=0.005)
+    assert p[1, 2] + p[2, 1] == pytest.approx(1.0)
+    best = np.bincount(np.argmin(z, axis=1), minlength=3) / len(z)
+    np.testing.assert_allclose(pred.p_best(), best, atol=0.01)
+
+
+def test_two_identical_candidates_have_even_odds_without_a_division_by_zero():
+    with np.errstate(all="raise"):
+        p = _p_min_independent(np.array([1.0, 1.0]), np.array([0.0, 0.0]))
+        q = _p_min_independent(np.array([1.0, 1.0, 0.5]), np.array([0.0, 0.0, 0.1]))
+    np.testing.assert_allclose(p, [0.5, 0.5])
+    assert q.sum() == pytest.approx(1.0)
+    assert q[0] == pytest.approx(q[1]) and q[2] > 0.99
+
+
+MODEL = ErrorModel({"secant": TRUE, "line": FamilyPrior(1.1, 0.2, TRUE.prior)}, source="test")
+
+
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+@pytest.mark.parametrize("changes", [{"error_model": MODEL}, {}, {"interval": "heuristic"}])
+def test_every_selector_states_its_point_inside_its_interval(name, changes, synthetic_table):
+    t = synthetic_table
+    source = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=TARGET_SIZE - 1)
+    sel = SELECTORS.get(name)(**changes).select(source, budget=51_200, target_size=TARGET_SIZE)
+    stated = np.isfinite(sel.lower)
+    if not np.isfinite(sel.predictions).any():
+        return  # a selector that predicts no loss states no interval
+    assert stated.any()
+    p = sel.predictions[stated]
+    assert np.all((sel.lower[stated] <= p) & (p <= sel.upper[stated]))
+
+
+@pytest.mark.parametrize("name", ["AtS", "Lens"])
+def test_the_error_model_drives_ats_and_lens_and_says_so(name, synthetic_table):
+    t = synthetic_table
+    source = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=TARGET_SIZE - 1)
+    sel = SELECTORS.get(name)(error_model=MODEL).select(
+        source, budget=51_200, target_size=TARGET_SIZE
+    )
+    assert "error-model prior (test" in sel.interval_basis
+    assert sel.evidence is not None and sel.evidence.family in MODEL.families
+    raw = np.exp(sel.evidence.log_predictions)
+    np.testing.assert_allclose(sel.scores, raw)  # ranking stays the predictor's own
+    assert np.nansum(sel.p_best) == pytest.approx(1.0)
+
+
+def test_widths_grow_with_the_target_distance_for_a_selection(synthetic_table):
+    t = synthetic_table
+    widths = []
+    for target in LADDER[-4:]:
+        source = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=target - 1)
+        sel = SELECTORS.get("AtS")(error_model=MODEL).select(
+            source, budget=12_800, target_size=int(target)
+        )
+        widths.append(np.log(sel.upper / sel.lower))
+    assert np.all(np.diff(np.array(widths), axis=0) > 0)
+
+
+def test_leave_one_table_out_scores_the_prior_beside_the_backtest_alone():
+    from lens_model.replay import error_groups, fit_groups
+    from tasks.reporting.replay_report import run_calibration
+    from tests.conftest import rectified_table
+
+    ladder = LADDER[:12]
+    tables = [rectified_table(ladder, n=4, seed=s, name=f"T{s}") for s in range(3)]
+    others = [(f, g) for t in tables[1:] for f, part in error_groups([t]).items() for g in part]
+    model = fit_groups(others, source="loto")
+    from lens_model.replay import make_selectors
+
+    rows = run_calibration(tables[0], ["AtS"], selectors=make_selectors(["AtS"], error_model=model))
+    methods = {r["method"] for r in rows["calibration"]}
+    assert methods == {"AtS", "AtS (heuristic)", "AtS (in-selection)"}
