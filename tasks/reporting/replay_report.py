@@ -213,8 +213,12 @@ def fit_errors(table: LossTable) -> list[dict]:
 def markdown_table(frame: pd.DataFrame, digits: int) -> str:
     head = [str(frame.index.name or "")] + [str(c) for c in frame.columns]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    counts = [pd.api.types.is_integer_dtype(dtype) for dtype in frame.dtypes]
     for idx, row in frame.iterrows():
-        cells = [f"{v:.{digits}f}" if np.isfinite(v) else "n/a" for v in row.to_numpy(float)]
+        cells = [
+            "n/a" if not np.isfinite(v) else f"{v:.0f}" if count else f"{v:.{digits}f}"
+            for v, count in zip(row.to_numpy(float), counts, strict=True)
+        ]
         out.append("| " + " | ".join([str(idx)] + cells) + " |")
     return "\n".join(out)
 
