@@ -307,6 +307,7 @@ def _track_and_register(run: _Run) -> SelectionSummary:
             ntk=run.ntk,
             plots=run.plots,
             targets=run.targets,
+            checks=run.checks,
         )
         log_budget(tracker, run_id, budget, run.adaptive.run if run.adaptive else None)
         log_checks(tracker, run_id, run.checks)
