@@ -9,8 +9,8 @@ from tasks.records.schema import CheckedSelection, TargetCheck, count_held
 from tasks.reporting.live_record import by_level
 
 HEADER = (
-    "Every candidate trained at the target and measured counts, not only the winner: the "
-    "winner is the one predicted best, so a record of winners only is biased."
+    "Live calibration record. Every candidate trained at the target and measured counts, not\n"
+    "only the winner: the winner is the one predicted best, so a record of winners only is biased."
 )
 
 
@@ -20,8 +20,8 @@ def print_record(record: list[CheckedSelection], where: str) -> None:
     kinds = [entry.kind for entry in record]
     print(HEADER)
     print(
-        f"{kinds.count('selection')} selections and {kinds.count('audit')} audits ({where}): "
-        f"{len(checks)} checks at the target."
+        f"{plural(kinds.count('selection'), 'selection')} and "
+        f"{plural(kinds.count('audit'), 'audit')} ({where}): {len(checks)} checks at the target."
     )
     print_levels(checks)
     print("\nSelections and audits (held/stated per level; the misses by name, log error):")
@@ -39,7 +39,7 @@ def print_levels(checks: list[TargetCheck]) -> None:
             f"{r.median_log_width:>17.3f}"
         )
     none = sum(c.held is None for c in checks)
-    print(f"  no interval stated: {none} check{'s' * (none != 1)} (counted apart, never as held)")
+    print(f"  no interval stated: {plural(none, 'check')} (counted apart, never as held)")
 
 
 def entry_line(entry: CheckedSelection) -> str:
@@ -72,3 +72,7 @@ def print_per_selector(record: list[CheckedSelection]) -> None:
         share = f"{held / stated:.0%}" if stated else "no interval stated"
         error = statistics.median(abs(c.log_error) for c in part)
         print(f"  {selector:<12} {len(part):>4}  {held}/{stated} ({share})  {error:.3f}")
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' * (n != 1)}"

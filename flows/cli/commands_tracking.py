@@ -51,7 +51,7 @@ def calibration_command(
 ) -> int:
     """The live calibration record: every candidate checked at the target, by every tracked
     selection and audit (and the audit.json files given), per interval level."""
-    from flows.cli.calibration_report import print_record
+    from flows.cli.calibration_report import plural, print_record
     from tasks.reporting.live_record import check_rows, combine, read_audit, write_record
     from tasks.reporting.plots import plot_live_calibration
     from tasks.tracking.checked_runs import checked_selections
@@ -61,7 +61,9 @@ def calibration_command(
     tracker.check_reachable()
     record, left_out = combine(checked_selections(tracker, experiment), on_disk)
     where = f"experiment {experiment!r}" if experiment else "all experiments"
-    where = f"{where} of {tracker.display_uri}" + (f", {len(audits)} audit files" if audits else "")
+    where = f"{where} of {tracker.display_uri}"
+    if audits:
+        where += f", {plural(len(audits), 'audit file')}"
     for audit in left_out:
         print(f"{audit.source}: already tracked as run {audit.selection_run[:8]}, counted once")
     if not record:
