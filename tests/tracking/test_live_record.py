@@ -16,7 +16,7 @@ from flows import cli
 from tasks.fit import fit_and_select
 from tasks.records.errors import AuditFileError
 from tasks.records.schema import PreparedData, TargetCheck
-from tasks.reporting.live_record import by_level, combine, read_audit
+from tasks.reporting.live_record import by_level, read_audit
 from tasks.tracking import tags as T
 from tasks.tracking.checked_runs import checked_selections
 from tasks.tracking.client import Tracker, default_tracking_uri
@@ -146,11 +146,17 @@ def test_an_audit_on_disk_is_counted_once(store, tmp_path, capsys):
     assert "3 selections and 1 audit" in out and "11 checks at the target" in out
     assert "     90%       7     6    86%" in out  # the audit's 4 checks at 90 %, all held
     assert f"audit     {report['task']}" in out
-    # an audit whose selection run is already tracked adds nothing
-    tracked = checked_selections(tracker)
-    twin = read_audit(audit_dir).model_copy(update={"selection_run": run_ids[0]})
-    record, left_out = combine(tracked, [twin])
-    assert len(record) == 3 and left_out == [twin]
+    # an audit logged to MLflow (its selection run holds audit/audit.json) is listed as one,
+    # and the same audit on disk adds nothing
+    logged = tmp_path / "logged"
+    logged.mkdir()
+    (logged / "audit.json").write_text(json.dumps({**report, "selection_run": run_ids[0]}))
+    tracker.log_artifact(run_ids[0], str(logged / "audit.json"), "audit")
+    assert [e.kind for e in checked_selections(tracker)] == ["audit", "selection", "selection"]
+    assert cli.main([*args, "--audit", str(logged)]) == 0
+    out = capsys.readouterr().out
+    assert "2 selections and 1 audit " in out and ": 7 checks at the target." in out
+    assert f"already tracked as run {run_ids[0][:8]}, counted once" in out
 
 
 def test_a_corrupt_audit_file_is_a_clear_error(tmp_path):
