@@ -318,6 +318,7 @@ def _track_and_register(run: _Run) -> SelectionSummary:
             spectral=run.spectral,
             plots=run.plots,
             targets=run.targets,
+            checks=run.checks,
         )
         log_budget(tracker, run_id, budget, run.adaptive.run if run.adaptive else None)
         log_checks(tracker, run_id, run.checks)

@@ -33,59 +33,45 @@ def ui_command(tracking_uri: str | None, port: int) -> int:
 @click.option("--experiment", help="one MLflow experiment (default: all)")
 @tracking_uri_option
 @click.option(
+    "--audit",
+    "audits",
+    multiple=True,
+    metavar="PATH",
+    help="an audit.json that `lensllm audit` wrote, or its folder, to count too (repeatable)",
+)
+@click.option(
     "--out",
     default="out/calibration",
     show_default=True,
     metavar="DIR",
-    help="where the plot goes",
+    help="where the plot, live_calibration.csv (one row per check) and .json go",
 )
-def calibration_command(experiment: str | None, tracking_uri: str | None, out: str) -> int:
-    """The live calibration record: predictions checked at the target."""
-    from pathlib import Path
-
+def calibration_command(
+    experiment: str | None, tracking_uri: str | None, audits: tuple[str, ...], out: str
+) -> int:
+    """The live calibration record: every candidate checked at the target, by every tracked
+    selection and audit (and the audit.json files given), per interval level."""
+    from flows.cli.calibration_report import plural, print_record
+    from tasks.reporting.live_record import check_rows, combine, read_audit, write_record
     from tasks.reporting.plots import plot_live_calibration
-    from tasks.tracking.runs import checked_selections
+    from tasks.tracking.checked_runs import checked_selections
 
+    on_disk = [read_audit(path) for path in audits]
     tracker = tracker_for(tracking_uri)
     tracker.check_reachable()
-    rows = checked_selections(tracker, experiment)
+    record, left_out = combine(checked_selections(tracker, experiment), on_disk)
     where = f"experiment {experiment!r}" if experiment else "all experiments"
-    if not rows:
-        print(f"no finished selection with a measurement at the target in {where} "
-              f"({tracker.display_uri}); run a selection with validate.top_k >= 1")  # fmt: skip
+    where = f"{where} of {tracker.display_uri}"
+    if audits:
+        where += f", {plural(len(audits), 'audit file')}"
+    for audit in left_out:
+        print(f"{audit.source}: already tracked as run {audit.selection_run[:8]}, counted once")
+    if not record:
+        print(f"no finished selection with a measurement at the target in {where}; run a "
+              "selection with validate.top_k >= 1, or pass --audit audit.json")  # fmt: skip
         return 0
-    print(f"{len(rows)} checked selections in {where} ({tracker.display_uri}):")
-    for r in rows:
-        _print_checked(r)
-    _print_per_selector(rows)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    print(f"plot: {plot_live_calibration(rows, str(Path(out) / 'live_calibration.png'))}")
+    print_record(record, where)
+    csv_path, json_path = write_record(record, out)
+    plot = plot_live_calibration(check_rows(record), f"{out}/live_calibration.png")
+    print(f"\nwritten: {csv_path}, {json_path}, {plot}")
     return 0
-
-
-def _print_checked(r: dict) -> None:
-    interval = (
-        "(no interval)"
-        if r["held"] is None
-        else f"[{r['interval_low']:.4g}, {r['interval_high']:.4g}] ({r['level']:.0%})"
-    )
-    verdict = {True: "held", False: "MISSED"}.get(r["held"], "")
-    print(
-        f"  {r['run_id'][:8]} {r['task']:<22} {r['selector']:<12} {r['winner']:<24} "
-        f"predicted {r['predicted_loss']:.4f} {interval}, measured {r['measured_loss']:.4f}, "
-        f"log error {r['log_error']:+.3f} {verdict}"
-    )
-
-
-def _print_per_selector(rows: list[dict]) -> None:
-    import statistics
-
-    from tasks.records.schema import count_held
-
-    print("\nper selector: selections, intervals held (of those stated), median |log error|")
-    for selector in sorted({r["selector"] for r in rows}):
-        part = [r for r in rows if r["selector"] == selector]
-        held, stated = count_held(r["held"] for r in part)
-        share = f"{held / stated:.0%}" if stated else "no interval stated"
-        error = statistics.median(abs(r["log_error"]) for r in part)
-        print(f"  {selector:<12} {len(part):>4}  {held}/{stated} ({share})  {error:.3f}")

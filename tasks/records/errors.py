@@ -50,6 +50,10 @@ class LicenseNotAcceptedError(LensLLMUserError, ValueError):
     licence and the flag that accepts it (checked before anything is downloaded)."""
 
 
+class AuditFileError(LensLLMUserError, ValueError):
+    """An ``audit.json`` that the calibration record cannot read; the message names the file."""
+
+
 class LossTableError(LensLLMUserError, ValueError):
     """A loss table that the replay benchmark cannot use; the message names the problem."""
 

@@ -631,6 +631,37 @@ class TargetCheck(Record):
         )
 
 
+class CheckedSelection(Record):
+    """One selection or audit in the live calibration record, with every candidate it trained
+    at the target and checked (an audit checks them all)."""
+
+    kind: Literal["selection", "audit"]
+    source: str = Field(description="the MLflow run id, or the audit.json file")
+    task: str
+    selector: str
+    selected: str
+    checks: list[TargetCheck]
+    selection_run: str = Field("", description="the MLflow run of the selection, where known")
+    winner_only: bool = Field(
+        False, description="an older record that kept the winner's check only"
+    )
+
+    @classmethod
+    def from_audit(cls, report: dict, source: str) -> CheckedSelection:
+        """An ``audit.json`` report (``flows/audit.py``)."""
+        fields = set(TargetCheck.model_fields)
+        return cls(
+            kind="audit",
+            source=source,
+            task=report["task"],
+            selector=report["selector"],
+            selected=report["selected"],
+            checks=[TargetCheck(**{k: v for k, v in c.items() if k in fields})
+                    for c in report["checks"]],
+            selection_run=report.get("selection_run", ""),
+        )  # fmt: skip
+
+
 class GateInputs(Record):
     """What the promotion gate needs to compare on shared data: the current test split, how
     to evaluate on it, the challenger's measurement there, and the rule's settings."""

@@ -158,8 +158,9 @@ def plot_prediction(
 
 
 def plot_live_calibration(rows: list[dict], path: str) -> str:
-    """Every checked selection: the predicted loss with its interval against the loss measured
-    after training at the target (a point on the diagonal is a perfect prediction)."""
+    """Every check at the target (one row per checked candidate): the predicted loss with its
+    interval against the loss measured after training at the target (a point on the diagonal
+    is a perfect prediction)."""
     fig, ax = plt.subplots(figsize=(6.5, 6))
     for i, selector in enumerate(sorted({r["selector"] for r in rows})):
         part = [r for r in rows if r["selector"] == selector]
@@ -184,7 +185,10 @@ def plot_live_calibration(rows: list[dict], path: str) -> str:
     _log_axes(ax)
     ax.set_xlabel("measured after training at the target")
     ax.set_ylabel("predicted (interval)")
-    ax.set_title(f"Live calibration record: {len(rows)} selections checked", fontsize=10)
+    ax.set_title(
+        f"Live calibration record: {len(rows)} checks (every candidate trained at the target)",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     return _save(fig, path, 110)

@@ -6,6 +6,7 @@
 * :mod:`.runs`: selection runs (resumable), candidate runs, probes with dataset inputs, the
   benchmark run;
 * :mod:`.selection`: a whole selection logged;
+* :mod:`.checked_runs`: the live calibration record read back (every check at the target);
 * :mod:`.models`: model logging with the transformers flavour;
 * :mod:`.registry`: :class:`ModelRegistry`, versions, aliases, the promotion gate applied.
 

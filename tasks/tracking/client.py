@@ -286,6 +286,14 @@ class Tracker:
         self.client.log_dict(run_id, data, artifact_file)
         return artifact_file
 
+    def load_json(self, run_id: str, artifact_file: str) -> Any:
+        """A JSON artifact of a run, parsed."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, artifact_file, tmp)
+            return json.loads(Path(path).read_text())
+
     def log_table(self, run_id: str, rows: list[dict], artifact_file: str) -> str:
         """Log rows as a table the MLflow UI shows as one (``artifact_file`` ends in .json)."""
         if not artifact_file.endswith(".json"):

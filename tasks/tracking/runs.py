@@ -4,7 +4,6 @@ crash), probe logging with dataset inputs, and the replay benchmark's run."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -223,46 +222,3 @@ def log_benchmark_run(
         raise
     tracker.end_run(run_id, "FINISHED")
     return run_id
-
-
-def checked_selections(tracker: Tracker, experiment: str | None = None) -> list[dict]:
-    """Every finished selection whose winner was trained at the target and measured (in
-    ``experiment``, or in every experiment), oldest first: task, selector, winner, the
-    prediction with its interval and level, the measurement, the log error and whether the
-    interval held it."""
-    client = tracker.client
-    if experiment is not None:
-        found = client.get_experiment_by_name(experiment)
-        ids = [found.experiment_id] if found is not None else []
-    else:
-        ids = [e.experiment_id for e in client.search_experiments()]
-    if not ids:
-        return []
-    query = (
-        f"{tag_filter({T.RUN_KIND: 'selection'})} and attributes.status = 'FINISHED' "
-        f"and metrics.`target.measured_loss` > 0"
-    )
-    runs = client.search_runs(ids, query, max_results=10_000, order_by=["attributes.start_time"])
-    rows = []
-    for run in runs:
-        m, tags, params = run.data.metrics, run.data.tags, run.data.params
-        rows.append(
-            {
-                "run_id": run.info.run_id,
-                "start_time": run.info.start_time,
-                "task": tags.get(T.TASK, ""),
-                "selector": params.get("selector", ""),
-                "rank_on": params.get("rank_on", ""),
-                "target_size": int(params.get("target_size", 0)),
-                "winner": tags.get(T.CANDIDATE_SELECTED, ""),
-                "predicted_loss": m["target.predicted_loss"],
-                "interval_low": m["target.interval_low"],
-                "interval_high": m["target.interval_high"],
-                "level": m["target.level"],
-                "measured_loss": m["target.measured_loss"],
-                "log_error": m["target.log_error"],
-                # NaN: no interval was stated (too few probes to calibrate one)
-                "held": None if math.isnan(held := m["target.interval_held"]) else bool(held),
-            }
-        )
-    return rows

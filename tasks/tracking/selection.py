@@ -35,18 +35,26 @@ def log_selection(
     plots: list[str],
     targets: dict[str, ProbeResult] | None = None,
     spectral: dict[str, SpectralResult] | None = None,
+    checks: list[TargetCheck] | None = None,
 ) -> None:
     """Log every candidate (nested runs; a candidate trained at the target gets that point on
-    its curve too; its NTK features and weight spectra) and the ranking, fit parameters and
-    plots (parent)."""
+    its curve too, and its check as ``target.*`` metrics and tags on its own run, so the live
+    record counts every checked candidate, not only the winner; its NTK features and weight
+    spectra) and the ranking, fit parameters and plots (parent)."""
     targets, spectral = targets or {}, spectral or {}
+    checked = {c.candidate: c for c in checks or []}
     for name, runs in probes.items():
         cand = result.candidates[name]
-        extra_metrics = ntk_metrics(ntk[name], cand) if name in ntk else []
+        check = checked.get(name)
+        extra = ntk_metrics(ntk[name], cand) if name in ntk else []
         extra_tables = {}
         if name in spectral:
-            extra_metrics += spectral_metrics(spectral[name])
+            extra += spectral_metrics(spectral[name])
             extra_tables["weight_spectra.json"] = spectral_rows(spectral[name])
+        tags = {T.DROPPED_REASON: cand.dropped} if cand.dropped else {}
+        if check is not None:
+            extra += check_metrics(check)
+            tags.update(check_tags(check))
         log_candidate(
             tracker,
             run_id,
@@ -55,8 +63,8 @@ def log_selection(
             data,
             prediction=_prediction(cand, result.target_size),
             params={"n_params": n_params[name], "model": name},
-            tags={T.DROPPED_REASON: cand.dropped} if cand.dropped else None,
-            extra_metrics=extra_metrics,
+            tags=tags or None,
+            extra_metrics=extra or None,
             extra_json={"ntk_spectrum.json": ntk[name].model_dump()} if name in ntk else None,
             extra_tables=extra_tables,
         )
@@ -170,7 +178,8 @@ def check_metrics(check: TargetCheck) -> list[tuple[str, float, int]]:
 
 
 def check_tags(check: TargetCheck) -> dict[str, str]:
-    """The winner's check as tags (parent run and registered version)."""
+    """A check as tags (its candidate's run; the winner's also on the parent run and the
+    registered version)."""
     return {
         T.TARGET_MEASURED_LOSS: repr(check.measured_loss),
         T.TARGET_PREDICTED_LOSS: repr(check.predicted_loss),
@@ -182,7 +191,8 @@ def check_tags(check: TargetCheck) -> dict[str, str]:
 
 def log_checks(tracker: Tracker, run_id: str, checks: list[TargetCheck]) -> None:
     """The selection's checks on the parent run: the winner's as ``target.*`` metrics and
-    tags, every checked candidate in ``checks.json``."""
+    tags, every checked candidate in ``checks.json`` (each candidate's run carries its own:
+    :func:`log_selection`)."""
     if not checks:
         return
     winner = min(checks, key=lambda c: c.rank)

@@ -49,7 +49,8 @@ WEIGHTS_SHA256 = "lensllm.weights_sha256"
 REGISTERED_MODEL = "lensllm.registered_model"
 REGISTERED_VERSION = "lensllm.registered_version"
 
-# Realized against predicted: the winner trained at the target and measured
+# Realized against predicted: a candidate trained at the target and measured (on its own run;
+# the winner's also on the selection run and the registered version)
 TARGET_MEASURED_LOSS = "lensllm.target_measured_loss"
 TARGET_PREDICTED_LOSS = "lensllm.target_predicted_loss"
 TARGET_LOG_ERROR = "lensllm.target_log_error"  # ln(measured / predicted)

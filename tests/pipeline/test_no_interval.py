@@ -114,8 +114,8 @@ def test_the_calibration_record_keeps_no_interval_apart_through_mlflow(result, t
     reads it back as no interval and counts only the intervals that were stated."""
     from mlflow import MlflowClient
 
+    from tasks.tracking.checked_runs import checked_selections
     from tasks.tracking.client import Tracker
-    from tasks.tracking.runs import checked_selections
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -131,8 +131,9 @@ def test_the_calibration_record_keeps_no_interval_apart_through_mlflow(result, t
             client.log_metric(run_id, key, value, step=step)
         client.set_terminated(run_id)
     rows = checked_selections(Tracker(uri), "no-interval")
-    assert [r["held"] for r in rows] == [None, True]
+    assert [c.held for entry in rows for c in entry.checks] == [None, True]
     assert cli.main(["calibration", "--tracking-uri", uri, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "(no interval)" in out and "AtS             2  1/1 (100%)" in out
+    assert "no interval stated: 1 check (counted apart, never as held)" in out
+    assert "1 without an interval" in out and "AtS             2  1/1 (100%)" in out
     assert (tmp_path / "live_calibration.png").stat().st_size > 0

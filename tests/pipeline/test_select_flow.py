@@ -418,6 +418,26 @@ def test_rerun_with_only_top_k_changed_adds_no_version(selection):
     assert "P(challenger better)" not in out
 
 
+def test_the_calibration_record_counts_every_candidate_checked(selection, tmp_path, capsys):
+    """With ``validate.top_k=2`` both candidates are trained and measured at the target: each
+    check is on its candidate's own run and ``lensllm calibration`` counts both, not only the
+    winner's (the first selection, top_k 1, adds its one check)."""
+    from flows.cli import main
+    from tasks.tracking.checked_runs import checked_selections
+
+    record = {e.source: e for e in checked_selections(Tracker(selection["uri"]))}
+    assert len(record.pop(selection["summary"].run_id).checks) == 1
+    (top_k,) = record.values()
+    assert sorted(c.candidate for c in top_k.checks) == sorted(selection["candidates"])
+    _, children = _parent_and_children(selection, top_k.source)
+    measured = {r.data.tags[T.CANDIDATE]: r.data.metrics["target.measured_loss"] for r in children}
+    assert measured == {c.candidate: pytest.approx(c.measured_loss) for c in top_k.checks}
+    assert main(["calibration", "--tracking-uri", selection["uri"], "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "2 selections and 0 audits" in out and ": 3 checks at the target." in out
+    assert "2 checked: 90% " in out
+
+
 def test_task_runs_say_what_they_are(selection):
     """Prefect task runs are named for their candidate and size (issue 19), read back from
     the API: the selection's and its subflows' (training at the target, registration)."""
