@@ -22,6 +22,7 @@ import yaml
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
 from tasks.tracking.models import load_transformers_components
+from tasks.training.precision import resolved_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -316,6 +317,9 @@ def test_parent_run_artifacts_and_tags(selection, tmp_path):
     assert selection["summary"].selected in json.dumps(ranking)
     cfg = load_config(selection["config_path"])
     resolved = load_config(str(local / "config" / "resolved.yaml"))
+    # the resolved config is the YAML with probe.precision resolved on this machine
+    assert resolved.probe.precision in ("fp32", "bf16")
+    cfg = cfg.model_copy(update={"probe": resolved_spec(cfg.probe)})
     assert resolved == cfg
 
     for run in [parent, *children]:
