@@ -105,7 +105,8 @@ def test_spectra_are_added_to_a_written_audit_without_changing_the_rest(tmp_path
     # the every-selector table gains the new selectors, the rows there before stay as they were
     rows = {r["method"]: r for r in written["selectors"]}
     for row in before["selectors"]:
-        assert rows[row["method"]] == pytest.approx(row)
+        if row["method"] != "NLPMetrics":  # it ranks by the metrics given here
+            assert rows[row["method"]] == pytest.approx(row)
     assert rows["NLPMetrics"]["selected"] == table["config name"].iloc[-1]
     assert rows["NLPMetrics"]["cost"] == 0.0 and "SuccessiveHalving" in rows
     assert written["spectral"]["selected"] == table["config name"].iloc[-1]
