@@ -36,7 +36,7 @@ from flows.config import SelectionConfig, load_config
 from flows.runners import probe_threads
 from flows.select import run_selection
 from lens_model.metrics import pearson_correlation, relative_accuracy
-from lens_model.selectors import SELECTORS
+from lens_model.selectors import SELECTORS, NLPMetrics
 from lens_model.table_score import score
 from lens_model.weight_spectrum import RANKING_METRIC, SUMMARY_METRICS
 from tasks.data import prepare_data_task
@@ -190,17 +190,24 @@ def audit_report(cfg: SelectionConfig, summary: SelectionSummary, table: pd.Data
         "level": result.level,
         "interval_method": result.interval_method,
         "checks": checks,
-        "selectors": replay_at_budget(table, cfg.ladder.budget, cfg.target_size),
+        "selectors": replay_at_budget(
+            table, cfg.ladder.budget, cfg.target_size, _spectral_metrics(summary)
+        ),
         "selection_run": summary.run_id,
         **_spectral_section(table, summary, cfg.target_size),
     }
 
 
-def _spectral_section(table: pd.DataFrame, summary: SelectionSummary, target: int) -> dict:
+def _spectral_metrics(summary: SelectionSummary) -> dict[str, dict[str, float]] | None:
+    """Each candidate's weight-spectrum metrics by name, or None when not computed."""
     if not summary.spectral:
-        return {}
-    metrics = {name: result.summary() for name, result in summary.spectral.items()}
-    return {"spectral": spectral_choice(table, metrics, target)}
+        return None
+    return {name: result.summary() for name, result in summary.spectral.items()}
+
+
+def _spectral_section(table: pd.DataFrame, summary: SelectionSummary, target: int) -> dict:
+    metrics = _spectral_metrics(summary)
+    return {} if metrics is None else {"spectral": spectral_choice(table, metrics, target)}
 
 
 def spectral_choice(table: pd.DataFrame, metrics: dict[str, dict[str, float]], target: int):
@@ -253,22 +260,36 @@ def add_spectra(out_dir: str | Path, metrics: dict[str, dict[str, float]]) -> di
     out = Path(out_dir)
     report, table = read_audit(out)
     report["spectral"] = spectral_choice(table, metrics, report["target_size"])
+    report["selectors"] = replay_at_budget(table, report["budget"], report["target_size"], metrics)
     (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
     # the rest of audit.md stays as the audit wrote it (the CSV's rounding would move cells)
     text = (out / "audit.md").read_text().split(f"\n{SPECTRAL_HEADING}")[0].rstrip("\n")
+    head, _, rest = text.partition(f"\n{_selectors_heading(report['budget'])}\n")
+    if rest:  # the every-selector section, rewritten with the selectors that exist now
+        after = rest.split("\n-: no interval stated", 1)[-1].partition("\n")[2]
+        text = "\n".join([head, *_selectors_markdown(report), *([after] if after else [])])
     section = _spectral_markdown(report["spectral"], report["target_size"])
     (out / "audit.md").write_text("\n".join([text, "", *section]) + "\n")
     return report
 
 
-def replay_at_budget(table: pd.DataFrame, budget: int, target: int) -> list[dict]:
+def replay_at_budget(
+    table: pd.DataFrame, budget: int, target: int, spectral: dict | None = None
+) -> list[dict]:
     """Every registered selector on the measured table at ``budget`` (reading nothing above
-    it, never the target): its choice, RelAcc, PearCorr, Cost and intervals held."""
+    it, never the target): its choice, RelAcc, PearCorr, Cost and intervals held.
+    ``NLPMetrics`` ranks by ``spectral`` (candidate name -> its weight-spectrum metrics); it is
+    skipped ("needs weights") without them."""
     losses = table_from_frame(table, "audit", doubling=False)
     rows = []
     for method in SELECTORS.names():
+        selector = SELECTORS.get(method)()
+        if isinstance(selector, NLPMetrics) and spectral is not None:
+            selector = selector.replace(
+                values=[spectral[n][selector.metric] for n in losses.models]
+            )
         try:
-            scored = score(SELECTORS.get(method)(), losses, budget=budget, target_size=target)
+            scored = score(selector, losses, budget=budget, target_size=target)
         except ValueError as err:  # e.g. Lens needs a ladder its first round fits on
             rows.append({"method": method, "skipped": str(err)})
             continue
@@ -322,9 +343,20 @@ def audit_markdown(report: dict, table: pd.DataFrame) -> str:
             f"{_interval_cell(c)} | {c['measured_loss']:.4f} | "
             f"{c['log_error']:+.3f} | {({True: 'yes', False: 'no'}).get(c['held'], 'n/a')} |"
         )
-    lines += [
-        "",
-        f"## Every selector at budget {report['budget']} on the measured table",
+    lines += ["", *_selectors_markdown(report)]
+    if "spectral" in report:
+        lines += ["", *_spectral_markdown(report["spectral"], report["target_size"])]
+    return "\n".join(lines)
+
+
+def _selectors_heading(budget: int) -> str:
+    return f"## Every selector at budget {budget} on the measured table"
+
+
+def _selectors_markdown(report: dict) -> list[str]:
+    """The every-selector section of audit.md (ending with its footnote)."""
+    lines = [
+        _selectors_heading(report["budget"]),
         "",
         "| method | selected | RelAcc | PearCorr | Cost | intervals held |",
         "|---|---|---|---|---|---|",
@@ -345,11 +377,10 @@ def audit_markdown(report: dict, table: pd.DataFrame) -> str:
     lines += [
         "",
         "-: no interval stated (the selector predicts no loss, or had too few probes to "
-        "calibrate an interval).",
+        "calibrate an interval). NLPMetrics ranks by the lowest mean weighted alpha of the "
+        "weights (no probes); SuccessiveHalving runs under Lens's cap (1 x AtS's cost).",
     ]
-    if "spectral" in report:
-        lines += ["", *_spectral_markdown(report["spectral"], report["target_size"])]
-    return "\n".join(lines)
+    return lines
 
 
 SPECTRAL_HEADING = "## Weight-spectrum metrics (NLPmetrics: no probes, cost 0)"

@@ -33,6 +33,8 @@ DEFAULT_METHODS = [
     "RectifiedFit",
     "AtS",
     "Lens",
+    "SuccessiveHalving",
+    "NLPMetrics",  # reported as "needs weights" on a table without them
 ]
 DEFAULT_EXPERIMENT = "lensllm-replay"
 
@@ -270,12 +272,13 @@ def _compute_and_write(
     from lens_model.replay import make_selectors
     from tasks.reporting import replay_report as outputs
 
-    selection, calibration, pairwise, fit_error, tradeoff = [], [], [], [], []
+    selection, calibration, pairwise, fit_error, tradeoff, unrun = [], [], [], [], [], []
     for path in tables:
         table = steps.load(path)
         selectors = make_selectors(methods, error_model=models.get(path))
         result = steps.replay(table, methods, selectors)
         selection += result["selection"]
+        unrun += result["unrun"]
         calibration += result["calibration"]
         pairwise += result["pairwise"]
         fit_error += steps.fit_errors(table)
@@ -307,7 +310,7 @@ def _compute_and_write(
     cal = pd.DataFrame(calibration, columns=outputs.CALIBRATION_COLUMNS)
     pw = pd.DataFrame(pairwise, columns=outputs.PAIRWISE_COLUMNS)
     outputs.write_calibration(out, cal, pw)
-    outputs.write_report(out, sel, fe, cal, pw)
+    outputs.write_report(out, sel, fe, cal, pw, unrun)
     ca = pd.DataFrame(tradeoff)
     outputs.write_cost_accuracy(out, ca)  # cost_accuracy.csv + its section of report.md
     return {"selection": sel, "cost_accuracy": ca, "calibration": cal, "pairwise": pw}
@@ -323,9 +326,14 @@ def _metrics(frames: dict) -> dict[str, list[tuple[str, float, int]]]:
         metrics = [
             (f"{r.method}_{r.metric}", float(r.value), int(r.ratio)) for r in part.itertuples()
         ]
-        lens = ca[(ca.dataset == dataset) & (ca.method == "Lens") & (ca.skipped == "")]
+        capped = ca.method.isin(("Lens", "SuccessiveHalving"))
+        lens = ca[(ca.dataset == dataset) & capped & (ca.skipped == "")]
         metrics += [
-            (f"Lens_f{r.cost_fraction_setting:g}_{name}", float(getattr(r, col)), int(r.ratio))
+            (
+                f"{r.method}_f{r.cost_fraction_setting:g}_{name}",
+                float(getattr(r, col)),
+                int(r.ratio),
+            )
             for r in lens.itertuples()
             for name, col in (("Cost", "cost"), ("PearCorr", "pear_corr"), ("RelAcc", "rel_acc"))
         ]

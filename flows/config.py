@@ -173,7 +173,7 @@ class SelectionConfig(_Strict):
         """The selector exists, the ladder is long enough for it and an adaptive cap fits the
         ladder (deployment runs, which skip the CLI, get the same errors before any probe)."""
         from lens_model.selectors import SELECTORS
-        from tasks.probing.adaptive import adaptive_settings
+        from tasks.probing.adaptive import adaptive_name, adaptive_settings
 
         check_selector(self.selector, "selector")
         sizes, needed = self.ladder.sizes(), SELECTORS.get(self.selector).min_ladder_sizes
@@ -183,9 +183,14 @@ class SelectionConfig(_Strict):
                 f"a curve, the ladder has {sizes}: lower ladder.first_size (e.g. to "
                 f"{self.ladder.budget // 2}) or choose SubTuning"
             )
-        if self.adaptive.enabled:
+        if self.adaptive.enabled and adaptive_name(self.selector) == "Lens":
             fraction = self.adaptive.ladder_fraction(self.target_size, sizes)
             adaptive_settings(sizes, self.ladder.budget, fraction)
+        if SELECTORS.get(self.selector).__name__ == "NLPMetrics" and not self.spectral.enabled:
+            raise ValueError(
+                "selector NLPMetrics ranks by the weight-spectrum metrics: set "
+                "spectral.enabled: true (or choose another selector)"
+            )
 
     def trust(self) -> dict[str, bool]:
         """Candidate name -> whether its own model code may run (off unless opted in)."""

@@ -207,6 +207,7 @@ def _probe(cfg: SelectionConfig, plan: ProbePlan, n_params: dict[str, int]):
         target_size=cfg.target_size,
         fraction=cfg.adaptive.ladder_fraction(cfg.target_size, plan.data.sizes),
         intervals=cfg.intervals,
+        selector=cfg.selector,
     )
 
 
@@ -225,6 +226,7 @@ def _fit_and_select(run: _Run) -> SelectionResult:
         seed=cfg.probe.seed,
         adaptive=run.adaptive,
         intervals=cfg.intervals,
+        spectral={name: result.summary() for name, result in run.spectral.items()},
     )
 
 

@@ -45,6 +45,7 @@ from lens_model.laws import FitWarning, RectifiedLaw, ScalingLaw, VanillaLaw
 from lens_model.lookup import Registry
 from lens_model.metrics import probe_cost
 from lens_model.phase import local_slope_prediction, power_phase_prediction
+from lens_model.weight_spectrum import RANKING_METRIC, SUMMARY_METRICS
 
 SELECTORS: Registry[type[Selector]] = Registry("selector")
 
@@ -1029,3 +1030,180 @@ def _lens_law_refit(sizes: np.ndarray, f_terms: np.ndarray):
         return np.where(np.asarray(law.converged_)[:, None], out, np.nan)
 
     return refit
+
+
+def ats_cap(ladder: np.ndarray, budget: int, weights: np.ndarray, cost_fraction: float) -> float:
+    """The compute cap of an adaptive selector, in parameters x examples: ``cost_fraction``
+    of what AtS spends at ``budget`` (every ``ladder`` size up to it, for every candidate).
+    It is the cap ``Lens`` computes in its first round, so ``Lens@f`` and
+    ``SuccessiveHalving@f`` may spend exactly the same."""
+    return float(cost_fraction * ladder[ladder <= budget].sum() * np.sum(weights))
+
+
+@SELECTORS.register("SuccessiveHalving")
+class SuccessiveHalving(Selector):
+    """Successive halving, the multi-fidelity peer an ML engineer would reach for (Jamieson &
+    Talwalkar 2016; synchronous form of Optuna's ``SuccessiveHalvingPruner`` and Ray Tune's
+    ``ASHAScheduler``).
+
+    Every candidate is fine-tuned at the smallest rung ``r``; the best ``1 / reduction_factor``
+    of them by measured loss (``floor(n / eta)``, at least one, as Optuna promotes) go on to
+    ``r * eta`` examples, and so on. The schedule ends before a rung that would hold a single
+    candidate (it decides nothing) or whose size is not on the ladder below the target; rungs
+    may pass the budget, as ``Lens``'s do. Survivors (the candidates of the last rung) are
+    ranked by their loss there; dropped candidates keep their last measured loss as their
+    score and the reason. Ties go to the lower candidate index (a stable sort of the loss),
+    at every promotion and in the selection.
+
+    The compute cap is ``Lens``'s (:func:`ats_cap`: ``cost_fraction`` of what AtS spends at
+    the same budget), and the cost is counted the same way (every probe read from the
+    source). ``r`` is the largest ladder size whose whole schedule fits the cap at the mean
+    parameter count (the survivors are not known in advance); when the candidates promoted
+    to a rung are larger than the mean and it would pass the cap, the worst of them are not
+    promoted after all until it fits (``Lens``'s rule), so the cap always holds. No ladder
+    size leaving a first rung within the cap is an error. It never reads the zero-shot loss
+    nor the target, and predicts no target loss: it states no interval
+    (``interval_method="none"``).
+
+    Parameters
+    ----------
+    reduction_factor : int
+        ``eta``: the share promoted per rung is ``1 / eta`` and the data grows by ``eta``.
+    cost_fraction : float
+        Cap on compute as a fraction of AtS's at the same budget, in (0, 1].
+    min_size : int, optional
+        Smallest size a rung may have (default: the smallest positive ladder size).
+    """
+
+    min_ladder_sizes = 1
+
+    def __init__(
+        self,
+        *,
+        reduction_factor: int = 2,
+        cost_fraction: float = 1.0,
+        min_size: int | None = None,
+        level: float = 0.9,
+        interval: str = "calibrated",
+        error_model: ErrorModel | None = None,
+    ) -> None:
+        super().__init__(level=level, interval=interval, error_model=error_model)
+        if int(reduction_factor) != reduction_factor or reduction_factor < 2:
+            raise ValueError(f"reduction_factor must be an integer >= 2, got {reduction_factor}")
+        if not 0 < cost_fraction <= 1:
+            raise ValueError(f"cost_fraction must be in (0, 1], got {cost_fraction}")
+        self.reduction_factor = int(reduction_factor)
+        self.cost_fraction = cost_fraction
+        self.min_size = min_size
+
+    def schedule(self, source: ProbeSource, budget: int, target_size: int):
+        """``(rungs, cap)``: the ``(size, candidates)`` of each rung and the compute cap, both
+        from the ladder and the model sizes only (never a loss)."""
+        positive = source.sizes[(source.sizes > 0) & (source.sizes < target_size)]
+        ladder = positive[positive >= (self.min_size or positive.min())]
+        if budget not in ladder:
+            raise ValueError(f"budget {budget} is not on the ladder {ladder.astype(int).tolist()}")
+        w = np.asarray(source.model_sizes, dtype=float)
+        cap = ats_cap(ladder, budget, w, self.cost_fraction)
+        on_ladder = set(ladder.astype(int).tolist())
+        for first in ladder[::-1].astype(int).tolist():
+            rungs = [(first, len(w))]
+            while (count := rungs[-1][1] // self.reduction_factor) > 1 and (
+                size := rungs[-1][0] * self.reduction_factor
+            ) in on_ladder:
+                rungs.append((size, count))
+            if sum(size * count for size, count in rungs) * w.mean() <= cap * (1 + 1e-12):
+                return rungs, cap
+        raise ValueError(
+            f"no successive-halving schedule fits {self.cost_fraction} x AtS's compute at "
+            f"budget {budget}: even one rung at {int(ladder.min())} examples costs more; raise "
+            "cost_fraction"
+        )
+
+    def _score(self, source, budget, target_size):
+        rungs, cap = self.schedule(source, budget, target_size)
+        w = np.asarray(source.model_sizes, dtype=float)
+        n = len(w)
+        last = _nan(n)
+        dropped: dict[int, str] = {}
+        active, spent = list(range(n)), 0.0
+        for k, (size, _) in enumerate(rungs):
+            last[active] = _read(source, active, [size])[:, 0]
+            spent += size * w[active].sum()
+            if k + 1 == len(rungs):
+                break
+            order = sorted(active, key=lambda i: (last[i], i))
+            promoted = order[: rungs[k + 1][1]]
+            next_size = rungs[k + 1][0]
+            while promoted and spent + next_size * w[promoted].sum() > cap * (1 + 1e-12):
+                promoted.pop()  # larger models than planned: the worst promoted one stays
+            if not promoted:
+                break  # no one fits the next rung: this rung's candidates are the survivors
+            for place, i in enumerate(order[len(promoted) :], start=len(promoted) + 1):
+                dropped[i] = (
+                    f"not promoted after {size} examples: loss {last[i]:.4g} ranked {place} of "
+                    f"{len(active)} (top {len(promoted)} promoted)"
+                )
+            active = promoted
+        basis = "no interval: successive halving ranks by measured loss, it predicts no target loss"
+        return Scored(last, _nan(n), _nan(n), _nan(n), dropped, method="none", basis=basis)
+
+
+class NeedsWeightsError(ValueError):
+    """A selector that ranks by the candidates' weights was given no weight metrics (a
+    published loss table holds losses, not weights)."""
+
+
+@SELECTORS.register("NLPMetrics")
+class NLPMetrics(Selector):
+    """The NLPmetrics baseline: rank by a weight-spectrum metric of each candidate's weights
+    (``lens_model.weight_spectrum``), lowest first, with no probe at all (cost 0).
+
+    The metric values come with the constructor (``values``, one per candidate in the probe
+    source's order: the live pipeline and the audit pass each candidate's
+    ``SpectralResult.metric(metric)``). Without them the selector cannot rank, and says so
+    (:class:`NeedsWeightsError`) instead of guessing: a loss table has no weights. Ties go to
+    the first candidate. It predicts no target loss and states no interval.
+
+    Parameters
+    ----------
+    metric : str
+        Which summary metric the values are (one of ``weight_spectrum.SUMMARY_METRICS``,
+        lower = better for each); default the literature's mean weighted alpha.
+    values : sequence of float, optional
+        The metric of every candidate.
+    """
+
+    min_ladder_sizes = 0
+
+    def __init__(
+        self,
+        *,
+        metric: str = RANKING_METRIC,
+        values=None,
+        level: float = 0.9,
+        interval: str = "calibrated",
+        error_model: ErrorModel | None = None,
+    ) -> None:
+        super().__init__(level=level, interval=interval, error_model=error_model)
+        if metric not in SUMMARY_METRICS:
+            raise ValueError(f"metric must be one of {SUMMARY_METRICS}, got {metric!r}")
+        self.metric = metric
+        self.values = None if values is None else tuple(float(v) for v in values)
+
+    def _score(self, source, budget, target_size):
+        n = len(source.model_sizes)
+        if self.values is None:
+            raise NeedsWeightsError(
+                f"NLPMetrics ranks by each candidate's weight-spectrum {self.metric} and was "
+                "given none: it needs the candidates' weights (a selection or an audit with "
+                "spectral.enabled computes them; a published loss table has none)"
+            )
+        values = np.asarray(self.values, dtype=float)
+        if values.shape != (n,) or not np.isfinite(values).all():
+            raise ValueError(
+                f"NLPMetrics needs one finite {self.metric} per candidate ({n}), got "
+                f"{list(self.values)}"
+            )
+        basis = "no interval: a weight metric predicts no target loss"
+        return Scored(values, _nan(n), _nan(n), _nan(n), method="none", basis=basis)

@@ -1,9 +1,10 @@
-"""Cost-accuracy trade-off of the adaptive selector on a loss table (docs/replay.md).
+"""Cost-accuracy trade-off of the adaptive selectors on a loss table (docs/replay.md).
 
-``Lens`` is run at fixed fractions of what AtS spends at the same budget, next to AtS and
-SubTuning at every budget, so a reader sees how much RelAcc / PearCorr each unit of probe compute
-buys. The Lens settings per fraction come from a fixed rule on the ladder (never from the
-target column), so nothing is tuned on the table being scored.
+``Lens`` and its peer ``SuccessiveHalving`` are run at fixed fractions of what AtS spends at
+the same budget (the same cap for both), next to AtS and SubTuning at every budget, so a
+reader sees how much RelAcc / PearCorr each unit of probe compute buys. The Lens settings per
+fraction come from a fixed rule on the ladder (never from the target column), so nothing is
+tuned on the table being scored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lens_model.loss_table import LossTable
-from lens_model.selectors import AtS, Lens, SubTuning, first_round
+from lens_model.selectors import AtS, Lens, SubTuning, SuccessiveHalving, first_round
 from lens_model.table_score import TableScore, score
 
 __all__ = ["DENSE_FROM", "FIRST_TOPS", "cost_accuracy_curve", "first_round", "lens_settings"]
@@ -98,7 +99,8 @@ def cost_accuracy_curve(
     target_size: int,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
 ) -> list[dict]:
-    """Lens at each cost fraction of AtS, plus AtS and SubTuning, at every budget.
+    """Lens and SuccessiveHalving at each cost fraction of AtS, plus AtS and SubTuning, at
+    every budget.
 
     Parameters
     ----------
@@ -139,10 +141,24 @@ def cost_accuracy_curve(
                 rows.append(_skipped(fraction, budget, reason))
                 continue
             lens = score(Lens(**settings), table, budget=budget, target_size=target_size)
-            if lens.cost > fraction * ats.cost + 1e-9:  # Lens caps itself; a breach is a bug
-                raise RuntimeError(
-                    f"Lens spent {lens.cost:.6f} > {fraction} x AtS ({ats.cost:.6f}) at "
-                    f"budget {budget}"
-                )
-            rows.append(_row("Lens", fraction, lens, settings))
+            rows.append(_capped_row("Lens", fraction, lens, ats, settings))
+        for fraction in fractions:
+            halving = SuccessiveHalving(cost_fraction=fraction)
+            try:
+                sh = score(halving, table, budget=budget, target_size=target_size)
+            except ValueError as err:  # no schedule fits this fraction's cap
+                rows.append(_skipped(fraction, budget, str(err)) | {"method": "SuccessiveHalving"})
+                continue
+            rows.append(_capped_row("SuccessiveHalving", fraction, sh, ats, {}))
     return rows
+
+
+def _capped_row(method: str, fraction: float, scored: TableScore, ats: TableScore, settings):
+    """The row of an adaptive selector capped at ``fraction`` x AtS (a breach is a bug: both
+    cap themselves)."""
+    if scored.cost > fraction * ats.cost + 1e-9:
+        raise RuntimeError(
+            f"{method} spent {scored.cost:.6f} > {fraction} x AtS ({ats.cost:.6f}) at "
+            f"budget {scored.budget}"
+        )
+    return _row(method, fraction, scored, settings)

@@ -5,8 +5,9 @@ without access to training or testing data", Nature Communications 12, 4122, 202
 pretrained models by the spectra of their weight matrices alone, with no data and no
 fine-tuning. For an ``N x M`` weight matrix ``W`` (``N >= M``, transposed if needed):
 
-* the **empirical spectral density** is the set of eigenvalues of the correlation matrix
-  ``X = W^T W / N``, i.e. the squared singular values of ``W`` divided by ``N``;
+* the **empirical spectral density** is the set of eigenvalues of ``X = W^T W``, i.e. the
+  squared singular values of ``W`` (the convention of the published metric: weightwatcher's
+  default, ``normalize=False``; the ``1 / N`` of the random-matrix theory papers is left out);
 * its tail is fitted by a power law ``p(lambda) ~ lambda^(-alpha)`` for ``lambda >= xmin``:
   ``alpha`` is the Clauset-Shalizi-Newman maximum-likelihood estimate
   ``1 + n / sum_i ln(lambda_i / xmin)`` (SIAM Review 51, 2009) and ``xmin`` the candidate
@@ -29,8 +30,14 @@ the weighted alpha are not (they are meant to see the weights' scale).
 ``weightwatcher`` (PyPI 0.7.7, Apache-2.0, the authors' package) is not used: it would add
 ``powerlaw`` to the install and import matplotlib and scikit-learn, and on smollm2-135m's 210
 decoder matrices it took 84 s against 16 s here (one thread each, same loaded machine). Its
-per-layer alphas equal these where both pick the same ``xmin``; its default eigenvalues are
-``s^2`` without the ``1 / N``, so its log spectral norm is ``log10 N`` higher.
+per-layer alphas equal these where both pick the same ``xmin``; its eigenvalues
+are the same ``s^2``.
+
+Why no ``1 / N``: with it, ``lambda_max < 1`` for the decoder matrices of small LLMs, so
+``log10(lambda_max) < 0`` and the weighted alpha is negative: a heavier-tailed (smaller)
+alpha then gives a *larger* weighted alpha, the reverse of what the metric is meant to reward,
+and the ranking flips with the matrix shape. Without it the weighted alphas are positive and
+ordered as in Martin & Mahoney's tables.
 
 Everything is pure numpy (no I/O): callers pass matrices.
 """
@@ -85,12 +92,13 @@ class LayerSpectrum:
 
 
 def eigenvalues(matrices: np.ndarray) -> np.ndarray:
-    """Eigenvalues of ``X = W^T W / N`` of one matrix or a stack of equal-shape matrices.
+    """Eigenvalues of ``X = W^T W`` (squared singular values) of one matrix or a stack of
+    equal-shape matrices.
 
     Parameters
     ----------
     matrices : array, shape (..., rows, cols)
-        ``N = max(rows, cols)``; the result has ``min(rows, cols)`` eigenvalues per matrix.
+        The result has ``min(rows, cols)`` eigenvalues per matrix.
 
     Returns
     -------
@@ -110,7 +118,7 @@ def eigenvalues(matrices: np.ndarray) -> np.ndarray:
         raise ValueError("the weight matrix has NaN or inf entries")
     wt = np.swapaxes(w, -1, -2)
     gram = wt @ w if w.shape[-2] >= w.shape[-1] else w @ wt
-    return np.linalg.eigvalsh(gram) / max(w.shape[-2:])
+    return np.linalg.eigvalsh(gram)
 
 
 def fit_power_law(values: Sequence[float] | np.ndarray, *, min_tail: int = DEFAULT_MIN_TAIL):

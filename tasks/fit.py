@@ -10,9 +10,9 @@ import numpy as np
 from prefect import task
 
 from lens_model.laws import FitWarning, LensLaw, RectifiedLaw, VanillaLaw
-from lens_model.selectors import SELECTORS, Selection, TableProbes
+from lens_model.selectors import SELECTORS, NLPMetrics, Selection, TableProbes
 from tasks.priors.prior_file import interval_settings
-from tasks.records.errors import ProbeDivergedError
+from tasks.records.errors import ConfigError, ProbeDivergedError
 from tasks.records.schema import (
     RANK_KEYS,
     AdaptiveRun,
@@ -79,6 +79,7 @@ def fit_and_select(
     rank_with_f: bool = True,
     adaptive: AdaptiveOutcome | None = None,
     intervals: IntervalSpec | None = None,
+    spectral: dict[str, dict[str, float]] | None = None,
 ) -> SelectionResult:
     """Rank candidates by predicted target loss.
 
@@ -91,7 +92,8 @@ def fit_and_select(
     again (candidates may then lack sizes: NaN in the curves, ignored by the law fits).
     ``intervals``: level and method of the intervals (default: calibrated 90 %); the result
     also carries each candidate's probability of being best and every pairwise probability,
-    from the same predictive distributions.
+    from the same predictive distributions. ``spectral`` (name -> weight-spectrum metrics,
+    ``SpectralResult.summary()``) is what ``NLPMetrics`` ranks by.
     """
     names = list(probes)
     sizes, table, keep, excluded = _usable_curves(probes, rank_on, adaptive is not None)
@@ -104,7 +106,8 @@ def fit_and_select(
     if adaptive is None:
         f_rank = f_keep if rank_with_f else None
         source = TableProbes(sizes, table[keep], weights, max_size=budget, f_terms=f_rank)
-        sel = _selector(selector, intervals).select(source, budget=budget, target_size=target_size)
+        chosen = _selector(selector, intervals, spectral, kept)
+        sel = chosen.select(source, budget=budget, target_size=target_size)
     else:
         sel = _adaptive_selection(adaptive, kept)
     ranking = _ranking(sel, selector, kept, excluded, survivors_first=adaptive is not None)
@@ -165,15 +168,25 @@ def _prob_better(sel: Selection, kept: list[str]) -> dict[str, dict[str, float]]
     }
 
 
-def _selector(name: str, intervals: IntervalSpec | None):
+def _selector(name: str, intervals: IntervalSpec | None, spectral=None, kept=()):
     """The selector, with the intervals asked for. In the pipeline every ladder size was
     probed anyway, so a selector that can backtest its predictor on all of them does
-    (``Lens(backtest_on="ladder")``: more origins than its sparse first round)."""
+    (``Lens(backtest_on="ladder")``: more origins than its sparse first round). ``NLPMetrics``
+    gets the ``kept`` candidates' weight-spectrum metrics from ``spectral``."""
     cls = SELECTORS.get(name)
     intervals = intervals or IntervalSpec()
     kwargs = interval_settings(intervals)
     if "backtest_on" in inspect.signature(cls).parameters:
         kwargs["backtest_on"] = "ladder"
+    if cls is NLPMetrics:
+        missing = [n for n in kept if n not in (spectral or {})]
+        if missing:
+            raise ConfigError(
+                f"selector NLPMetrics ranks by the weight-spectrum metrics, and {missing} have "
+                "none: set spectral.enabled: true (or choose another selector)"
+            )
+        metric = cls().metric
+        kwargs["values"] = [spectral[n][metric] for n in kept]
     return cls(**kwargs)
 
 
@@ -276,10 +289,15 @@ def law_fits(sizes, table, target_size, seed, f_terms=None) -> dict[str, list[La
             use = (sizes > 0) | law.uses_zero_shot
             if use.sum() < len(law.param_names) - 1:
                 continue
-            if isinstance(law, LensLaw):
-                law.fit(sizes[use], table[:, use], f_term=f_terms)
-            else:
-                law.fit(sizes[use], table[:, use])
+            try:
+                if isinstance(law, LensLaw):
+                    law.fit(sizes[use], table[:, use], f_term=f_terms)
+                else:
+                    law.fit(sizes[use], table[:, use])
+            except ValueError:
+                # a curve with too few points for this law (successive halving drops some
+                # candidates after one size): the law is not reported, nothing is made up
+                continue
             pred = law.predict([target_size])[:, 0]
             lo, hi = law.predict_interval([target_size])
             params = {  # a shared parameter (LensLaw's scale) is repeated per candidate

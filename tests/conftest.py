@@ -95,3 +95,13 @@ def synthetic_table() -> LossTable:
 def synthetic_params() -> dict[str, np.ndarray]:
     """The true law parameters of ``synthetic_table``'s curves."""
     return rectified_case(LADDER, n=8, seed=7)[1]
+
+
+def make_selector(name: str, n_models: int, **settings):
+    """A registered selector by name; ``NLPMetrics`` gets made-up weight-spectrum values (one
+    per model: a loss table has no weights) so that every selector can run on a table."""
+    from lens_model.selectors import SELECTORS
+
+    if name == "NLPMetrics":
+        settings.setdefault("values", [float(i % 3) for i in range(n_models)])
+    return SELECTORS.get(name)(**settings)

@@ -1,4 +1,5 @@
-"""Adaptive probing in the live pipeline: ``Lens`` reads real fine-tuning probes on demand.
+"""Adaptive probing in the live pipeline: ``Lens`` (or its peer ``SuccessiveHalving``, when
+that is the configured selector) reads real fine-tuning probes on demand.
 
 ``LiveProbes`` is a ``lens_model.selectors.ProbeSource`` whose ``loss(model, size)`` runs (or
 reads from the Prefect cache) the probe of that candidate on that ladder subset, so the
@@ -19,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from lens_model.selectors import Lens, first_round
+from lens_model.selectors import Lens, SuccessiveHalving, first_round
 from lens_model.tradeoff import FIRST_TOPS, lens_settings
 from tasks.fit import AdaptiveOutcome
 from tasks.priors.prior_file import interval_settings
@@ -127,6 +128,12 @@ def adaptive_settings(ladder: Sequence[int], budget: int, fraction: float) -> di
     )
 
 
+def adaptive_name(selector: str) -> str:
+    """The adaptive selector a configured ``selector`` runs: ``SuccessiveHalving`` for
+    itself, ``Lens`` otherwise."""
+    return "SuccessiveHalving" if selector.lower() == "successivehalving" else "Lens"
+
+
 def run_adaptive(
     source: LiveProbes,
     *,
@@ -134,18 +141,24 @@ def run_adaptive(
     target_size: int,
     fraction: float,
     intervals: IntervalSpec | None = None,
+    selector: str = "Lens",
 ) -> AdaptiveOutcome:
-    """Run ``Lens`` on ``source`` under ``fraction`` of the full ladder's compute.
+    """Run ``Lens`` (or ``SuccessiveHalving``: :func:`adaptive_name`) on ``source`` under
+    ``fraction`` of the full ladder's compute.
 
-    Lens caps its spend at ``cost_fraction`` x AtS's cost, and AtS reads every positive ladder
-    size up to the budget: exactly the full ladder's compute without the (free) zero-shot
-    probes. So ``cost_fraction = fraction``.
+    Both cap their spend at ``cost_fraction`` x AtS's cost, and AtS reads every positive
+    ladder size up to the budget: exactly the full ladder's compute without the (free)
+    zero-shot probes. So ``cost_fraction = fraction``.
     """
-    ladder = source.sizes[source.sizes > 0].astype(int).tolist()
-    settings = adaptive_settings(ladder, budget, fraction)
     intervals = intervals or IntervalSpec()
-    lens = Lens(**settings, **interval_settings(intervals))
-    sel = lens.select(source, budget=int(budget), target_size=int(target_size))
+    if adaptive_name(selector) == "SuccessiveHalving":
+        settings = {"cost_fraction": fraction}
+        chosen = SuccessiveHalving(**settings, level=intervals.level, interval=intervals.method)
+    else:
+        ladder = source.sizes[source.sizes > 0].astype(int).tolist()
+        settings = adaptive_settings(ladder, budget, fraction)
+        chosen = Lens(**settings, **interval_settings(intervals))
+    sel = chosen.select(source, budget=int(budget), target_size=int(target_size))
     names = source.names
     run = AdaptiveRun(
         settings=settings,
@@ -166,6 +179,7 @@ def run_adaptive_excluding_diverged(
     target_size: int,
     fraction: float,
     intervals: IntervalSpec | None = None,
+    selector: str = "Lens",
 ) -> tuple[dict[str, list[ProbeResult]], AdaptiveOutcome]:
     """:func:`run_adaptive` that excludes a candidate whose probe diverges and starts again
     on the others (their probes come back from ``submit``'s cache, not recomputed), as the
@@ -193,6 +207,7 @@ def run_adaptive_excluding_diverged(
                 target_size=target_size,
                 fraction=fraction,
                 intervals=intervals,
+                selector=selector,
             )
         except ProbeDivergedError as err:
             if err.candidate not in active:

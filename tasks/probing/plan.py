@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.probing.adaptive import run_adaptive_excluding_diverged
+from tasks.probing.adaptive import adaptive_name, run_adaptive_excluding_diverged
 from tasks.probing.probe import probe_run_name, probe_task
 from tasks.records.schema import PreparedData, ProbeResult, ProbeSpec
 from tasks.runtime.cache import cached
@@ -111,10 +111,18 @@ class ProbePlan:
         return out
 
     def adaptive(
-        self, n_params: dict[str, int], *, rank_on: str, target_size: int, fraction, intervals
+        self,
+        n_params: dict[str, int],
+        *,
+        rank_on: str,
+        target_size: int,
+        fraction,
+        intervals,
+        selector: str = "Lens",
     ):
-        """``Lens`` decides which probes run, within ``fraction`` of the full ladder's compute;
-        a candidate whose probe diverges is excluded and Lens starts again on the others."""
+        """``Lens`` (or ``SuccessiveHalving`` when that is the ``selector``) decides which
+        probes run, within ``fraction`` of the full ladder's compute; a candidate whose probe
+        diverges is excluded and the selector starts again on the others."""
         names = list(self.models)
         probes, outcome = run_adaptive_excluding_diverged(
             names,
@@ -126,12 +134,14 @@ class ProbePlan:
             target_size=target_size,
             fraction=fraction,
             intervals=intervals,
+            selector=selector,
         )
         logger = progress_logger()
         for name, reason in outcome.run.excluded.items():
             logger.warning("adaptive: %s excluded: %s", name, reason)
         logger.info(
-            "adaptive: Lens %s ran %d probes; dropped %s",
+            "adaptive: %s %s ran %d probes; dropped %s",
+            adaptive_name(selector),
             outcome.run.settings,
             len(outcome.run.probes),
             outcome.run.dropped or "none",

@@ -24,6 +24,8 @@ from lens_model.replay import (
     make_selectors,
     replay,
 )
+from lens_model.selectors import NeedsWeightsError
+from lens_model.table_score import score
 from lens_model.tradeoff import cost_accuracy_curve
 from tasks.records.errors import LossTableError  # noqa: E402
 
@@ -98,10 +100,31 @@ def replay_table(
     calibration.csv) and ``pairwise`` (rows of pairwise.csv).
     """
     selectors = make_selectors(methods) if selectors is None else selectors
+    unrun = needs_weights(table, methods, selectors)
+    methods = [m for m in methods if m not in unrun]
     return {
         "selection": run_replay(table, methods, selectors=selectors),
         **run_calibration(table, methods, selectors=selectors),
+        "unrun": [
+            {"dataset": table.name, "method": m, "reason": reason} for m, reason in unrun.items()
+        ],
     }
+
+
+def needs_weights(table: LossTable, methods: list[str], selectors: dict) -> dict[str, str]:
+    """The methods that rank by the candidates' weights, which a loss table does not hold
+    (``NLPMetrics`` without values): method -> why it is not run."""
+    target, budgets = budgets_for(table)
+    out = {}
+    for method in methods:
+        selector = selectors.get(method) or make_selectors([method])[method]
+        try:
+            score(selector, table, budget=budgets[0], target_size=target)
+        except NeedsWeightsError as err:
+            out[method] = f"needs weights: {err}"
+        except ValueError:
+            pass  # the replay itself reports the selector's own errors
+    return out
 
 
 def run_replay(
@@ -229,7 +252,10 @@ def write_report(
     fit_error: pd.DataFrame,
     calibration: pd.DataFrame | None = None,
     pairwise: pd.DataFrame | None = None,
+    unrun: list[dict] | None = None,
 ) -> Path:
+    """``report.md``: per dataset the metric tables of every method, the methods not run
+    (``unrun``: "needs weights") and the fit errors; then the calibration section."""
     lines = [
         "# Replay benchmark",
         "",
@@ -247,6 +273,9 @@ def write_report(
             pivot["mean"] = pivot.mean(axis=1)
             digits = 2 if metric == "Cost" else 1
             lines += ["", f"### {metric}", "", markdown_table(100 * pivot, digits)]
+        for row in unrun or []:
+            if row["dataset"] == dataset:
+                lines += ["", f"{row['method']}: not run, {row['reason']}"]
         errs = fit_error[fit_error.dataset == dataset].groupby("law").rmse_log.mean()
         lines += [
             "",
@@ -536,14 +565,19 @@ HALF_COST = 0.5
 
 
 def run_cost_accuracy(table: LossTable) -> list[dict]:
-    """Rows of ``cost_accuracy.csv``: Lens per cost fraction, AtS and SubTuning, per budget."""
+    """Rows of ``cost_accuracy.csv``: Lens and SuccessiveHalving per cost fraction, AtS and
+    SubTuning, per budget."""
     target, budgets = budgets_for(table)
     rows = cost_accuracy_curve(table, budgets=budgets, target_size=target)
     return [{"dataset": table.name, "ratio": target // r["budget"]} | r for r in rows]
 
 
+ADAPTIVE = ("Lens", "SuccessiveHalving")  # the methods the cost-accuracy curve caps per fraction
+SHORT = {"SuccessiveHalving": "SH"}
+
+
 def _setting(frame: pd.DataFrame) -> pd.Series:
-    """'Lens@0.5' for a Lens row, the method name otherwise."""
+    """'Lens@0.5' / 'SuccessiveHalving@0.5' for a capped row, the method name otherwise."""
     lens = frame.method + "@" + frame.cost_fraction_setting.map("{:g}".format)
     return lens.where(frame.cost_fraction_setting.notna(), frame.method)
 
@@ -554,7 +588,8 @@ def cost_accuracy_report(frame: pd.DataFrame) -> str:
         "# Cost-accuracy",
         "",
         "Lens@f: Lens capped at f x AtS's cost at the same budget (settings from a fixed rule, "
-        "lens_model/tradeoff.py). Means over the budgets a setting ran at (in percent).",
+        "lens_model/tradeoff.py); SuccessiveHalving@f (SH): successive halving under the same "
+        "cap. Means over the budgets a setting ran at (in percent).",
     ]
     for dataset, part in frame.groupby("dataset", sort=False):
         part = part.assign(setting=_setting(part))
@@ -569,22 +604,32 @@ def cost_accuracy_report(frame: pd.DataFrame) -> str:
             reasons = part[(part.setting == setting) & (part.skipped.fillna("") != "")].skipped
             lines += ["", f"{setting} ran at {n} of {part.budget.nunique()} budgets; skipped: "]
             lines[-1] += "; ".join(reasons.drop_duplicates())
-        half = ran[ran.setting == f"Lens@{HALF_COST:g}"].set_index("ratio")
-        ats = ran[ran.method == "AtS"].set_index("ratio")
-        if half.empty:
-            continue
-        per = pd.DataFrame(
-            {
-                "RelAcc Lens@0.5": 100 * half.rel_acc,
-                "RelAcc AtS": 100 * ats.rel_acc.reindex(half.index),
-                "Cost ratio Lens/AtS": half.cost / ats.cost.reindex(half.index),
-            }
-        ).sort_index()
-        per.index = [f"1/{r}" for r in per.index]
-        per.index.name = "budget"
-        lines += ["", f"### Half-cost Lens vs AtS per budget ({dataset})", ""]
-        lines.append(markdown_table(per, 2))
+        per = _half_cost(ran)
+        if per is not None:
+            lines += ["", f"### Half-cost Lens and SuccessiveHalving vs AtS ({dataset})", ""]
+            lines.append(markdown_table(per, 2))
     return "\n".join(lines) + "\n"
+
+
+def _half_cost(ran: pd.DataFrame) -> pd.DataFrame | None:
+    """Per budget: RelAcc and PearCorr (percent) and the cost relative to AtS of Lens@0.5 and
+    SuccessiveHalving@0.5, beside AtS's RelAcc; None without a Lens@0.5 row."""
+    ats = ran[ran.method == "AtS"].set_index("ratio")
+    half = ran[ran.setting == f"Lens@{HALF_COST:g}"].set_index("ratio")
+    if half.empty:
+        return None
+    columns = {}
+    for method in ADAPTIVE:
+        part = ran[ran.setting == f"{method}@{HALF_COST:g}"].set_index("ratio")
+        name = f"{SHORT.get(method, method)}@{HALF_COST:g}"
+        columns[f"RelAcc {name}"] = 100 * part.rel_acc.reindex(half.index)
+        columns[f"PearCorr {name}"] = 100 * part.pear_corr.reindex(half.index)
+        columns[f"Cost {name}/AtS"] = (part.cost / ats.cost).reindex(half.index)
+    columns["RelAcc AtS"] = 100 * ats.rel_acc.reindex(half.index)
+    per = pd.DataFrame(columns).sort_index()
+    per.index = [f"1/{r}" for r in per.index]
+    per.index.name = "budget"
+    return per
 
 
 def write_cost_accuracy(out_dir: Path, frame: pd.DataFrame) -> Path:
@@ -599,7 +644,8 @@ def write_cost_accuracy(out_dir: Path, frame: pd.DataFrame) -> Path:
 
 
 def plot_cost_accuracy(out_dir: Path, frame: pd.DataFrame, dataset: str) -> Path:
-    """RelAcc and PearCorr vs Cost (log x): Lens per fraction, AtS and SubTuning per budget."""
+    """RelAcc and PearCorr vs Cost (log x): Lens per fraction, SuccessiveHalving at half cost,
+    AtS and SubTuning per budget."""
     plt = _pyplot()
     part = frame[(frame.dataset == dataset) & (frame.skipped.fillna("") == "")]
     part = part.assign(setting=_setting(part))
@@ -607,13 +653,19 @@ def plot_cost_accuracy(out_dir: Path, frame: pd.DataFrame, dataset: str) -> Path
     for ax, (col, label) in zip(
         axes, (("rel_acc", "RelAcc"), ("pear_corr", "PearCorr")), strict=True
     ):
-        for method, m in part[part.method != "Lens"].groupby("method", sort=False):
+        for method, m in part[~part.method.isin(ADAPTIVE)].groupby("method", sort=False):
             m = m.sort_values("cost")
             ax.plot(m.cost, 100 * m[col], marker="s", lw=1.2, label=f"{method} (per budget)")
-        lens = part[part.method == "Lens"]
-        for setting, m in lens.groupby("setting", sort=False):
+        # every Lens fraction; successive halving at the half-cost cap only (the peer of
+        # Lens@0.5: its other fractions are in cost_accuracy.csv)
+        capped = part[
+            (part.method == "Lens") | (part.setting == f"SuccessiveHalving@{HALF_COST:g}")
+        ]
+        for setting, m in capped.groupby("setting", sort=False):
             m = m.sort_values("cost")
-            ax.plot(m.cost, 100 * m[col], marker="o", ls=":", lw=1, label=setting)
+            peer = setting.startswith("SuccessiveHalving")
+            ax.plot(m.cost, 100 * m[col], marker="^" if peer else "o", ls="--" if peer else ":",
+                    lw=1.8 if peer else 1, label=setting)  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("Cost (fraction of fine-tuning every model on the target)")
         ax.set_ylabel(f"{label} (%)")

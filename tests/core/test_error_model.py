@@ -20,7 +20,7 @@ from lens_model.error_model import (
 )
 from lens_model.error_prior import NormalInverseGamma
 from lens_model.selectors import SELECTORS, TableProbes
-from tests.conftest import LADDER, TARGET_SIZE
+from tests.conftest import LADDER, TARGET_SIZE, make_selector
 
 TRUE = FamilyPrior(1.5, 0.05, NormalInverseGamma(m=0.1, kappa=3.0, a=5.0, b=0.4))
 
@@ -158,7 +158,8 @@ MODEL = ErrorModel({"secant": TRUE, "line": FamilyPrior(1.1, 0.2, TRUE.prior)}, 
 def test_every_selector_states_its_point_inside_its_interval(name, changes, synthetic_table):
     t = synthetic_table
     source = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=TARGET_SIZE - 1)
-    sel = SELECTORS.get(name)(**changes).select(source, budget=51_200, target_size=TARGET_SIZE)
+    selector = make_selector(name, len(t.models), **changes)
+    sel = selector.select(source, budget=51_200, target_size=TARGET_SIZE)
     stated = np.isfinite(sel.lower)
     if not np.isfinite(sel.predictions).any():
         return  # a selector that predicts no loss states no interval

@@ -8,7 +8,7 @@ import pytest
 
 from lens_model import SELECTORS, LossTable, score
 from lens_model.metrics import pearson_correlation, probe_cost, relative_accuracy
-from tests.conftest import TARGET_SIZE
+from tests.conftest import TARGET_SIZE, make_selector
 
 GOOD = {
     "name": "T",
@@ -50,7 +50,8 @@ def test_a_broken_table_is_refused(change, match):
 
 @pytest.mark.parametrize("name", SELECTORS.names())
 def test_score_is_the_protocol_metrics_of_the_selection(name, synthetic_table):
-    scored = score(SELECTORS.get(name)(), synthetic_table, budget=3_200, target_size=TARGET_SIZE)
+    selector = make_selector(name, len(synthetic_table.models))
+    scored = score(selector, synthetic_table, budget=3_200, target_size=TARGET_SIZE)
     sel, truth = scored.selection, synthetic_table.losses_at(TARGET_SIZE)
     assert all(d < TARGET_SIZE for _, d in sel.probes)  # the target column is never read
     assert scored.pear_corr == pearson_correlation(sel.scores, truth)

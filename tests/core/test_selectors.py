@@ -29,9 +29,17 @@ def source(table, model_sizes=None) -> TableProbes:
     return TableProbes(sizes, losses, w, max_size=TARGET_SIZE - 1)
 
 
+def make(name: str, n: int = 8, **kwargs) -> Selector:
+    """A registered selector; NLPMetrics gets a weight metric per candidate (its only input)."""
+    if name == "NLPMetrics":
+        kwargs.setdefault("values", np.linspace(3.0, 2.0, n))
+    return SELECTORS.get(name)(**kwargs)
+
+
 def run(name: str, table, budget: int, model_sizes=None, **kwargs) -> Selection:
     src = source(table, model_sizes)
-    return SELECTORS.get(name)(**kwargs).select(src, budget=budget, target_size=TARGET_SIZE)
+    selector = make(name, len(table.models), **kwargs)
+    return selector.select(src, budget=budget, target_size=TARGET_SIZE)
 
 
 def ats_cost(table, budget: int, model_sizes=None) -> float:
@@ -76,13 +84,13 @@ def test_no_selector_reads_the_target_column(name, synthetic_table):
     src = source(synthetic_table)
     with pytest.raises(ValueError, match="above the largest readable size"):
         src.loss(0, TARGET_SIZE)
-    sel = SELECTORS.get(name)().select(src, budget=204_800, target_size=TARGET_SIZE)
+    sel = make(name).select(src, budget=204_800, target_size=TARGET_SIZE)
     assert max((d for _, d in sel.probes), default=0) < TARGET_SIZE
     # a table whose target column is garbage gives the same selection: it was never used
     sizes, losses, w = arrays(synthetic_table)
     poisoned = losses.copy()
     poisoned[:, sizes == TARGET_SIZE] = np.nan
-    again = SELECTORS.get(name)().select(
+    again = make(name).select(
         TableProbes(sizes, poisoned, w, max_size=TARGET_SIZE),
         budget=204_800,
         target_size=TARGET_SIZE,
@@ -356,7 +364,7 @@ def test_one_lens_serves_two_interleaved_selections(synthetic_table, synthetic_p
 
 @pytest.mark.parametrize("name", SELECTORS.names())
 def test_select_leaves_the_selector_as_configured(name, synthetic_table):
-    selector = SELECTORS.get(name)(level=0.8)
+    selector = make(name, level=0.8)
     before = selector.get_params()
     run_twice = [selector.select(source(synthetic_table), budget=b, target_size=TARGET_SIZE)
                  for b in (3_200, 51_200)]  # fmt: skip
@@ -366,7 +374,7 @@ def test_select_leaves_the_selector_as_configured(name, synthetic_table):
 
 @pytest.mark.parametrize("name", SELECTORS.names())
 def test_replace_copies_the_settings_and_validates_the_changes(name):
-    selector = SELECTORS.get(name)(level=0.8)
+    selector = make(name, level=0.8)
     copy = selector.replace(interval="heuristic")
     assert type(copy) is type(selector) and copy is not selector
     assert copy.get_params() == selector.get_params() | {"interval": "heuristic"}
@@ -384,3 +392,127 @@ def test_law_selector_copies_share_their_fits(synthetic_table):
     assert copy.law_at(synthetic_table.sizes, synthetic_table.losses, 3_200) is law
     sel = copy.select(source(synthetic_table), budget=3_200, target_size=TARGET_SIZE)
     np.testing.assert_array_equal(sel.converged, law.converged_)
+
+
+# -- SuccessiveHalving -----------------------------------------------------------------------
+def _halving_table(final: np.ndarray, model_sizes=None):
+    """Curves whose order is ``final`` at every size (loss = final + 1 / sqrt(D)), 8 models."""
+    sizes = np.array([0] + [200 * 2**i for i in range(14)], dtype=float)
+    losses = final[:, None] + 1.0 / np.sqrt(np.maximum(sizes, 1.0))[None, :]
+    w = np.full(len(final), 1e8) if model_sizes is None else model_sizes
+    return TableProbes(sizes, losses, w, max_size=TARGET_SIZE - 1), sizes, losses
+
+
+def test_successive_halving_order_by_hand():
+    """8 equal models at cap 0.5 x AtS, budget 3200 (AtS: 200+...+3200 = 6200 per model,
+    cap 3100): rungs 800 x 8, 1600 x 4, 3200 x 2 cost 3 x 6400 = 19200 / 8 = 2400 per model
+    <= 3100, while a first rung at 1600 would cost 4800. Each rung keeps the best half."""
+    final = np.array([2.0, 1.5, 1.9, 1.2, 1.7, 1.1, 1.8, 1.3])
+    src, _, _ = _halving_table(final)
+    sh = SELECTORS.get("SuccessiveHalving")(cost_fraction=0.5)
+    rungs, cap = sh.schedule(src, 3_200, TARGET_SIZE)
+    assert rungs == [(800, 8), (1600, 4), (3200, 2)] and cap == 0.5 * 6200 * 8e8
+    sel = sh.select(src, budget=3_200, target_size=TARGET_SIZE)
+    by_size = {d: sorted(m for m, e in sel.probes if e == d) for d in (800, 1600, 3200)}
+    assert by_size == {800: list(range(8)), 1600: [1, 3, 5, 7], 3200: [3, 5]}
+    assert sel.selected == 5 and set(sel.dropped) == {0, 1, 2, 4, 6, 7}
+    assert "not promoted after 1600 examples" in sel.dropped[1]
+    np.testing.assert_allclose(sel.scores[[0, 1, 5]], final[[0, 1, 5]] + [800**-0.5, 1600**-0.5,
+                                                                         3200**-0.5])  # fmt: skip
+    assert sel.interval_method == "none" and "predicts no target loss" in sel.interval_basis
+    assert np.isnan(sel.predictions).all() and list(sel.ranking()[:1]) == [5]
+
+
+def test_successive_halving_reduction_factor_4():
+    final = np.arange(8, dtype=float)[::-1] + 1.0  # model 7 is best
+    src, _, _ = _halving_table(final)
+    sel = SELECTORS.get("SuccessiveHalving")(reduction_factor=4).select(
+        src, budget=12_800, target_size=TARGET_SIZE
+    )
+    sizes = sorted({d for _, d in sel.probes})
+    assert len(sizes) == 2 and sizes[1] == 4 * sizes[0]  # 8 -> 2 candidates: data x 4
+    assert sorted(m for m, d in sel.probes if d == sizes[1]) == [6, 7] and sel.selected == 7
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_successive_halving_cap_is_lens_cap_and_never_exceeded(fraction, budget, synthetic_table):
+    """Its cap is Lens@f's (f x AtS's cost at the budget), and it never spends more, even when
+    the promoted candidates are the expensive ones."""
+    from lens_model.selectors import ats_cap
+
+    for w in (None, MIXED_SIZES, MIXED_SIZES[::-1]):
+        src = source(synthetic_table, w)
+        weights = arrays(synthetic_table, w)[2]
+        sh = SELECTORS.get("SuccessiveHalving")(cost_fraction=fraction)
+        _, cap = sh.schedule(src, budget, TARGET_SIZE)
+        ats = ats_cost(synthetic_table, budget, w)
+        assert cap / (weights.sum() * TARGET_SIZE) == pytest.approx(fraction * ats)
+        ladder = synthetic_table.sizes[(synthetic_table.sizes > 0)]
+        assert cap == ats_cap(ladder[ladder < TARGET_SIZE], budget, weights, fraction)
+        sel = sh.select(src, budget=budget, target_size=TARGET_SIZE)
+        assert sel.cost(weights, TARGET_SIZE) <= fraction * ats + 1e-12
+        assert sel.cost(weights, TARGET_SIZE) > 0.5 * fraction * ats  # it uses its cap
+
+
+def test_successive_halving_trims_expensive_promotions_to_the_cap():
+    """The best models are 70x larger than planned for: the worst promoted ones are left out
+    so that the rung fits the cap."""
+    final = np.array([1.0, 1.1, 1.2, 1.3, 2.0, 2.1, 2.2, 2.3])
+    expensive_first = MIXED_SIZES[::-1]
+    src, _, _ = _halving_table(final, expensive_first)
+    sh = SELECTORS.get("SuccessiveHalving")(cost_fraction=0.5)
+    sel = sh.select(src, budget=3_200, target_size=TARGET_SIZE)
+    _, cap = sh.schedule(src, 3_200, TARGET_SIZE)
+    spent = sum(expensive_first[m] * d for m, d in sel.probes)
+    assert spent <= cap and sel.selected == 0
+    # planned: 2 candidates at 3200; the two best (7e9 parameters each) do not fit the cap
+    assert sh.schedule(src, 3_200, TARGET_SIZE)[0][-1] == (3200, 2)
+    assert [m for m, d in sel.probes if d == 3200] == [] and set(sel.dropped) == {4, 5, 6, 7}
+
+
+def test_successive_halving_ties_go_to_the_lower_index():
+    final = np.array([1.5, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0])  # 4-way tie for best
+    src, _, _ = _halving_table(final)
+    sel = SELECTORS.get("SuccessiveHalving")(cost_fraction=0.5).select(
+        src, budget=3_200, target_size=TARGET_SIZE
+    )
+    assert sorted(m for m, d in sel.probes if d == 1600) == [1, 2, 3, 4]
+    assert sorted(m for m, d in sel.probes if d == 3200) == [1, 2]
+    assert sel.selected == 1
+
+
+def test_successive_halving_bad_settings_and_tiny_cap(synthetic_table):
+    with pytest.raises(ValueError, match="reduction_factor must be an integer >= 2"):
+        SELECTORS.get("SuccessiveHalving")(reduction_factor=1.5)
+    with pytest.raises(ValueError, match="cost_fraction must be in"):
+        SELECTORS.get("SuccessiveHalving")(cost_fraction=0)
+    sh = SELECTORS.get("SuccessiveHalving")(cost_fraction=0.01)
+    with pytest.raises(ValueError, match="no successive-halving schedule fits"):
+        sh.select(source(synthetic_table), budget=200 * 2, target_size=TARGET_SIZE)
+
+
+# -- NLPMetrics ------------------------------------------------------------------------------
+def test_nlp_metrics_ranks_by_the_lowest_metric_with_no_probe(synthetic_table):
+    values = [2.5, 1.0, 3.0, 1.0, 2.0, 4.0, 5.0, 6.0]
+    src = source(synthetic_table)
+    sel = make("NLPMetrics", values=values).select(src, budget=3_200, target_size=TARGET_SIZE)
+    assert sel.selected == 1  # tie with model 3: the first one
+    assert sel.probes == set() and sel.cost(arrays(synthetic_table)[2], TARGET_SIZE) == 0.0
+    np.testing.assert_array_equal(sel.scores, values)
+    assert sel.interval_method == "none"
+
+
+def test_nlp_metrics_without_weights_says_so(synthetic_table):
+    from lens_model.selectors import NeedsWeightsError
+
+    with pytest.raises(NeedsWeightsError, match="needs the candidates' weights"):
+        SELECTORS.get("NLPMetrics")().select(
+            source(synthetic_table), budget=3_200, target_size=TARGET_SIZE
+        )
+    with pytest.raises(ValueError, match="one finite alpha per candidate"):
+        make("NLPMetrics", metric="alpha", values=[1.0, 2.0]).select(
+            source(synthetic_table), budget=3_200, target_size=TARGET_SIZE
+        )
+    with pytest.raises(ValueError, match="metric must be one of"):
+        SELECTORS.get("NLPMetrics")(metric="stable_rank")

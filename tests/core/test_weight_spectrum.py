@@ -23,11 +23,11 @@ def pareto(alpha: float, n: int, xmin: float, rng: np.random.Generator) -> np.nd
 
 
 def with_spectrum(eigs: np.ndarray, n_rows: int, rng: np.random.Generator) -> np.ndarray:
-    """``W = U diag(s) V^T`` (``n_rows x len(eigs)``) whose ``W^T W / N`` has ``eigs``."""
+    """``W = U diag(s) V^T`` (``n_rows x len(eigs)``) whose ``W^T W`` has ``eigs``."""
     m = eigs.size
     u, _ = np.linalg.qr(rng.standard_normal((n_rows, m)))
     v, _ = np.linalg.qr(rng.standard_normal((m, m)))
-    return u @ np.diag(np.sqrt(eigs * n_rows)) @ v.T
+    return u @ np.diag(np.sqrt(eigs)) @ v.T
 
 
 @pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
@@ -58,11 +58,13 @@ def test_alpha_of_a_matrix_built_with_a_known_heavy_tailed_spectrum():
 def test_spectral_norm_of_a_matrix_with_known_singular_values():
     rng = np.random.default_rng(2)
     singular = np.linspace(1.0, 7.0, 50)
-    w = with_spectrum(singular**2 / 120, 120, rng)
+    w = with_spectrum(singular**2, 120, rng)
     np.testing.assert_allclose(np.linalg.svd(w, compute_uv=False).max(), 7.0)
     layer = layer_spectrum("w", eigenvalues(w), w.shape)
-    assert layer.lambda_max == pytest.approx(49.0 / 120)
-    assert layer.log_spectral_norm == pytest.approx(math.log10(49.0 / 120))
+    # weightwatcher's convention: lambda = s^2, not divided by N (the module docstring)
+    assert layer.lambda_max == pytest.approx(49.0)
+    assert layer.log_spectral_norm == pytest.approx(math.log10(49.0))
+    assert layer.alpha_weighted == pytest.approx(layer.alpha * math.log10(49.0))
     assert (layer.rows, layer.cols, layer.n_eigenvalues) == (120, 50, 50)
 
 

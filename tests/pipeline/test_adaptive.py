@@ -251,3 +251,55 @@ def test_a_probe_flagged_diverged_with_a_finite_loss_is_excluded_too():
         adaptive=adaptive,
     )
     assert result.selected != "m2" and result.candidates["m2"].excluded
+
+
+def test_successive_halving_runs_the_live_loop_within_the_same_cap():
+    """``selector: SuccessiveHalving`` with adaptive probing: every candidate at the first
+    rung, the better half at twice the data, within the cap Lens gets; the pipeline's result
+    ranks the survivor first and states no interval."""
+    calls: list = []
+    names, submit = _fake_submit(calls)
+    source = LiveProbes(names, N_PARAMS, LADDER, submit)
+    out = run_adaptive(
+        source, budget=LADDER[-1], target_size=TARGET, fraction=0.5, selector="SuccessiveHalving"
+    )
+    probes = source.results()
+    n_params = dict(zip(names, N_PARAMS, strict=True))
+    acct = budget_accounting(probes, n_params, LADDER, TARGET)
+    assert 0 < acct.compute_spent <= 0.5 * acct.compute_full_ladder
+    assert len(calls) == len(set(calls)) == acct.n_probes
+    first = min(d for _, d in calls)
+    assert sorted(n for n, d in calls if d == first) == names  # everyone at the first rung
+    second = sorted({d for _, d in calls})[1]
+    assert second == 2 * first and len([n for n, d in calls if d == second]) == 2
+    assert out.run.settings == {"cost_fraction": 0.5}
+    assert all("not promoted after" in r for r in out.run.dropped.values())
+    result = fit_and_select(
+        probes,
+        n_params,
+        target_size=TARGET,
+        budget=LADDER[-1],
+        selector="SuccessiveHalving",
+        adaptive=out,
+    )
+    promoted = [n for n, d in calls if d == second]
+    best = min(promoted, key=lambda n: _curve(names.index(n), second))
+    assert result.selected == best == result.ranking[0]
+    assert result.interval_method == "none"
+
+
+def test_nlp_metrics_ranks_by_the_spectral_metrics_in_the_pipeline():
+    from tasks.records.errors import ConfigError
+
+    names, submit = _fake_submit([])
+    probes = {n: [submit(n, d) for d in [0, *LADDER]] for n in names}
+    n_params = dict(zip(names, N_PARAMS, strict=True))
+    spectral = {n: {"alpha_weighted": w, "alpha": 3.0, "log_spectral_norm": 1.0}
+                for n, w in zip(names, [3.0, 2.0, 4.0, 1.5], strict=True)}  # fmt: skip
+    kwargs = {"target_size": TARGET, "budget": LADDER[-1], "selector": "NLPMetrics"}
+    result = fit_and_select(probes, n_params, spectral=spectral, **kwargs)
+    assert result.selected == "m3" and result.ranking == ["m3", "m1", "m0", "m2"]
+    assert result.cost == 0.0 and result.probes_read == []
+    del spectral["m2"]
+    with pytest.raises(ConfigError, match=r"\['m2'\] have none: set spectral.enabled: true"):
+        fit_and_select(probes, n_params, spectral=spectral, **kwargs)

@@ -97,10 +97,23 @@ def test_spectra_are_added_to_a_written_audit_without_changing_the_rest(tmp_path
     report = add_spectra(out, metrics)
     written = json.loads((out / "audit.json").read_text())
     assert written == report
-    assert {k: v for k, v in written.items() if k != "spectral"} == before
+    unchanged = ("spectral", "selectors")
+    assert {k: v for k, v in written.items() if k not in unchanged} == {
+        k: v for k, v in before.items() if k not in unchanged
+    }
+    assert {k for k in before if k not in unchanged} == {k for k in written if k not in unchanged}
+    # the every-selector table gains the new selectors, the rows there before stay as they were
+    rows = {r["method"]: r for r in written["selectors"]}
+    for row in before["selectors"]:
+        if row["method"] != "NLPMetrics":  # it ranks by the metrics given here
+            assert rows[row["method"]] == pytest.approx(row)
+    assert rows["NLPMetrics"]["selected"] == table["config name"].iloc[-1]
+    assert rows["NLPMetrics"]["cost"] == 0.0 and "SuccessiveHalving" in rows
     assert written["spectral"]["selected"] == table["config name"].iloc[-1]
     text = (out / "audit.md").read_text()
     assert "## Every selector at budget" in text  # the rest of the report is still there
+    assert text.count("## Every selector at budget") == 1 and "| NLPMetrics |" in text
+    assert "## Predicted against measured at the target" in text
     assert f"picks **{table['config name'].iloc[-1]}**" in text
     add_spectra(out, metrics)  # again: the section is replaced, not repeated
     assert (out / "audit.md").read_text() == text

@@ -26,6 +26,8 @@ def _commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
     for name, command in group.commands.items():
         if isinstance(command, click.Group):
             out.update(_commands(command, f"{prefix}{name} "))
+            if command.invoke_without_command:  # the group runs a command of its own too
+                out[prefix + name] = command
         else:
             out[prefix + name] = command
     return out
@@ -189,7 +191,7 @@ def test_installed_entry_point_honours_mlflow_tracking_uri(tmp_path):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert f"in all experiments ({uri})" in done.stdout
+    assert f"in all experiments of {uri}" in done.stdout
     assert (tmp_path / "stack.db").is_file() and not (tmp_path / ".lensllm").exists()
 
 
