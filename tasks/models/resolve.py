@@ -170,10 +170,12 @@ def describe_candidate(path: str | os.PathLike[str], *, trust_remote_code: bool 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from tasks.runtime.construction import model_construction
+
     folder = Path(path)
     check_causal_lm(folder, trust_remote_code=trust_remote_code)
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
+    with model_construction(), torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     text_config = config.get_text_config()
     return {

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks.runtime.construction import model_construction
+
 logger = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +40,8 @@ def build_cached(folder: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal shared folder
     try:
         start = time.perf_counter()
-        metadata = build(tmp)
+        with model_construction():  # a build instantiates models (tasks.runtime.construction)
+            metadata = build(tmp)
         metadata["build_time_s"] = round(time.perf_counter() - start, 3)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if folder.exists() and not is_complete(folder):

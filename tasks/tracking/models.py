@@ -121,9 +121,12 @@ def log_transformers_model(
     import mlflow.transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    from tasks.runtime.construction import model_construction
+
+    with model_construction():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     client = tracker.client
     run = client.get_run(run_id)

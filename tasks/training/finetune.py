@@ -21,7 +21,6 @@ import math
 import os
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import torch
 
 from tasks.records.errors import ProbeOutOfMemoryError
 from tasks.records.schema import ProbeSpec
+from tasks.runtime.construction import model_construction
 from tasks.training.precision import probe_precision
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ IGNORE_INDEX = -100
 # Batches per length-sorted window of an epoch (train_batches): 64 x 8 examples cover a whole
 # epoch of every probe of the demo, which leaves under 1 % padding, and longer epochs still mix.
 BUCKET_BATCHES = 64
-_LOAD_LOCK = threading.Lock()
 
 
 _OOM_MARKERS = ("out of memory", "not enough memory", "can't allocate memory")
@@ -226,9 +225,8 @@ def prepare_model(
     seeded by ``spec.seed`` (only adapter weights train); ``"full"`` trains every weight.
     ``train=False`` loads it frozen for evaluation (the zero-shot probe).
     """
-    # transformers initialises on the meta device through process-global state: concurrent
-    # loads from the probe threads of one flow corrupt each other, so loading is serialised.
-    with _LOAD_LOCK:
+    # transformers builds models through process-global state (tasks.runtime.construction)
+    with model_construction():
         return _load(model_dir, spec, train, device, trust_remote_code)
 
 
