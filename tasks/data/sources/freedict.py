@@ -4,12 +4,13 @@ sentence -> its English translation as the dictionary gives it (alternatives inc
 
     prompt: "Translate to English: Das glaube ich eigentlich nicht.\\nEnglish:"
     target: " I don't really think so."
-    group:  "glauben"
+    group:  "eigentlich"
 
 An entry's examples are the lines ``      "<German>"  - <English>`` under its headword. The dictd
 index (headword, offset, length; numbers in dictd's base 64) tells which entry a line belongs
-to; the group is that headword (lower case), so one headword's senses stay in one split. The
-same German text under several headwords is kept once, in the first headword's group. Pairs
+to; the group is that entry's headword as the index spells it (lower case), so one headword's
+senses stay in one split. The same German text under several headwords is kept once, in the
+group of the first entry (file order) that gives it. Pairs
 with either side over ``max_chars`` characters are left out: with the probes' short sequences
 their prompt would be cut.
 """
@@ -31,8 +32,6 @@ DICT_NAME = "freedict-deu-eng"
 MAX_CHARS = 100
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 _EXAMPLE = re.compile(rb'^      "(?P<german>[^\n]*)"  - (?P<english>[^\n]*)$', re.MULTILINE)
-# the headword line: "<headword> /<IPA>/ <grammar>" (IPA and grammar are optional)
-_HEADWORD = re.compile(r"^(?P<word>.+?)(?: /[^/]*/)?(?: <[^>]*>)?$")
 
 
 def dictd_number(text: str) -> int:
@@ -46,29 +45,28 @@ def dictd_number(text: str) -> int:
     return value
 
 
-def entry_starts(index_text: str) -> list[int]:
-    """The sorted, distinct byte offsets of the entries a dictd ``.index`` lists."""
-    starts = set()
+def entry_headwords(index_text: str) -> dict[int, str]:
+    """The byte offset of every entry a dictd ``.index`` lists -> its headword (lower case, as
+    the index spells it; the first in sort order where an entry has several)."""
+    heads: dict[int, str] = {}
     for line in index_text.splitlines():
         fields = line.split("\t")
         if len(fields) != 3:
             raise DataError(f"bad dictd index line {line!r}: expected headword, offset, length")
-        starts.add(dictd_number(fields[1]))
-    return sorted(starts)
+        start = dictd_number(fields[1])
+        heads[start] = min(heads.get(start, fields[0]), fields[0]).strip()
+    return heads
 
 
-def headword(entry_head: str) -> str:
-    """The headword of an entry's first line, lower case (``"Aas /ˈɑːs/ <neut, n, sg>"`` ->
-    ``"aas"``)."""
-    return _HEADWORD.match(entry_head.strip())["word"].lower()
-
-
-def parse_examples(data: bytes, starts: list[int], *, max_chars: int = MAX_CHARS) -> list[Example]:
-    """Every usage example of a dictd text (``data``, decompressed) whose entries begin at
-    ``starts``, as translation examples grouped by headword (see the module docstring)."""
+def parse_examples(
+    data: bytes, heads: dict[int, str], *, max_chars: int = MAX_CHARS
+) -> list[Example]:
+    """Every usage example of a dictd text (``data``, decompressed) whose entries begin at the
+    offsets of ``heads`` (offset -> headword), as translation examples grouped by headword (see
+    the module docstring)."""
+    starts = sorted(heads)
     examples: list[Example] = []
     seen: set[str] = set()
-    heads: dict[int, str] = {}
     for match in _EXAMPLE.finditer(data):
         german = match["german"].decode("utf-8").strip()
         english = match["english"].decode("utf-8").strip()
@@ -76,18 +74,15 @@ def parse_examples(data: bytes, starts: list[int], *, max_chars: int = MAX_CHARS
             continue
         if len(german) > max_chars or len(english) > max_chars:
             continue
-        seen.add(german)
         position = bisect.bisect_right(starts, match.start()) - 1
         if position < 0:
-            continue  # before the first entry: the database's own header text
-        start = starts[position]
-        if start not in heads:
-            heads[start] = headword(data[start : data.index(b"\n", start)].decode("utf-8"))
+            continue  # not inside any entry
+        seen.add(german)
         examples.append(
             {
                 "prompt": f"Translate to English: {german}\nEnglish:",
                 "target": f" {english}",
-                "group": heads[start],
+                "group": heads[starts[position]],
             }
         )
     return examples
@@ -117,10 +112,10 @@ def load_freedict(folder: str | Path = DICTD_DIR, *, max_chars: int = MAX_CHARS)
                 f"(`make data` or `apt-get install {DEBIAN_PACKAGE}`) or pass the folder holding "
                 f"{dict_path.name} and {index_path.name}"
             )
-    starts = entry_starts(index_path.read_text(encoding="utf-8"))
+    heads = entry_headwords(index_path.read_text(encoding="utf-8"))
     with gzip.open(dict_path) as handle:  # dictzip files are gzip files
         data = handle.read()
-    examples = parse_examples(data, starts, max_chars=max_chars)
+    examples = parse_examples(data, heads, max_chars=max_chars)
     if not examples:
         raise DataError(f"no usage examples found in {dict_path}: is it a FreeDict dictionary?")
     return examples
