@@ -37,13 +37,20 @@ lock:
 
 setup: $(STAMP) data model browser
 
-# Debian data packages for the built-in offline datasets (WordNet glosses, man pages).
+# Debian data packages for the built-in offline datasets (WordNet glosses, FreeDict German-English;
+# the man pages come with the system).
 data:
 	@if [ ! -f /usr/share/wordnet/data.noun ]; then \
 	  echo "installing Debian package wordnet-base (built-in dataset)"; \
 	  (apt-get update -qq || sudo apt-get update -qq) && \
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base || \
 	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wordnet-base); \
+	fi
+	@if [ ! -f /usr/share/dictd/freedict-deu-eng.index ]; then \
+	  echo "installing Debian package dict-freedict-deu-eng (built-in dataset)"; \
+	  (apt-get update -qq || sudo apt-get update -qq) && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dict-freedict-deu-eng || \
+	   sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dict-freedict-deu-eng); \
 	fi
 
 # Debian's Chromium for the browser tests (tests/ui/test_ui.py): Playwright drives it; it cannot

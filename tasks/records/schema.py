@@ -54,7 +54,10 @@ class Record(BaseModel):
 class DataSpec(Record):
     """The task data set and its fixed validation and test splits."""
 
-    source: str = Field("wordnet", description="wordnet | manpages | local file | hub id")
+    source: str = Field(
+        "wordnet",
+        description="wordnet | wordnet-examples | manpages | freedict | local file | hub id",
+    )
     path: str | None = None
     prompt_field: str | None = None
     target_field: str | None = None

@@ -576,7 +576,7 @@ def test_prepare_data_task_wraps_plain_function_and_cache_stamp(tmp_path):
 
 
 def test_builtin_sources_are_registered_by_name():
-    assert BUILTIN.names() == ["wordnet", "manpages"]
+    assert BUILTIN.names() == ["wordnet", "manpages", "wordnet-examples", "freedict"]
     assert BUILTIN.get("wordnet") is wordnet and BUILTIN.get("manpages") is manpages
     assert source_for(DataSpec(source="wordnet")) is wordnet
     assert source_for(DataSpec(source="manpages")) is manpages
@@ -595,7 +595,7 @@ def test_misspelt_builtin_source_suggests_the_builtin(source, suggestion):
         DataError, match=f"unknown data source '{source}': did you mean '{suggestion}'"
     ):
         source_for(DataSpec(source=source))
-    with pytest.raises(DataError, match="Built-in sources: wordnet, manpages"):
+    with pytest.raises(DataError, match="Built-in sources: wordnet, manpages, wordnet-examples"):
         data.load_examples(DataSpec(source=source))  # never sent to the hub
 
 

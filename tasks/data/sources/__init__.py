@@ -1,14 +1,16 @@
 """Where a task's examples come from. Every source is a small module with ``load(spec)`` (the
 examples) and ``files(spec)`` (the files behind them, whose stamps key the data cache):
 
-* built-ins, by name (:data:`BUILTIN`): ``wordnet`` (:mod:`.wordnet`), ``manpages``
-  (:mod:`.manpages`), from Debian packages, offline;
+* built-ins, by name (:data:`BUILTIN`): ``wordnet`` (:mod:`.wordnet`), ``wordnet-examples``
+  (:mod:`.wordnet_examples`), ``manpages`` (:mod:`.manpages`), ``freedict`` (:mod:`.freedict`),
+  from Debian packages, offline;
 * a local file, by path or builder name (:mod:`.files`);
 * anything else is a hub data set id (:mod:`.hub`).
 
 Every example is a plain dict ``{"prompt": str, "target": str, "group": str}``: the probe's loss
 is taken on the target tokens; ``group`` ties together examples that must never sit in two
-different splits (a WordNet synset, a man page, identical prompts of a file source).
+different splits (a WordNet synset, a man page, a dictionary headword, identical prompts of a
+file source).
 Adding a built-in source is one module and one line here.
 """
 
@@ -19,13 +21,13 @@ from pathlib import Path
 from types import ModuleType
 
 from lens_model.lookup import Registry
-from tasks.data.sources import files, hub, manpages, wordnet
+from tasks.data.sources import files, freedict, hub, manpages, wordnet, wordnet_examples
 from tasks.data.sources.rows import Loaded
 from tasks.records.errors import DataError
 from tasks.records.schema import DataSpec, Example
 
 BUILTIN: Registry[ModuleType] = Registry("data source")
-for _module in (wordnet, manpages):
+for _module in (wordnet, manpages, wordnet_examples, freedict):
     BUILTIN.register(_module.NAME)(_module)
 
 _MAPPING = ("prompt_field", "target_field", "template", "group_field")

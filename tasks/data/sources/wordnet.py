@@ -11,7 +11,7 @@ The group (part of speech and byte offset) keeps every lemma of a synset in one 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tasks.records.errors import DataError, MissingFileError
@@ -21,7 +21,7 @@ NAME = "wordnet"
 DEBIAN_PACKAGE = "wordnet-base"
 WORDNET_DIR = Path("/usr/share/wordnet")
 _WORDNET_POS = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
-_POS_NAMES = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+POS_NAMES = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
 _ADJ_MARKER = re.compile(r"\((?:a|p|ip)\)$")
 
 
@@ -52,12 +52,12 @@ def parse_wordnet_line(line: str, file_pos: str, *, all_lemmas: bool = False) ->
     definition = gloss.split('; "', 1)[0].strip().rstrip(";").rstrip()
     if not definition or definition.startswith('"') or not words:
         return []
-    pos_name = _POS_NAMES[fields[2]]
+    pos_name = POS_NAMES[fields[2]]
     group = f"{file_pos}:{fields[0]}"
     lemmas = words if all_lemmas else words[:1]
     return [
         {
-            "prompt": f"Define the {pos_name} '{_clean_lemma(word)}'.\nDefinition:",
+            "prompt": f"Define the {pos_name} '{clean_lemma(word)}'.\nDefinition:",
             "target": f" {definition}",
             "group": group,
         }
@@ -65,7 +65,8 @@ def parse_wordnet_line(line: str, file_pos: str, *, all_lemmas: bool = False) ->
     ]
 
 
-def _clean_lemma(word: str) -> str:
+def clean_lemma(word: str) -> str:
+    """A lemma as text: no adjective marker, spaces for underscores."""
     return _ADJ_MARKER.sub("", word).replace("_", " ")
 
 
@@ -86,8 +87,17 @@ def load_wordnet(
     all_lemmas : bool
         One example per lemma instead of one per synset.
     """
-    wordnet_dir = Path(wordnet_dir)
     examples: list[Example] = []
+    for line, file_pos in wordnet_records(wordnet_dir, parts_of_speech):
+        examples.extend(parse_wordnet_line(line, file_pos, all_lemmas=all_lemmas))
+    return examples
+
+
+def wordnet_records(
+    wordnet_dir: str | Path, parts_of_speech: Sequence[str]
+) -> Iterator[tuple[str, str]]:
+    """Every line of the ``data.<pos>`` files named, with its file's part-of-speech letter."""
+    wordnet_dir = Path(wordnet_dir)
     for pos in parts_of_speech:
         if pos not in _WORDNET_POS:
             raise DataError(
@@ -102,8 +112,7 @@ def load_wordnet(
             )
         with path.open(encoding="utf-8") as handle:
             for line in handle:
-                examples.extend(parse_wordnet_line(line, _WORDNET_POS[pos], all_lemmas=all_lemmas))
-    return examples
+                yield line, _WORDNET_POS[pos]
 
 
 def load(spec: DataSpec) -> list[Example]:
