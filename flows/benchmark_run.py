@@ -188,18 +188,15 @@ def run_benchmark(
     """
     from flows.config import check_selector
 
-    tables, out_dir, plots = settings.tables, settings.out_dir, settings.plots
-    tracking_uri, experiment = settings.tracking_uri, settings.experiment
     methods = list(settings.methods or DEFAULT_METHODS)
     for name in methods:
         check_selector(name, "methods")  # unknown names fail here, with suggestions
-
-    steps = steps or plain_steps()
-    log = log or (lambda message: None)
+    steps, log = steps or plain_steps(), log or (lambda message: None)
     started = time.perf_counter()
-    tracker = BackgroundTracking(tracking_uri, experiment) if background_tracking else None
+    tracker = _background(settings) if background_tracking else None
+    tables, plots = settings.tables, settings.plots
     try:
-        out = Path(out_dir)
+        out = Path(settings.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         models = _error_models(settings, steps, log)
         frames = _compute_and_write(tables, out, methods, plots, steps, log, models)
@@ -211,6 +208,10 @@ def run_benchmark(
     total = time.perf_counter() - started
     log(f"replay benchmark done in {seconds:.2f} s ({total:.2f} s with MLflow); outputs in {out}")
     return {"out_dir": str(out), "runs": runs, "seconds": seconds, "total_seconds": total}
+
+
+def _background(settings: BenchmarkSettings) -> BackgroundTracking:
+    return BackgroundTracking(settings.tracking_uri, settings.experiment)
 
 
 def _log_runs(frames, methods, out: Path, settings: BenchmarkSettings, tracker) -> dict:

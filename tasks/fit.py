@@ -99,10 +99,7 @@ def fit_and_select(
     sizes, table, keep, excluded = _usable_curves(probes, rank_on, adaptive is not None)
     kept = [names[i] for i in keep]
     weights = np.array([n_params[n] for n in kept], dtype=float)
-    # F of every remaining candidate, or none: the shared scale needs them all
-    f_keep = None
-    if f_terms and set(kept) <= set(f_terms):
-        f_keep = np.array([f_terms[n] for n in kept], dtype=float)
+    f_keep = _shared_f(f_terms, kept)
     if adaptive is None:
         f_rank = f_keep if rank_with_f else None
         source = TableProbes(sizes, table[keep], weights, max_size=budget, f_terms=f_rank)
@@ -129,6 +126,13 @@ def fit_and_select(
         interval_basis=sel.interval_basis,
         prob_better=_prob_better(sel, kept),
     )
+
+
+def _shared_f(f_terms: dict[str, float] | None, kept: list[str]) -> np.ndarray | None:
+    """F of every remaining candidate, or None: the shared scale of F needs them all."""
+    if f_terms and set(kept) <= set(f_terms):
+        return np.array([f_terms[n] for n in kept], dtype=float)
+    return None
 
 
 def _adaptive_selection(adaptive: AdaptiveOutcome, kept: list[str]) -> Selection:

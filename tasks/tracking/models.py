@@ -85,6 +85,34 @@ def _without_hub_card_warnings() -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
+def _checked_folder(model_dir: str, max_new_tokens) -> Path:
+    folder = Path(model_dir)
+    if not folder.is_dir() or not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"{str(folder)!r} holds no *.safetensors weights; save the merged model with "
+            "model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
+        )
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    return folder
+
+
+def _load_for_logging(folder: Path, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tasks.runtime.construction import model_construction
+
+    with model_construction():
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    return model, AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
 def log_transformers_model(
     tracker: Tracker,
     run_id: str,
@@ -106,28 +134,10 @@ def log_transformers_model(
     tracking URI and active experiment, so the LoggedModel is created here with the client (in
     the run's experiment) and the call runs under a lock with the tracking URI switched.
     """
-    folder = Path(model_dir)
-    if not folder.is_dir() or not any(folder.glob("*.safetensors")):
-        raise FileNotFoundError(
-            f"{str(folder)!r} holds no *.safetensors weights; save the merged model with "
-            "model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
-        )
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    folder = _checked_folder(model_dir, max_new_tokens)
     import mlflow.transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tasks.runtime.construction import model_construction
-
-    with model_construction():
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    model, tokenizer = _load_for_logging(folder, trust_remote_code)
     client = tracker.client
     run = client.get_run(run_id)
     logged = client.create_logged_model(

@@ -176,6 +176,30 @@ def _mapped_fields(
     return wanted
 
 
+def _without_empty(table, columns, kept: list[int], text_fields, source: str) -> list[int]:
+    """``kept`` without the rows whose prompt or target is empty (a warning names them)."""
+    empty = _check_empty({f: [columns[f][i] for i in kept] for f in text_fields}, source)
+    if any(empty):
+        dropped = [table.positions[i] for i, e in zip(kept, empty, strict=True) if e]
+        warnings.warn(
+            f"{source}: dropping {len(dropped)} of {len(kept)} rows with an empty prompt or "
+            f"target field ({_positions(dropped)})",
+            stacklevel=3,
+        )
+    return [i for i, e in zip(kept, empty, strict=True) if not e]
+
+
+def _example(columns, i, prompt_field, target_field, template, group_field, prompt_fields) -> dict:
+    """Row ``i`` as an example: its prompt (from the field or the template), target and group
+    (the group field, else a hash of the prompt)."""
+    if template is not None:
+        prompt = template.format_map({f: columns[f][i] for f in prompt_fields})
+    else:
+        prompt = columns[prompt_field][i]
+    group = columns[group_field][i] if group_field is not None else short_hash(prompt)
+    return {"prompt": prompt, "target": columns[target_field][i], "group": group}
+
+
 def examples_from_rows(
     rows: dict[str, list[Any]] | FileRows,
     *,
@@ -225,22 +249,11 @@ def examples_from_rows(
     columns = _text_columns(table, fields, text_fields, source)
     bad, kept = _nested_values(table, columns, fields)
     handle_bad_rows([*table.bad, *bad], len(table.positions) + len(table.bad), source, on_bad_rows)
-    empty = _check_empty({f: [columns[f][i] for i in kept] for f in text_fields}, source)
-    if any(empty):
-        dropped = [table.positions[i] for i, e in zip(kept, empty, strict=True) if e]
-        warnings.warn(
-            f"{source}: dropping {len(dropped)} of {len(kept)} rows with an empty prompt or "
-            f"target field ({_positions(dropped)})",
-            stacklevel=2,
-        )
-    examples = []
-    for i in (i for i, e in zip(kept, empty, strict=True) if not e):
-        if template is not None:
-            prompt = template.format_map({f: columns[f][i] for f in prompt_fields})
-        else:
-            prompt = columns[prompt_field][i]
-        group = columns[group_field][i] if group_field is not None else short_hash(prompt)
-        examples.append({"prompt": prompt, "target": columns[target_field][i], "group": group})
+    rows_kept = _without_empty(table, columns, kept, text_fields, source)
+    examples = [
+        _example(columns, i, prompt_field, target_field, template, group_field, prompt_fields)
+        for i in rows_kept
+    ]
     return Loaded(examples, skipped=[*table.bad, *bad])
 
 
