@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from tasks.records.schema import (
 from tasks.reporting.plots import plot_prediction, plot_selection, plot_spectra
 from tasks.runtime.locks import held, lock_path
 from tasks.runtime.progress import Progress
+from tasks.runtime.provenance import git_commit
 from tasks.runtime.result_storage import result_storage
 from tasks.tracking import tags as T
 from tasks.tracking.client import Tracker
@@ -448,20 +448,6 @@ def _run_params(cfg: SelectionConfig, data: PreparedData, candidates: list[str])
         "data_bad_rows_skipped": data.skipped_rows,
         "probe_precision": cfg.probe.precision,
     }
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _log_inputs(data: PreparedData, n_params: dict[str, int]) -> None:

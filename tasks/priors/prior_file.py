@@ -12,12 +12,12 @@ import datetime
 import hashlib
 import json
 import math
-import subprocess
 from pathlib import Path
 
 from lens_model.error_model import FAMILIES, ErrorModel, FamilyPrior
 from lens_model.error_prior import NormalInverseGamma
 from tasks.records.errors import ErrorPriorFileError, MissingFileError
+from tasks.runtime.provenance import git_commit
 
 FORMAT = "lensllm-error-prior"
 VERSION = 1
@@ -120,20 +120,6 @@ def table_provenance(path: str | Path, table) -> dict:
         "models": len(table.models),
         "sizes": [int(d) for d in table.sizes],
     }
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def fit_prior_file(tables: list[str], out: str | Path, *, seed: int = 0) -> dict:
