@@ -25,8 +25,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lens_model.weight_spectrum import DEFAULT_MIN_TAIL, RANKING_METRIC, SUMMARY_METRICS
-
 Example = dict[str, str]
 #: The probe-result field each ``rank_on`` choice ranks on.
 RANK_KEYS = {"bits_per_byte": "test_bits_per_byte", "loss_per_token": "test_loss"}
@@ -199,12 +197,20 @@ class NtkSpec(Record):
     )
 
 
+# The weight-spectrum names and default of lens_model.weight_spectrum, spelt here so that the
+# records (which every probe imports) do not put lens_model into the probe's cache key
+# (tasks.runtime.cache); tests/pipeline/test_cache.py checks that they agree.
+SPECTRAL_METRICS = ("alpha_weighted", "alpha", "log_spectral_norm")
+SPECTRAL_RANKING_METRIC = "alpha_weighted"
+SPECTRAL_MIN_TAIL = 10
+
+
 class SpectralSpec(Record):
     """The weight-spectrum (NLPmetrics) metrics of each candidate (``tasks.weight_metrics``)."""
 
     enabled: bool = True
     min_tail: int = Field(
-        DEFAULT_MIN_TAIL, ge=2, description="fewest eigenvalues a fitted power-law tail holds"
+        SPECTRAL_MIN_TAIL, ge=2, description="fewest eigenvalues a fitted power-law tail holds"
     )
 
 
@@ -453,18 +459,18 @@ class SpectralResult(Record):
     seconds: float
 
     def metric(self, name: str) -> float:
-        """The model-level metric ``name`` (one of ``SUMMARY_METRICS``)."""
-        if name not in SUMMARY_METRICS:
+        """The model-level metric ``name`` (one of ``SPECTRAL_METRICS``)."""
+        if name not in SPECTRAL_METRICS:
             raise KeyError(
                 f"unknown weight-spectrum metric {name!r}: choose one of "
-                f"{', '.join(SUMMARY_METRICS)} ({RANKING_METRIC} is the one the literature ranks "
-                "with)"
+                f"{', '.join(SPECTRAL_METRICS)} ({SPECTRAL_RANKING_METRIC} is the one the "
+                "literature ranks with)"
             )
         return float(getattr(self, name))
 
     def summary(self) -> dict[str, float]:
         """Every model-level metric by name."""
-        return {name: self.metric(name) for name in SUMMARY_METRICS}
+        return {name: self.metric(name) for name in SPECTRAL_METRICS}
 
 
 # --------------------------------------------------------------------------------------------

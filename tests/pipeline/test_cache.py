@@ -97,3 +97,12 @@ def test_a_probe_cache_misses_after_a_helper_changes_and_hits_while_unchanged(
     cache._code_hash.cache_clear()  # the next process (this one keeps the code it imported)
     assert one_probe(1) == "Completed"  # a helper of the probe changed: recomputed
     assert one_probe(1) == "Cached"
+
+
+def test_the_records_spell_the_weight_spectrum_names_as_lens_model_does():
+    from lens_model import weight_spectrum
+    from tasks.records import schema
+
+    assert schema.SPECTRAL_METRICS == weight_spectrum.SUMMARY_METRICS
+    assert schema.SPECTRAL_RANKING_METRIC == weight_spectrum.RANKING_METRIC
+    assert schema.SPECTRAL_MIN_TAIL == weight_spectrum.DEFAULT_MIN_TAIL

@@ -299,7 +299,7 @@ def _cli(config: str, tmp: Path, log: Path) -> subprocess.Popen:
 
 
 _PROBE_LINE = re.compile(r"probe (\S+)\s+size\s+(\d+): ")
-_PROBE_STATE = re.compile(r"Task run 'probe-[^']+' - Finished in state (\w+)")
+_PROBE_STATE = re.compile(r"Task run 'probe [^']+' - Finished in state (\w+)")
 
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
@@ -530,7 +530,12 @@ def test_concurrent_selections_of_one_task_keep_the_registry_consistent(mlflow_s
     tracker = Tracker(uri)
     versions = tracker.client.search_model_versions(f"name = '{registry['model_name']}'")
     keys = {v.tags[T.SELECTION_KEY] for v in versions}
-    assert len(versions) == len(keys) == 2  # one version per selection, none lost or doubled
+    hashes = {v.tags[T.WEIGHTS_SHA256] for v in versions}
+    # one version per distinct model, none lost or doubled: Lens and AtS may pick the same
+    # winner, whose weights then add no second version (the second selection links to it)
+    assert 1 <= len(versions) == len(keys) == len(hashes) <= 2
+    for log in logs:
+        assert "Registered version" in log or "already registered as version" in log, log[-2000:]
     # the gate decides on measured loss on the shared test split: the champion measured best
     measured = {str(v.version): float(v.tags[T.MEASURED_LOSS]) for v in versions}
     champion = ModelRegistry(tracker, registry["model_name"]).alias_version(T.ALIAS_CHAMPION)

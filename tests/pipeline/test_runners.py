@@ -209,7 +209,7 @@ def _probe_states(flow_run_id: str, expected: int, timeout: float = 60.0) -> lis
     with get_client(sync_client=True) as client:
         while True:
             runs = [
-                r for r in client.read_task_runs(flow_run_filter=flt) if r.name.startswith("probe-")
+                r for r in client.read_task_runs(flow_run_filter=flt) if r.name.startswith("probe ")
             ]
             states = [r.state.name for r in runs if r.state is not None and r.state.is_final()]
             if len(states) >= expected or time.monotonic() > deadline:

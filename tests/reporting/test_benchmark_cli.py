@@ -84,6 +84,7 @@ def test_flan_selection_csv_format(flan_run):
     assert (sel.max_data_num * sel.ratio == 1_638_400).all()
     assert set(sel.metric) == {"PearCorr", "RelAcc", "Cost"}
     methods = {"ZeroShot", "SubTuning", "ModelSize", "VanillaFit", "RectifiedFit", "AtS", "Lens"}
+    methods.add("SuccessiveHalving")  # NLPMetrics: "not run, needs weights" (no rows)
     assert set(sel.method) == methods
     # one row per (ratio, metric, method), no gaps
     assert len(sel) == len(RATIOS) * 3 * len(methods)

@@ -98,7 +98,7 @@ def _probe_states(api_url: str, flow_run_id, expected: int = 8, timeout: float =
                 runs = [
                     r
                     for r in client.read_task_runs(flow_run_filter=flt)
-                    if r.name.startswith("probe-")
+                    if r.name.startswith("probe ")
                 ]
                 final = all(r.state is not None and r.state.is_final() for r in runs)
                 if (len(runs) >= expected and final) or time.monotonic() > deadline:

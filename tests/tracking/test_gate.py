@@ -21,7 +21,9 @@ from tasks.training.measure import measure_folder
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NAME = "gate-test"
-SPEC = ProbeSpec(batch_size=4, max_seq_len=32, device="cpu", learning_rate=0.02)
+# fp32: the registered model reloads through MLflow with its default attention, and bf16 eager
+# and sdpa attention differ in the fifth digit; the gate's bookkeeping is what is tested here
+SPEC = ProbeSpec(batch_size=4, max_seq_len=32, device="cpu", learning_rate=0.02, precision="fp32")
 
 
 def _rows(start: int, n: int) -> list[dict]:
