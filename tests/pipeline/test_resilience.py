@@ -299,7 +299,7 @@ def _cli(config: str, tmp: Path, log: Path) -> subprocess.Popen:
 
 
 _PROBE_LINE = re.compile(r"probe (\S+)\s+size\s+(\d+): ")
-_PROBE_STATE = re.compile(r"Task run 'probe [^']+' - Finished in state (\w+)")
+_PROBE_STATE = re.compile(r"Task run '(?:probe|train) [^']+' - Finished in state (\w+)")
 
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = 600) -> str:
