@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -181,8 +182,11 @@ def run_selection(cfg: SelectionConfig) -> SelectionSummary:
             run.targets, run.checks = _validate(run)
         with timer.step("tracking"):  # registration and the gate, inside it, timed apart
             run.plots = _plots(run)
-            with _tracking_errors(tracker):
-                summary = _track_and_register(run)
+            try:
+                with _tracking_errors(tracker):
+                    summary = _track_and_register(run)
+            finally:  # MLflow holds them now, and the curves plot is kept in the cache
+                shutil.rmtree(Path(run.plots[0]).parent, ignore_errors=True)
         summary = summary.model_copy(update={"timings": dict(timer.seconds)})
     _prefect_artifacts(summary)
     get_run_logger().info("time split: %s", summary.time_split())

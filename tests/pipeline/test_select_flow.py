@@ -534,3 +534,23 @@ def test_a_step_inside_another_counts_for_itself_only(monkeypatch):
         now[0] += 3
     assert timer.seconds == {"outer": 6.0, "inner": 13.0}
     assert list(timer.seconds) == ["outer", "inner"]  # the order the steps started
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_selection_leaves_no_temporary_plot_folder(prefect_harness, tmp_path, monkeypatch):
+    """The plots are drawn in a temporary folder, logged to MLflow and the curves kept in the
+    cache; the folder itself is removed (every selection used to leave one in /tmp)."""
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    other = _second_candidate(tmp_path / "cache" / "models", tmp_path / "tiny-llama-seed1234")
+    data = _config(tmp_path, ["tiny-llama", other], ntk={"enabled": False})
+    data["validate"] = {"top_k": 0}
+    data["registry"] = {"enabled": False}
+    state, _ = _run(_write(tmp_path / "c.yaml", data))
+    assert state.is_completed(), state
+    assert not list(scratch.glob("lensllm-select-*"))
+    assert list((tmp_path / "cache" / "plots").glob("selection-*.png"))
