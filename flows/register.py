@@ -18,6 +18,8 @@ One version per model:
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import flow
 
 from tasks.promotion.policy import PromotionDecision, version_description, version_tags
@@ -33,6 +35,7 @@ from tasks.registration import (
     version_info_task,
     weights_hash_task,
 )
+from tasks.runtime.locks import held, lock_path
 from tasks.tracking import tags as T
 
 
@@ -54,18 +57,30 @@ def register_flow(
     """
     weights = weights_hash_task(request)
     tags = _tags(request, weights)
-    version = find_version_task(request, {T.SELECTION_KEY: request.selection_key})
-    run_id, created = request.parent_run_id, version is None
-    if version is None:
-        same = _same_model(request, weights)
-        if same is not None:
-            return _already_registered(request, same, weights, gate)
-        version, run_id = _new_version(request, tags)
+    # look-up and registration at once: two selections finishing together with the same model
+    # must not both find no version and both add one
+    with _registration_lock(request, lock_dir):
+        version = find_version_task(request, {T.SELECTION_KEY: request.selection_key})
+        run_id, created = request.parent_run_id, version is None
+        if version is None:
+            same = _same_model(request, weights)
+            if same is not None:
+                return _already_registered(request, same, weights, gate)
+            version, run_id = _new_version(request, tags)
     decision = promotion_gate_task(request, version, gate, lock_dir)
     if run_id is not None:
         link_run_task(request, run_id, version)
     info = version_info_task(request, version)
     return _registration(request, info, decision, weights, created=created, run_id=run_id)
+
+
+def _registration_lock(request: RegistrationRequest, lock_dir: str | None):
+    """The inter-process lock of registrations under one model name (none without
+    ``lock_dir``)."""
+    if lock_dir is None:
+        return contextlib.nullcontext()
+    key = lock_path(lock_dir, "registration", request.tracking_uri, request.registered_name)
+    return held(key, f"registering {request.registered_name}")
 
 
 def _tags(request: RegistrationRequest, weights: str) -> dict[str, str]:
