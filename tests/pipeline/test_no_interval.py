@@ -1,5 +1,6 @@
-"""Where no interval can be calibrated (a ladder of two sizes leaves no backtest), LensLLM
-states none, everywhere a user looks: the selection, the check at the target, the MLflow
+"""Where no interval can be calibrated (a ladder of two sizes leaves no backtest and no
+cross-task prior is used, ``intervals.prior: none``), LensLLM states none, everywhere a user
+looks: the selection, the check at the target, the MLflow
 description, metrics and tags, the registered version, the CLI, the plots. Never the
 predictor's own uncalibrated interval in its place (the zoo audits' held 5 of 24 at 90 %)."""
 
@@ -14,7 +15,7 @@ from flows import cli
 from flows.cli.selection_summary import print_ranking
 from tasks.fit import fit_and_select
 from tasks.promotion.policy import version_description, version_tags
-from tasks.records.schema import Budget, TargetCheck
+from tasks.records.schema import Budget, IntervalSpec, TargetCheck
 from tasks.reporting.plots import plot_live_calibration, plot_prediction, plot_selection
 from tasks.tracking import tags as T
 from tasks.tracking.selection import check_metrics, check_tags, selection_note
@@ -33,9 +34,29 @@ def result(request):
     }
     n_params = {name: 1_000 for name in CURVES}
     selection = fit_and_select(
-        probes, n_params, target_size=1024, budget=64, selector=request.param
-    )
+        probes, n_params, target_size=1024, budget=64, selector=request.param,
+        intervals=IntervalSpec(prior="none"),
+    )  # fmt: skip
     return selection, probes
+
+
+@pytest.mark.parametrize("selector", ["AtS", "Lens"])
+def test_with_the_default_prior_the_same_ladder_gets_the_prior_s_interval(selector):
+    """The shipped cross-task prior gives the two-size ladder an interval of its own: no
+    backtest error updates it, the basis says so, and every interval holds its point."""
+    probes = {
+        name: [probe_result(name, d, v) for d, v in zip(SIZES, curve, strict=True)]
+        for name, curve in CURVES.items()
+    }
+    n_params = {name: 1_000 for name in CURVES}
+    result = fit_and_select(probes, n_params, target_size=1024, budget=64, selector=selector)
+    assert result.interval_method == "calibrated"
+    assert "error-model prior (error_prior.json" in result.interval_basis
+    assert "updated with 0 backtest errors" in result.interval_basis
+    for cand in result.candidates.values():
+        lo, hi = cand.interval
+        assert lo < cand.predicted_loss < hi and hi / lo < 10
+    assert sum(c.p_best for c in result.candidates.values()) == pytest.approx(1.0)
 
 
 def _check(result) -> TargetCheck:
