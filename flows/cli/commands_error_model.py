@@ -28,7 +28,12 @@ def calibration_fit_command(tables: tuple[str, ...], out: str, seed: int) -> int
     parameters with their provenance (tables and their sha256, git commit, the command)."""
     from tasks.priors.prior_file import fit_prior_file
 
-    doc = fit_prior_file(list(tables), out, seed=seed)
+    print_fitted(fit_prior_file(list(tables), out, seed=seed), out)
+    return 0
+
+
+def print_fitted(doc: dict, out: str) -> None:
+    """One line per fitted family, then where the file went."""
     for name, fam in doc["families"].items():
         print(
             f"{name}: error scale (|slope| + {fam['slope_floor']:.3g}) x H^{fam['gamma']:.3f}; "
@@ -36,7 +41,6 @@ def calibration_fit_command(tables: tuple[str, ...], out: str, seed: int) -> int
             f"b={fam['b']:.3g} ({fam['n_groups']} selections, {fam['n_errors']} errors)"
         )
     print(f"wrote {out}")
-    return 0
 
 
 def calibration_group(record: click.Command) -> click.Group:

@@ -46,15 +46,40 @@ def ui_command(tracking_uri: str | None, port: int) -> int:
     metavar="DIR",
     help="where the plot, live_calibration.csv (one row per check) and .json go",
 )
+@click.option(
+    "--refit",
+    metavar="FILE",
+    help="also refit the cross-task error model on the loss tables of the --audit folders "
+    "(the <task>.csv each audit wrote) and the --table files, and write it to FILE (e.g. "
+    "configs/error_prior.json): each audit makes the intervals of the next selection better",
+)
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="PATH",
+    help="a further loss table for --refit, e.g. ../shared/benchmarks/flan.csv (repeatable)",
+)
 def calibration_command(
-    experiment: str | None, tracking_uri: str | None, audits: tuple[str, ...], out: str
+    experiment: str | None,
+    tracking_uri: str | None,
+    audits: tuple[str, ...],
+    out: str,
+    refit: str | None = None,
+    tables: tuple[str, ...] = (),
 ) -> int:
     """The live calibration record: every candidate checked at the target, by every tracked
-    selection and audit (and the audit.json files given), per interval level."""
+    selection and audit (and the audit.json files given), per interval level. With --refit,
+    the error model is refitted on the audits' tables (and --table) and written."""
     from flows.cli.calibration_report import plural, print_record
     from tasks.reporting.live_record import check_rows, combine, read_audit, write_record
     from tasks.reporting.plots import plot_live_calibration
     from tasks.tracking.checked_runs import checked_selections
+
+    if tables and not refit:
+        raise click.UsageError("--table is for --refit FILE")
+    if refit:
+        _refit(audits, tables, refit)
 
     on_disk = [read_audit(path) for path in audits]
     tracker = tracker_for(tracking_uri)
@@ -75,3 +100,18 @@ def calibration_command(
     plot = plot_live_calibration(check_rows(record), f"{out}/live_calibration.png")
     print(f"\nwritten: {csv_path}, {json_path}, {plot}")
     return 0
+
+
+def _refit(audits: tuple[str, ...], tables: tuple[str, ...], out: str) -> None:
+    """Refit the error model on the audits' tables and ``tables``; print what it fitted."""
+    from flows.cli.commands_error_model import print_fitted
+    from tasks.priors.prior_file import fit_prior_file
+    from tasks.reporting.live_record import audit_table
+
+    paths = [str(audit_table(a)) for a in audits] + list(tables)
+    if len(paths) < 2:
+        raise click.UsageError(
+            "--refit needs at least two loss tables: pass audits with --audit and/or --table"
+        )
+    print(f"refitting the error model on {len(paths)} tables: {', '.join(paths)}")
+    print_fitted(fit_prior_file(paths, out), out)

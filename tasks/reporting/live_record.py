@@ -79,6 +79,21 @@ def read_audit(path: str | Path) -> CheckedSelection:
         ) from err
 
 
+def audit_table(path: str | Path) -> Path:
+    """The loss table an audit wrote beside its report (``<task>.csv`` in the audit's folder),
+    for refitting the error model on it; ``path`` is the audit.json or its folder."""
+    file = Path(path)
+    folder = file if file.is_dir() else file.parent
+    task = read_audit(path).task
+    table = folder / f"{task}.csv"
+    if not table.is_file():
+        raise MissingFileError(
+            f"the audit at {str(path)!r} has no loss table {str(table)!r} beside its report; "
+            "`lensllm audit` writes both (re-run it, or pass the table with --table)"
+        )
+    return table
+
+
 def combine(
     tracked: list[CheckedSelection], audits: list[CheckedSelection]
 ) -> tuple[list[CheckedSelection], list[CheckedSelection]]:

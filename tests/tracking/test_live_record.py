@@ -165,3 +165,37 @@ def test_a_corrupt_audit_file_is_a_clear_error(tmp_path):
     with pytest.raises(AuditFileError, match="not an audit report that `lensllm audit` wrote"):
         read_audit(bad)
     assert cli.main(["calibration", "--audit", str(tmp_path / "nowhere")]) == 2
+
+
+AUDITS = [
+    Path(__file__).resolve().parents[2] / "benchmarks" / "results" / name
+    for name in ("audit-translation", "audit-examples")
+]
+
+
+def test_the_record_refits_the_error_model_from_its_audits(tmp_path, capsys):
+    """``--refit`` fits the error model on the tables the audits wrote beside their reports,
+    to the same numbers as ``lensllm calibration fit`` on those tables."""
+    from tasks.priors.prior_file import load_error_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    refit, fit = tmp_path / "refit.json", tmp_path / "fit.json"
+    args = ["calibration", "--tracking-uri", uri, "--out", str(tmp_path / "out")]
+    audits = [x for a in AUDITS for x in ("--audit", str(a))]
+    assert cli.main([*args, *audits, "--refit", str(refit)]) == 0
+    out = capsys.readouterr().out
+    assert "refitting the error model on 2 tables" in out and f"wrote {refit}" in out
+    assert "AUDIT-TRANSLATION" in load_error_model(refit).source
+    tables = [x for a in AUDITS for x in ("--table", str(a / f"{a.name}.csv"))]
+    assert cli.main(["calibration", "fit", *tables, "--out", str(fit)]) == 0
+    assert json.loads(refit.read_text())["families"] == json.loads(fit.read_text())["families"]
+
+
+def test_a_refit_without_enough_tables_is_a_usage_error(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["calibration", "--tracking-uri", uri, "--out", str(tmp_path / "out")]
+    assert cli.main([*args, "--audit", str(AUDITS[0]), "--refit", str(tmp_path / "p.json")]) == 2
+    assert "--refit needs at least two loss tables" in capsys.readouterr().err
+    assert cli.main([*args, "--table", str(AUDITS[0] / "audit-translation.csv")]) == 2
+    assert "--table is for --refit FILE" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()
