@@ -1,21 +1,32 @@
 """Does bf16 change the decision? The demo's selection in fp32 and in bf16, side by side.
 
-Runs ``configs/demo.yaml`` twice with the select flow, ``probe.precision`` fp32 and then bf16,
-each in a fresh cache folder (models linked from the project's cache, so nothing is taken from
-an earlier run) with its own MLflow store there and the registry off (registering is not what
-is compared). It reports every probe's test bits per byte, the ranking, the winner, the
+Runs ``configs/demo.yaml`` with the select flow three times, one after the other, each in a
+fresh cache folder (models linked from the project's cache, so nothing is taken from an
+earlier run) with its own MLflow store there and the registry off (registering is not what
+is compared):
+
+* the code before the throughput work (``--baseline``, default ``BASELINE``: the last commit
+  of main before probe.precision, length bucketing and target-only logits), checked out in a
+  temporary git worktree and run in a subprocess with this environment: fp32, batches padded to
+  their longest example, logits over the vocabulary at every position;
+* this code with ``probe.precision`` fp32, then bf16.
+
+It reports every probe's test bits per byte (fp32 and bf16), the ranking, the winner, the
 prediction at the target with the measurement there, and the time of each step; the
 selection time is the probes plus the winner's training at the target. Written to
 ``benchmarks/results/precision_check.md``.
 
-    .venv/bin/python benchmarks/precision_check.py       # two demo selections, ~10 min
+    .venv/bin/python benchmarks/precision_check.py       # three demo selections, ~15 min
     .venv/bin/python benchmarks/precision_check.py --config configs/tiny.yaml --out /tmp/p.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,6 +42,19 @@ from tasks.tracking.client import Tracker, tag_filter  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 SELECTION_STEPS = ("probes", "target training")
+# main just before the throughput work was merged (3f321ce^1): fp32, padded batches, full logits
+BASELINE = "f37ab8ac3f94cd4bc464120b727bf6473bcd2352"
+# Run in the baseline's worktree: its select flow, then what the report needs, as JSON.
+_BASELINE_SCRIPT = """
+import json, sys
+from flows.select import select_flow
+s = select_flow(sys.argv[1], sys.argv[2:])
+w = s.result.winner
+check = next((c for c in s.checks if c.candidate == s.selected), None)
+print("BASELINE-JSON " + json.dumps({
+    "timings": s.timings, "ranking": list(s.result.ranking), "selected": s.selected,
+    "predicted": w.predicted_loss, "measured": check.measured_loss if check else None}))
+"""
 
 
 def run_one(config: str, precision: str, work: Path, models: Path, extra: list[str]) -> dict:
@@ -48,6 +72,32 @@ def run_one(config: str, precision: str, work: Path, models: Path, extra: list[s
     return {"summary": summary, "probes": probe_losses(summary)}
 
 
+def run_baseline(rev: str, config: str, work: Path, models: Path) -> dict:
+    """The demo's selection on the code at ``rev`` (a temporary git worktree), fp32 as it was
+    then, in a fresh cache under ``work``; its timings and decision."""
+    src, cache = work / "baseline-src", work / "baseline"
+    cache.mkdir(parents=True)
+    (cache / "models").symlink_to(models.resolve(), target_is_directory=True)
+    git = ["git", "-C", str(PROJECT)]
+    subprocess.run([*git, "worktree", "add", "--detach", str(src), rev], check=True)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(src), "PREFECT_HOME": str(cache / "prefect")}
+        overrides = [f"cache_dir={cache}", "registry.enabled=false"]
+        proc = subprocess.run(
+            [sys.executable, "-c", _BASELINE_SCRIPT, config, *overrides],
+            cwd=src, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("BASELINE-JSON ")]
+        if proc.returncode != 0 or not lines:
+            raise RuntimeError(
+                f"the baseline selection at {rev[:12]} failed (exit {proc.returncode}):\n"
+                + proc.stderr[-3000:]
+            )
+        return json.loads(lines[-1].removeprefix("BASELINE-JSON "))
+    finally:
+        subprocess.run([*git, "worktree", "remove", "--force", str(src)], check=False)
+
+
 def probe_losses(summary: SelectionSummary) -> dict[tuple[str, int], float]:
     """(candidate, size) -> test bits per byte, from the selection's candidate runs."""
     tracker = Tracker(summary.tracking_uri)
@@ -63,13 +113,14 @@ def probe_losses(summary: SelectionSummary) -> dict[tuple[str, int], float]:
     return out
 
 
-def markdown(config: str, results: dict[str, dict]) -> str:
+def markdown(config: str, results: dict[str, dict], baseline: dict | None = None) -> str:
     a, b = (results[p] for p in PRECISIONS)
     keys = sorted(set(a["probes"]) | set(b["probes"]))
     lines = [
         "# fp32 against bf16 on the demo's selection (benchmarks/precision_check.py)",
         "",
-        f"`{config}`, each precision in a fresh cache, one after the other, registry off.",
+        f"`{config}`, each run in a fresh cache, one after the other, registry off"
+        + (f"; baseline: commit {baseline['rev'][:12]}." if baseline else "."),
         "",
         "| candidate | size | fp32 bits/byte | bf16 bits/byte | bf16 / fp32 - 1 |",
         "|---|---|---|---|---|",
@@ -84,36 +135,62 @@ def markdown(config: str, results: dict[str, dict]) -> str:
             f"{'' if rel is None else f'{100 * rel:+.2f} %'} |"
         )
     lines += ["", f"Largest difference: {100 * worst:.2f} % (acceptance: within 1 %).", ""]
-    lines += _decision_rows(a["summary"], b["summary"])
-    lines += _timing_rows(a["summary"], b["summary"])
+    lines += _decision_rows(a["summary"], b["summary"], baseline)
+    lines += _timing_rows(a["summary"], b["summary"], baseline)
     return "\n".join(lines) + "\n"
 
 
-def _decision_rows(a: SelectionSummary, b: SelectionSummary) -> list[str]:
-    rows = ["| | fp32 | bf16 |", "|---|---|---|"]
-    rows.append(f"| ranking | {' > '.join(a.result.ranking)} | {' > '.join(b.result.ranking)} |")
-    rows.append(f"| winner | {a.selected} | {b.selected} |")
-    wa, wb = a.result.winner, b.result.winner
-    rows.append(f"| predicted at the target | {wa.predicted_loss:.4f} | {wb.predicted_loss:.4f} |")
-    ca = next((c for c in a.checks if c.candidate == a.selected), None)
-    cb = next((c for c in b.checks if c.candidate == b.selected), None)
-    rows.append(
-        f"| measured at the target | {_num(ca and ca.measured_loss)} | "
-        f"{_num(cb and cb.measured_loss)} |"
-    )
-    same = a.result.ranking == b.result.ranking and a.selected == b.selected
+def _decisions(summary: SelectionSummary) -> dict:
+    check = next((c for c in summary.checks if c.candidate == summary.selected), None)
+    return {
+        "ranking": list(summary.result.ranking),
+        "selected": summary.selected,
+        "predicted": summary.result.winner.predicted_loss,
+        "measured": check.measured_loss if check else None,
+    }
+
+
+def _decision_rows(a: SelectionSummary, b: SelectionSummary, baseline: dict | None) -> list[str]:
+    cols = [("fp32", _decisions(a)), ("bf16", _decisions(b))]
+    if baseline:
+        cols.insert(0, ("fp32 before", baseline))
+    rows = ["| | " + " | ".join(n for n, _ in cols) + " |", "|---|" + "---|" * len(cols)]
+    rows.append("| ranking | " + " | ".join(" > ".join(d["ranking"]) for _, d in cols) + " |")
+    rows.append("| winner | " + " | ".join(d["selected"] for _, d in cols) + " |")
+    rows.append("| predicted at the target | " + " | ".join(_num(d["predicted"]) for _, d in cols)
+                + " |")  # fmt: skip
+    rows.append("| measured at the target | " + " | ".join(_num(d["measured"]) for _, d in cols)
+                + " |")  # fmt: skip
+    same = all(d["ranking"] == cols[-1][1]["ranking"] and d["selected"] == cols[-1][1]["selected"]
+               for _, d in cols)  # fmt: skip
     return [*rows, "", f"Same ranking and winner: {'yes' if same else 'NO'}.", ""]
 
 
-def _timing_rows(a: SelectionSummary, b: SelectionSummary) -> list[str]:
-    steps = list(dict.fromkeys([*a.timings, *b.timings]))
-    rows = ["| step | fp32 (s) | bf16 (s) |", "|---|---|---|"]
-    rows += [f"| {s} | {a.timings.get(s, 0):.1f} | {b.timings.get(s, 0):.1f} |" for s in steps]
-    sel_a = sum(a.timings.get(s, 0.0) for s in SELECTION_STEPS)
-    sel_b = sum(b.timings.get(s, 0.0) for s in SELECTION_STEPS)
-    rows.append(f"| **selection (probes + target training)** | {sel_a:.1f} | {sel_b:.1f} |")
-    speedup = sel_a / sel_b if sel_b else float("nan")
-    return [*rows, "", f"Selection speed-up bf16 over fp32: {speedup:.2f}x.", ""]
+def _timing_rows(a: SelectionSummary, b: SelectionSummary, baseline: dict | None) -> list[str]:
+    cols = [("fp32", a.timings), ("bf16", b.timings)]
+    if baseline:
+        cols.insert(0, ("fp32 before", baseline["timings"]))
+    steps = list(dict.fromkeys(s for _, t in cols for s in t))
+    rows = ["| step | " + " | ".join(f"{n} (s)" for n, _ in cols) + " |"]
+    rows.append("|---|" + "---|" * len(cols))
+    rows += [f"| {s} | " + " | ".join(f"{t.get(s, 0):.1f}" for _, t in cols) + " |" for s in steps]
+    sel = {n: sum(t.get(s, 0.0) for s in SELECTION_STEPS) for n, t in cols}
+    rows.append(
+        "| **selection (probes + target training)** | "
+        + " | ".join(f"{v:.1f}" for v in sel.values()) + " |"
+    )  # fmt: skip
+    out = [*rows, "", f"Selection speed-up bf16 over fp32: {_ratio(sel['fp32'], sel['bf16'])}."]
+    if baseline:
+        out.append(
+            f"Selection speed-up bf16 over fp32 before the throughput work (today's path when the "
+            f"issue was filed): {_ratio(sel['fp32 before'], sel['bf16'])}; fp32 now over fp32 "
+            f"before: {_ratio(sel['fp32 before'], sel['fp32'])}."
+        )
+    return [*out, ""]
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
 
 
 def _num(x: float | None) -> str:
@@ -124,15 +201,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/demo.yaml")
     parser.add_argument("--set", action="append", default=[], help="extra key.sub=value")
-    parser.add_argument("--work-dir", default=None, help="the two caches (default: a tmp dir)")
+    parser.add_argument("--work-dir", default=None, help="the caches (default: a tmp dir)")
+    parser.add_argument(
+        "--baseline", default=BASELINE, help="git revision of the fp32 path to compare with"
+    )
+    parser.add_argument("--no-baseline", action="store_true", help="skip the baseline run")
     parser.add_argument(
         "--out", default=str(PROJECT / "benchmarks" / "results" / "precision_check.md")
     )
     args = parser.parse_args(argv)
     models = Path(load_config(args.config).cache_dir) / "models"
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lensllm-precision-"))
+    baseline = None
+    if not args.no_baseline:
+        print(f"baseline: {args.config} on commit {args.baseline[:12]} ...", flush=True)
+        baseline = run_baseline(args.baseline, args.config, work, models) | {"rev": args.baseline}
     results = {p: run_one(args.config, p, work, models, args.set) for p in PRECISIONS}
-    report = markdown(args.config, results)
+    report = markdown(args.config, results, baseline)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
     print(report)
