@@ -44,6 +44,7 @@ from tasks.models import describe_candidate, family_of, resolve_candidate_task
 from tasks.probing.plan import ProbePlan
 from tasks.records.errors import ConfigError, MissingFileError
 from tasks.records.schema import Ladder, SelectionSummary, SpectralSpec, count_held
+from tasks.reporting.live_record import audit_table
 from tasks.reporting.loss_tables import table_from_frame
 from tasks.runtime.result_storage import result_storage
 from tasks.tracking.client import Tracker
@@ -250,7 +251,7 @@ def read_audit(out: Path) -> tuple[dict, pd.DataFrame]:
             "(lensllm audit --config FILE --out DIR writes one)"
         )
     report = json.loads(file.read_text())
-    return report, pd.read_csv(out / f"{report['task']}.csv")
+    return report, pd.read_csv(audit_table(out, report["task"]))
 
 
 def add_spectra(out_dir: str | Path, metrics: dict[str, dict[str, float]]) -> dict:

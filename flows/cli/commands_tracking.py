@@ -72,16 +72,23 @@ def calibration_command(
     selection and audit (and the audit.json files given), per interval level. With --refit,
     the error model is refitted on the audits' tables (and --table) and written."""
     from flows.cli.calibration_report import plural, print_record
-    from tasks.reporting.live_record import check_rows, combine, read_audit, write_record
+    from tasks.reporting.live_record import (
+        audit_table,
+        check_rows,
+        combine,
+        read_audit,
+        write_record,
+    )
     from tasks.reporting.plots import plot_live_calibration
     from tasks.tracking.checked_runs import checked_selections
 
     if tables and not refit:
         raise click.UsageError("--table is for --refit FILE")
-    if refit:
-        _refit(audits, tables, refit)
-
     on_disk = [read_audit(path) for path in audits]
+    if refit:
+        _refit(
+            [audit_table(p, a.task) for p, a in zip(audits, on_disk, strict=True)], tables, refit
+        )
     tracker = tracker_for(tracking_uri)
     tracker.check_reachable()
     record, left_out = combine(checked_selections(tracker, experiment), on_disk)
@@ -102,13 +109,12 @@ def calibration_command(
     return 0
 
 
-def _refit(audits: tuple[str, ...], tables: tuple[str, ...], out: str) -> None:
+def _refit(audit_tables: list, tables: tuple[str, ...], out: str) -> None:
     """Refit the error model on the audits' tables and ``tables``; print what it fitted."""
     from flows.cli.commands_error_model import print_fitted
     from tasks.priors.prior_file import fit_prior_file
-    from tasks.reporting.live_record import audit_table
 
-    paths = [str(audit_table(a)) for a in audits] + list(tables)
+    paths = [str(t) for t in audit_tables] + list(tables)
     if len(paths) < 2:
         raise click.UsageError(
             "--refit needs at least two loss tables: pass audits with --audit and/or --table"

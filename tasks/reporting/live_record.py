@@ -79,13 +79,11 @@ def read_audit(path: str | Path) -> CheckedSelection:
         ) from err
 
 
-def audit_table(path: str | Path) -> Path:
-    """The loss table an audit wrote beside its report (``<task>.csv`` in the audit's folder),
-    for refitting the error model on it; ``path`` is the audit.json or its folder."""
+def audit_table(path: str | Path, task: str) -> Path:
+    """The loss table an audit of ``task`` wrote beside its report (``<task>.csv`` in the
+    audit's folder); ``path`` is the audit.json or its folder."""
     file = Path(path)
-    folder = file if file.is_dir() else file.parent
-    task = read_audit(path).task
-    table = folder / f"{task}.csv"
+    table = (file if file.is_dir() else file.parent) / f"{task}.csv"
     if not table.is_file():
         raise MissingFileError(
             f"the audit at {str(path)!r} has no loss table {str(table)!r} beside its report; "
