@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from contextlib import ExitStack
 from typing import Any
 
@@ -22,10 +21,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from flows.config import RunnerConfig
-
-
-def _local_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from tasks.runtime.compute_threads import local_cores
 
 
 def concurrent_probes(runner: RunnerConfig, cpu_count: int | None = None) -> int | None:
@@ -40,7 +36,7 @@ def concurrent_probes(runner: RunnerConfig, cpu_count: int | None = None) -> int
         return None
     if runner.max_workers is not None:
         return runner.max_workers
-    return 1 if runner.kind == "thread" else cpu_count or _local_cores()
+    return 1 if runner.kind == "thread" else cpu_count or local_cores()
 
 
 def probe_threads(runner: RunnerConfig, cpu_count: int | None = None) -> int:
@@ -55,7 +51,7 @@ def probe_threads(runner: RunnerConfig, cpu_count: int | None = None) -> int:
     concurrent = concurrent_probes(runner, cpu_count)
     if concurrent is None:
         return 1
-    cores = cpu_count or _local_cores()
+    cores = cpu_count or local_cores()
     return max(1, cores // concurrent)
 
 

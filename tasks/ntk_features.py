@@ -13,6 +13,7 @@ from prefect import task
 from lens_model.ntk import NonFiniteKernelError, f_term_from_spectrum, ntk_features
 from tasks.records.schema import Example, NtkResult, NtkSpec, ProbeSpec
 from tasks.runtime.cache import cached
+from tasks.runtime.compute_threads import run_on_compute_thread
 from tasks.training.finetune import (
     collate,
     configure_cpu,
@@ -43,6 +44,27 @@ def compute_ntk_features(
     comes from the result (:meth:`NtkResult.f_term`) once the probe's steps are known.
     ``candidate`` names the task run (``ntk smollm2-135m``); it changes nothing computed.
     """
+    return run_on_compute_thread(
+        _ntk_features,
+        model_dir,
+        examples,
+        spec,
+        projection_dim=projection_dim,
+        threads=threads,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def _ntk_features(
+    model_dir: str,
+    examples: list[Example],
+    spec: ProbeSpec,
+    *,
+    projection_dim: int | None,
+    threads: int | None,
+    trust_remote_code: bool,
+) -> NtkResult:
+    """:func:`compute_ntk_features`' work, on a compute thread."""
     if not examples:
         raise ValueError("the NTK probe set is empty: give at least 2 examples")
     start = time.perf_counter()

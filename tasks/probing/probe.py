@@ -23,6 +23,7 @@ import torch
 from prefect import task
 
 from tasks.records.schema import ProbeData, ProbeResult, ProbeSpec
+from tasks.runtime.compute_threads import run_on_compute_thread
 from tasks.training.finetune import (
     TrainOutcome,
     check_examples,
@@ -63,6 +64,33 @@ def run_probe(
     An existing folder is an error unless ``replace_save_dir`` (the pipeline's deterministic
     per-probe folders are replaced atomically when a probe is recomputed).
     """
+    return run_on_compute_thread(
+        _probe,
+        model_dir,
+        data,
+        spec,
+        candidate=candidate,
+        threads=threads,
+        save_dir=save_dir,
+        replace_save_dir=replace_save_dir,
+        progress=progress,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def _probe(
+    model_dir: str,
+    data: ProbeData,
+    spec: ProbeSpec,
+    *,
+    candidate: str | None,
+    threads: int | None,
+    save_dir: str | None,
+    replace_save_dir: bool,
+    progress: bool,
+    trust_remote_code: bool,
+) -> ProbeResult:
+    """:func:`run_probe`'s work, on a compute thread (:mod:`tasks.runtime.compute_threads`)."""
     start = time.perf_counter()
     for examples, what in ((data.train, "train"), (data.val, "val"), (data.test, "test")):
         check_examples(examples, what)

@@ -98,6 +98,32 @@ def _probe_task_runs(flow_run_id: str, expected: int | None, timeout: float = 60
             time.sleep(0.5)
 
 
+@contextlib.contextmanager
+def _threads_of_torch_work():
+    """The threads that ran each kind of torch work (training steps, evaluation, the NTK),
+    recorded by wrapping the functions as they are called (they still run)."""
+    import threading
+
+    from tasks import ntk_features
+    from tasks.probing import probe
+    from tasks.training import finetune
+
+    seen: dict[str, set[str]] = {}
+
+    def spy(kind, fn):
+        def wrapped(*args, **kwargs):
+            seen.setdefault(kind, set()).add(threading.current_thread().name)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "train_step", spy("train", finetune.train_step))
+        mp.setattr(probe, "evaluate_loss", spy("evaluate", probe.evaluate_loss))
+        mp.setattr(ntk_features, "ntk_features", spy("ntk", ntk_features.ntk_features))
+        yield seen
+
+
 @pytest.fixture(scope="module")
 def selection(prefect_harness, tmp_path_factory):
     """Two runs of the same config; everything the assertions read."""
@@ -108,7 +134,8 @@ def selection(prefect_harness, tmp_path_factory):
     n_probes = len(cfg_data["candidates"]) * (len(LADDER) + 1)
 
     start = time.perf_counter()
-    state, flow_run_id = _run(config_path)
+    with _threads_of_torch_work() as torch_threads:
+        state, flow_run_id = _run(config_path)
     first_s = time.perf_counter() - start
     summary = state.result()
     first_probes = _probe_task_runs(flow_run_id, n_probes)
@@ -140,6 +167,7 @@ def selection(prefect_harness, tmp_path_factory):
         "summary": summary,
         "summary2": summary2,
         "first_s": first_s,
+        "torch_threads": torch_threads,
         "first_probes": first_probes,
         "second_probes": second_probes,
         "versions_after_first": versions_after_first,
@@ -206,6 +234,16 @@ def test_the_time_split_covers_the_selection_and_is_logged(selection):
     assert metrics["time.probes_s"] == pytest.approx(summary.timings["probes"])
     # the cached re-run reports its own (short) times and logs nothing
     assert list(selection["summary2"].timings) == steps
+
+
+def test_all_torch_work_of_a_selection_runs_on_one_compute_thread(selection):
+    """Probes, NTK and the training at the target run in different Prefect task-runner threads;
+    a second thread starting its own OpenMP team made every step 1.6-1.9x slower (the module
+    docstring of tasks.runtime.compute_threads). All of it must share one long-lived thread."""
+    threads = selection["torch_threads"]
+    assert set(threads) == {"train", "evaluate", "ntk"}
+    assert set().union(*threads.values()) == {"lensllm-compute-0"}
+    assert selection["summary"].checks, "the training at the target ran"
 
 
 def test_flow_returns_a_selected_candidate(selection):
