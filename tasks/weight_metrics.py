@@ -26,6 +26,7 @@ from lens_model.weight_spectrum import layer_spectra, summarize
 from tasks.records.errors import CandidateError
 from tasks.records.schema import SpectralLayer, SpectralResult, SpectralSpec
 from tasks.runtime.cache import cached
+from tasks.runtime.compute_threads import run_on_compute_thread
 from tasks.training.finetune import progress_logger
 
 MATRICES = "2-D weights of the decoder layers (attention q/k/v/o, MLP gate/up/down)"
@@ -84,7 +85,16 @@ def compute_weight_metrics(
     candidate: str, model_dir: str, weights: str, *, min_tail: int
 ) -> SpectralResult:
     """The weight-spectrum metrics of ``model_dir`` (``weights``: its :func:`weights_digest`,
-    the cache key; ``candidate`` names the task run and the log lines)."""
+    the cache key; ``candidate`` names the task run and the log lines). On a compute thread
+    (the weights are read with torch: tasks.runtime.compute_threads)."""
+    return run_on_compute_thread(
+        _weight_metrics, candidate, model_dir, weights, min_tail=min_tail, threads=None
+    )
+
+
+def _weight_metrics(
+    candidate: str, model_dir: str, weights: str, *, min_tail: int, threads: None
+) -> SpectralResult:
     logger = progress_logger()
     start = time.perf_counter()
     layers = []

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tasks.runtime.compute_threads import run_on_compute_thread
 from tasks.runtime.construction import model_construction
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,13 @@ def is_complete(folder: Path) -> bool:
     return (folder / METADATA_FILE).is_file() and (folder / "config.json").is_file()
 
 
+def _build(build: Callable[[Path], dict[str, Any]], tmp: Path, *, threads: None) -> dict[str, Any]:
+    """``build(tmp)`` on a compute thread: a build runs torch kernels, and a thread outside the
+    compute threads that does would slow every later step (tasks.runtime.compute_threads)."""
+    with model_construction():  # a build instantiates models (tasks.runtime.construction)
+        return build(tmp)
+
+
 def build_cached(folder: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
     """Run ``build(tmp)`` into a temporary sibling of ``folder`` and rename it into place."""
     if is_complete(folder):
@@ -40,8 +48,7 @@ def build_cached(folder: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is a normal shared folder
     try:
         start = time.perf_counter()
-        with model_construction():  # a build instantiates models (tasks.runtime.construction)
-            metadata = build(tmp)
+        metadata = run_on_compute_thread(_build, build, tmp)
         metadata["build_time_s"] = round(time.perf_counter() - start, 3)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         if folder.exists() and not is_complete(folder):

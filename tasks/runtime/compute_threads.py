@@ -6,7 +6,9 @@ threads of that flow's task runner, so the probes (the select flow's runner) and
 at the target (the train flow's runner, a new thread) would each start a team, and the probes'
 team stays while the training runs. With more OpenMP threads than cores libgomp stops spinning
 at its barriers and puts threads to sleep at every one: a bf16 LoRA step of SmolLM2-135M took
-679 ms against 361 ms on this 2-core machine (``benchmarks/compute_threads.py``).
+706 ms against 379 ms on this 2-core machine (``benchmarks/compute_threads.py``). Building a
+derived model and reading weights for their spectra run torch kernels too, so they run here
+as well (``tasks.models.store``, ``tasks.weight_metrics``).
 
 :func:`run_on_compute_thread` runs a function on one of ``slots`` daemon threads kept for the
 life of the process, so the teams are at most ``slots`` and each is reused. ``slots`` is how
@@ -61,6 +63,7 @@ class _ComputeThreads:
 
     def _serve(self) -> None:
         _local.compute = True
+        _flush_denormals()
         while (call := self._calls.get()) is not None:
             future, context, fn = call
             if future.set_running_or_notify_cancel():
@@ -79,6 +82,16 @@ class _ComputeThreads:
         """Let the threads finish the queued calls and exit (their teams go with them)."""
         for _ in self._threads:
             self._calls.put(None)
+
+
+def _flush_denormals() -> None:
+    """Flush denormals to zero in this thread before it starts an OpenMP team. The team's
+    threads are created with a copy of its floating-point mode and keep it, so a team started
+    before ``configure_cpu`` (by a model build, say) computed in denormals on every core but
+    one: the demo's first NTK took 45 s instead of 8-12."""
+    import torch
+
+    torch.set_flush_denormal(True)
 
 
 def run_on_compute_thread(fn: Callable[..., T], *args, threads: int | None = None, **kwargs) -> T:

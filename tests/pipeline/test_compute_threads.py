@@ -82,3 +82,32 @@ def test_concurrent_jobs_get_their_own_threads_when_they_fit(monkeypatch):
     assert sorted(names) == ["lensllm-compute-0", "lensllm-compute-1"]
     # back to one job on every core: the two threads are retired, one serves
     assert ct.run_on_compute_thread(_where, threads=None)[0] == "lensllm-compute-0"
+
+
+def test_a_compute_thread_flushes_denormals_before_its_first_job():
+    """Its OpenMP team copies the thread's floating-point mode when the team starts; a team
+    started by work before configure_cpu computed in denormals (a 45 s NTK instead of 8)."""
+    import torch
+
+    fresh = ct._ComputeThreads(1)
+    try:
+        tiny = fresh.submit(lambda: (torch.tensor([1e-39]) * 1.0).item()).result(timeout=30)
+    finally:
+        fresh.retire()
+    assert tiny == 0.0
+
+
+def test_a_model_build_runs_on_a_compute_thread(tmp_path):
+    """Building a derived model runs torch kernels; on the flow's thread its OpenMP team made
+    every later step slower (tasks.models.store.build_cached)."""
+    from tasks.models.store import build_cached, is_complete
+
+    seen = []
+
+    def build(dest):
+        seen.append(threading.current_thread().name)
+        (dest / "config.json").write_text("{}")
+        return {"name": "fake"}
+
+    folder = build_cached(tmp_path / "model", build)
+    assert seen == ["lensllm-compute-0"] and is_complete(folder)

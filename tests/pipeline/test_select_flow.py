@@ -100,11 +100,11 @@ def _probe_task_runs(flow_run_id: str, expected: int | None, timeout: float = 60
 
 @contextlib.contextmanager
 def _threads_of_torch_work():
-    """The threads that ran each kind of torch work (training steps, evaluation, the NTK),
-    recorded by wrapping the functions as they are called (they still run)."""
+    """The threads that ran each kind of torch work (training steps, evaluation, the NTK, the
+    weight spectra), recorded by wrapping the functions as they are called (they still run)."""
     import threading
 
-    from tasks import ntk_features
+    from tasks import ntk_features, weight_metrics
     from tasks.probing import probe
     from tasks.training import finetune
 
@@ -121,6 +121,7 @@ def _threads_of_torch_work():
         mp.setattr(finetune, "train_step", spy("train", finetune.train_step))
         mp.setattr(probe, "evaluate_loss", spy("evaluate", probe.evaluate_loss))
         mp.setattr(ntk_features, "ntk_features", spy("ntk", ntk_features.ntk_features))
+        mp.setattr(weight_metrics, "decoder_blocks", spy("spectra", weight_metrics.decoder_blocks))
         yield seen
 
 
@@ -237,11 +238,11 @@ def test_the_time_split_covers_the_selection_and_is_logged(selection):
 
 
 def test_all_torch_work_of_a_selection_runs_on_one_compute_thread(selection):
-    """Probes, NTK and the training at the target run in different Prefect task-runner threads;
-    a second thread starting its own OpenMP team made every step 1.6-1.9x slower (the module
-    docstring of tasks.runtime.compute_threads). All of it must share one long-lived thread."""
+    """Probes, NTK, weight spectra and the training at the target run in different Prefect
+    task-runner threads; a second thread starting its own OpenMP team made every step 1.6-1.9x
+    slower (tasks.runtime.compute_threads). All of it must share one long-lived thread."""
     threads = selection["torch_threads"]
-    assert set(threads) == {"train", "evaluate", "ntk"}
+    assert set(threads) == {"train", "evaluate", "ntk", "spectra"}
     assert set().union(*threads.values()) == {"lensllm-compute-0"}
     assert selection["summary"].checks, "the training at the target ran"
 
