@@ -43,6 +43,7 @@ from tasks.data import prepare_data  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 from tasks.probing.probe import run_probe  # noqa: E402
 from tasks.records.schema import ProbeData, ProbeSpec  # noqa: E402
+from tasks.runtime.compute_threads import run_on_compute_thread  # noqa: E402
 from tasks.training.finetune import (  # noqa: E402
     IGNORE_INDEX,
     collate,
@@ -182,8 +183,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    # on the compute thread, as a selection's torch work runs (tasks.runtime.compute_threads)
+    return run_on_compute_thread(measure, args, threads=args.threads)
+
+
+def measure(args: argparse.Namespace, *, threads: int | None) -> dict:
     cfg = load_config(args.config)
-    threads = configure_cpu(args.threads)
+    threads = configure_cpu(threads)
     model_dir = resolve_candidate(args.model)
     data = prepare_data(cfg.dataset, cfg.ladder, cfg.target_size)
     train = data.train[: data.target_examples]
