@@ -116,13 +116,17 @@ bench-ntk: $(STAMP) data model
 	$(BIN)/python benchmarks/ntk_vs_ladder.py
 
 # Training speed against this machine's measured matmul peak (fp32/bf16, padded/bucketed) and the
-# demo's selection in fp32 and bf16 side by side; run each alone on a quiet machine.
-.PHONY: throughput precision-check
+# demo's selection in fp32 and bf16 side by side, and training steps on a new thread, the
+# compute thread and the main thread; run each alone on a quiet machine.
+.PHONY: throughput precision-check thread-arrangements
 throughput: $(STAMP) data model
 	$(BIN)/python benchmarks/throughput.py
 
 precision-check: $(STAMP) data model
 	$(BIN)/python benchmarks/precision_check.py
+
+thread-arrangements: $(STAMP) data model
+	$(BIN)/python benchmarks/thread_arrangements.py
 
 clean:
 	rm -rf .lensllm .prefect out

@@ -6,7 +6,7 @@ threads of that flow's task runner, so the probes (the select flow's runner) and
 at the target (the train flow's runner, a new thread) would each start a team, and the probes'
 team stays while the training runs. With more OpenMP threads than cores libgomp stops spinning
 at its barriers and puts threads to sleep at every one: a bf16 LoRA step of SmolLM2-135M took
-706 ms against 379 ms on this 2-core machine (``benchmarks/compute_threads.py``). Building a
+706 ms against 379 ms on this 2-core machine (``benchmarks/thread_arrangements.py``). Building a
 derived model and reading weights for their spectra run torch kernels too, so they run here
 as well (``tasks.models.store``, ``tasks.weight_metrics``).
 

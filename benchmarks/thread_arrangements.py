@@ -10,9 +10,9 @@ process per arrangement, alternating the arrangements round by round:
 - ``compute thread``: both stages through ``run_on_compute_thread`` (the pipeline now);
 - ``main thread``: both stages on the main thread (a bare script, the reference).
 
-It writes a markdown table to ``benchmarks/results/compute_threads.md``.
+It writes a markdown table to ``benchmarks/results/thread_arrangements.md``.
 
-    .venv/bin/python benchmarks/compute_threads.py            # ~3 min on 2 cores
+    .venv/bin/python benchmarks/thread_arrangements.py            # ~3 min on 2 cores
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per stage")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="default: every usable core")
-    parser.add_argument("--out", default=str(PROJECT / "benchmarks/results/compute_threads.md"))
+    parser.add_argument("--out", default=str(PROJECT / "benchmarks/results/thread_arrangements.md"))
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -135,7 +135,7 @@ def markdown(args: argparse.Namespace, results: dict[str, list[dict]]) -> str:
     lines = [
         "# A selection's torch work on one thread: bf16 LoRA step times",
         "",
-        f"`benchmarks/compute_threads.py`, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
+        f"`benchmarks/thread_arrangements.py`, {time.strftime('%Y-%m-%d')}, {cpu_name()}, "
         f"{os.cpu_count()} cores, {platform.python_version()}; {args.model}, the demo's batches "
         f"(8 x up to 40 tokens, bucketed), {args.steps} timed steps per stage; a fresh process "
         f"per arrangement, arrangements alternating, {args.rounds} rounds; medians (ms/step).",
