@@ -17,6 +17,7 @@ from lens_model.error_model import (
     FamilyPrior,
     fit_family,
     posterior_predictive,
+    pseudo_count_caps,
 )
 from lens_model.error_prior import NormalInverseGamma
 from lens_model.selectors import SELECTORS, TableProbes
@@ -101,6 +102,30 @@ def test_a_long_ladder_is_dominated_by_its_own_errors_and_a_short_one_by_the_pri
     wide = 3 * typical  # a task unlike the prior: its own errors pull the interval wider
     assert width(3, wide) > 1.3 * (hi_q - lo_q)
     assert width(400, wide) == pytest.approx(2 * 1.6449 * wide, rel=0.1)  # a long ladder
+
+
+def test_a_prior_from_a_few_agreeing_tasks_leaves_room_for_a_new_tasks_own_errors():
+    """Three tasks with one spread would drive an uncapped ``kappa`` and ``a`` to their
+    bounds (a prior sure of every new task's spread); capped by the task count, a new task
+    whose errors are ten times smaller narrows its intervals with its own backtest."""
+    rng = np.random.default_rng(5)
+    agreeing = FamilyPrior(1.5, 0.05, NormalInverseGamma(m=0.0, kappa=1e3, a=1e3, b=250.0))
+    groups = [
+        ErrorGroup(*_task(rng, n_backtest=4, family=agreeing)[:3], task=f"t{k % 3}")
+        for k in range(60)
+    ]
+    fit = fit_family(groups)
+    kappa_max, a_max = pseudo_count_caps(3)
+    assert (kappa_max, a_max) == (12.0, 6.0)
+    assert fit.prior.kappa <= kappa_max * (1 + 1e-6) and fit.prior.a <= a_max * (1 + 1e-6)
+    prior_scale = fit.prior.predictive().scale
+    assert prior_scale == pytest.approx(0.5, rel=0.25)  # the three tasks' spread
+
+    n = 60  # a long ladder of a task with spread 0.05
+    s, h = -np.full(n + 1, 0.1), np.r_[np.ones(n), 4.0]
+    e = fit.scale(s, h) * rng.normal(0.0, 0.05, n + 1)
+    own = posterior_predictive(fit, _evidence(e, s, h, n)).marginal.scale
+    assert own < 0.6 * prior_scale
 
 
 def test_the_point_is_the_median_inside_every_interval_and_a_bias_moves_it():
