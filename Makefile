@@ -102,12 +102,15 @@ lint: $(STAMP)
 
 # Measurements behind the figures in docs/results.md and docs/replay.md: run each alone on a quiet
 # machine. FLAN is read from ../shared/benchmarks (never committed).
-.PHONY: bench-calibration bench-extrapolation bench-ntk
+.PHONY: bench-calibration bench-extrapolation bench-ntk bench-prior-caps
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/replay_speed.py
 
 bench-calibration: $(STAMP)
 	$(BIN)/python benchmarks/calibration_robustness.py
+
+bench-prior-caps: $(STAMP)
+	$(BIN)/python benchmarks/prior_pseudo_counts.py
 
 bench-extrapolation: $(STAMP) data model
 	$(BIN)/python benchmarks/extrapolation.py

@@ -333,20 +333,30 @@ def task_weights(groups: Sequence[ErrorGroup]) -> np.ndarray:
     return np.array([1.0 / tasks.count(t) for t in tasks])
 
 
-def pseudo_count_caps(n_tasks: int) -> tuple[float, float]:
+def pseudo_count_caps(
+    n_tasks: int, per_task: float | None = PSEUDO_ERRORS_PER_TASK
+) -> tuple[float, float]:
     """The largest ``(kappa, a)`` a prior fitted on ``n_tasks`` tasks may claim: it counts as
-    at most ``PSEUDO_ERRORS_PER_TASK`` errors of a new selection per task, for the bias
-    (``kappa``) and for the spread (``2 a``), within the fit's own ``BOUNDS``."""
-    pseudo_errors = PSEUDO_ERRORS_PER_TASK * max(int(n_tasks), 1)
+    at most ``per_task`` errors of a new selection per task, for the bias (``kappa``) and for
+    the spread (``2 a``), within the fit's own ``BOUNDS`` (``per_task=None``: no cap)."""
+    if per_task is None:
+        return BOUNDS["kappa"][1], BOUNDS["a"][1]
+    pseudo_errors = per_task * max(int(n_tasks), 1)
     kappa_max = min(BOUNDS["kappa"][1], float(pseudo_errors))
     a_max = min(BOUNDS["a"][1], max(pseudo_errors / 2.0, BOUNDS["a"][0] + 1e-3))
     return kappa_max, a_max
 
 
-def fit_family(groups: Sequence[ErrorGroup], *, seed: int = 0) -> FamilyPrior:
+def fit_family(
+    groups: Sequence[ErrorGroup],
+    *,
+    seed: int = 0,
+    pseudo_errors_per_task: float | None = PSEUDO_ERRORS_PER_TASK,
+) -> FamilyPrior:
     """Maximum marginal likelihood ``(gamma, s0, m, kappa, a, b)`` over ``groups`` (module
     docstring): L-BFGS-B from a grid of starts in ``gamma`` and ``s0``, each started at the
-    empirical-Bayes prior of its standardised errors. Deterministic given ``seed``.
+    empirical-Bayes prior of its standardised errors, ``kappa`` and ``a`` capped by
+    :func:`pseudo_count_caps` (``pseudo_errors_per_task``). Deterministic given ``seed``.
 
     Raises
     ------
@@ -366,7 +376,7 @@ def fit_family(groups: Sequence[ErrorGroup], *, seed: int = 0) -> FamilyPrior:
     index = np.concatenate([np.full(g.errors.size, k) for k, g in enumerate(groups)])
     n = np.bincount(index, weights=w)
     task_weight = task_weights(groups)
-    kappa_max, a_max = pseudo_count_caps(len({g.task for g in groups}))
+    kappa_max, a_max = pseudo_count_caps(len({g.task for g in groups}), pseudo_errors_per_task)
     bounds = [
         GAMMA_BOUNDS,
         tuple(math.log(v) for v in SLOPE_FLOOR_BOUNDS),

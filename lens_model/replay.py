@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lens_model.calibration import reliability
-from lens_model.error_model import ErrorGroup, ErrorModel, fit_family
+from lens_model.error_model import PSEUDO_ERRORS_PER_TASK, ErrorGroup, ErrorModel, fit_family
 from lens_model.loss_table import LossTable
 from lens_model.selectors import SELECTORS, Selector
 from lens_model.table_score import TableScore, score
@@ -228,14 +228,21 @@ def _flat_groups(groups_by_family: dict[str, list[ErrorGroup]]) -> list[tuple[st
     return [(family, g) for family, part in groups_by_family.items() for g in part]
 
 
-def fit_groups(groups, *, seed: int = 0, source: str = "") -> ErrorModel:
+def fit_groups(
+    groups,
+    *,
+    seed: int = 0,
+    source: str = "",
+    pseudo_errors_per_task: float | None = PSEUDO_ERRORS_PER_TASK,
+) -> ErrorModel:
     """The error model fitted on ``(family, group)`` pairs (:func:`error_groups` flattened):
-    one :class:`FamilyPrior` per family with errors from at least two selections."""
+    one :class:`FamilyPrior` per family with errors from at least two selections, its
+    pseudo-counts capped at ``pseudo_errors_per_task`` per task (``fit_family``)."""
     by_family: dict[str, list[ErrorGroup]] = {}
     for family, g in groups:
         by_family.setdefault(family, []).append(g)
     families = {
-        family: fit_family(part, seed=seed)
+        family: fit_family(part, seed=seed, pseudo_errors_per_task=pseudo_errors_per_task)
         for family, part in sorted(by_family.items())
         if sum(g.errors.size > 0 for g in part) >= 2
     }

@@ -114,8 +114,10 @@ def test_a_prior_from_a_few_agreeing_tasks_leaves_room_for_a_new_tasks_own_error
         ErrorGroup(*_task(rng, n_backtest=4, family=agreeing)[:3], task=f"t{k % 3}")
         for k in range(60)
     ]
+    uncapped = fit_family(groups, pseudo_errors_per_task=None).prior
     fit = fit_family(groups)
     kappa_max, a_max = pseudo_count_caps(3)
+    assert uncapped.a > 10 * a_max  # the premise: agreeing tasks claim a known spread
     assert (kappa_max, a_max) == (12.0, 6.0)
     assert fit.prior.kappa <= kappa_max * (1 + 1e-6) and fit.prior.a <= a_max * (1 + 1e-6)
     prior_scale = fit.prior.predictive().scale
