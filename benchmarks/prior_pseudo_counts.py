@@ -1,7 +1,7 @@
 """How the cap on the error model's pseudo-counts moves its out-of-sample calibration.
 
 usage: python benchmarks/prior_pseudo_counts.py [TABLE ...]   (make bench-prior-caps)
-       (default: ../shared/benchmarks/flan.csv and the four live audit tables; ~1 min;
+       (default: ../shared/benchmarks/flan.csv and the five live audit tables; ~1 min;
        writes benchmarks/results/prior_pseudo_counts.md)
 
 A prior fitted on ``K`` tasks counts as at most ``c`` errors of a new selection per task
@@ -33,7 +33,13 @@ from tasks.reporting.replay_report import PAIRWISE_COLUMNS, pooled_summary, run_
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TABLES = [str(ROOT.parent / "shared" / "benchmarks" / "flan.csv")] + [
     str(ROOT / "benchmarks" / "results" / name / f"{name}.csv")
-    for name in ("zoo-wordnet", "zoo-manpages", "audit-translation", "audit-examples")
+    for name in (
+        "zoo-wordnet",
+        "zoo-manpages",
+        "audit-translation",
+        "audit-examples",
+        "audit-docstrings",
+    )
 ]
 CAPS = (1, 2, PSEUDO_ERRORS_PER_TASK, 8, None)
 METHODS = ["Lens", "AtS"]
