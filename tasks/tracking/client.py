@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, Metric, Param, RunTag
 from mlflow.utils.time import get_current_time_millis
 
-from tasks.records.errors import TrackingUnavailableError
+from tasks.records.errors import ConfigError, TrackingUnavailableError
 from tasks.tracking import tags as T
 from tasks.tracking.secrets import display_uri, filter_secrets
 
@@ -81,6 +81,26 @@ def tag_filter(tags: Mapping[str, Any]) -> str:
     return " and ".join(f"tags.`{k}` = {quote(str(v))}" for k, v in tags.items())
 
 
+def check_store_kind(uri: str) -> None:
+    """MLflow 3 refuses its file store (``file:///...`` or a bare folder) unless
+    ``MLFLOW_ALLOW_FILE_STORE=true``: say so before any work rather than after it.
+
+    Raises
+    ------
+    ConfigError
+        ``uri`` names a file store and the opt-out is not set.
+    """
+    opted_in = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() == "true"
+    if urlparse(uri).scheme not in ("", "file") or opted_in:
+        return
+    raise ConfigError(
+        f"tracking URI {display_uri(uri)!r} is an MLflow file store, which MLflow 3 no longer "
+        "opens: use a database such as 'sqlite:///path/mlflow.db' (the default is "
+        ".lensllm/mlflow.db), a server such as 'http://127.0.0.1:5000', or set "
+        "MLFLOW_ALLOW_FILE_STORE=true to use the file store anyway"
+    )
+
+
 class Tracker:
     """An MLflow tracking server or store (its registry too), and what LensLLM does with runs.
 
@@ -97,6 +117,7 @@ class Tracker:
                 "the tracking URI must be a non-empty string such as 'sqlite:///path/mlflow.db' "
                 "or 'http://127.0.0.1:5000'; use Tracker.local() for the local store"
             )
+        check_store_kind(uri)
         self.uri = uri
 
     @functools.cached_property

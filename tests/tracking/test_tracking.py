@@ -113,6 +113,15 @@ def test_tracker_needs_a_uri():
         Tracker("")
 
 
+@pytest.mark.parametrize("uri", ["file:///tmp/mlruns", "/tmp/mlruns", "mlruns"])
+def test_a_file_store_is_a_clear_error_before_any_work_unless_opted_in(uri, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(LensLLMUserError, match="MLflow file store.*sqlite:///"):
+        Tracker(uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert Tracker(uri).uri == uri
+
+
 def test_tracker_resolve_precedence_config_then_environment_then_local(tmp_path, monkeypatch):
     configured = f"sqlite:///{tmp_path / 'configured.db'}"
     from_env = f"sqlite:///{tmp_path / 'environment.db'}"
