@@ -85,6 +85,10 @@ class BackgroundTracking:
     """
 
     def __init__(self, tracking_uri: str | None, experiment: str) -> None:
+        if tracking_uri:
+            from tasks.tracking.client import check_store_kind
+
+            check_store_kind(tracking_uri)  # a store MLflow refuses fails before the replay
         context = multiprocessing.get_context("spawn")  # no fork of a process with threads
         self._pool = ProcessPoolExecutor(max_workers=1, mp_context=context)
         self._uri = self._pool.submit(_open_store, tracking_uri, experiment)
