@@ -176,7 +176,7 @@ class IntervalSpec(Record):
         description="calibrated: learned from a backtest of the selection's own probes; "
         "heuristic: the predictor's own least-squares / delta-method interval",
     )
-    # On by default since it was fitted on FLAN and four live tables: leave-one-table-out, its
+    # On by default since it was fitted on FLAN and the live tables: leave-one-table-out, its
     # 90 % intervals held every live table's truths, where the backtest alone states none or a
     # 17x one (docs/replay.md, "The cross-task error model").
     prior: str = Field(
