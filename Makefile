@@ -125,7 +125,7 @@ bench-ntk: $(STAMP) data model
 # Training speed against this machine's measured matmul peak (fp32/bf16, padded/bucketed) and the
 # demo's selection in fp32 and bf16 side by side, and training steps on a new thread, the
 # compute thread and the main thread; run each alone on a quiet machine.
-.PHONY: throughput precision-check thread-arrangements
+.PHONY: throughput precision-check thread-arrangements step-profile
 throughput: $(STAMP) data model
 	$(BIN)/python benchmarks/throughput.py
 
@@ -134,6 +134,9 @@ precision-check: $(STAMP) data model
 
 thread-arrangements: $(STAMP) data model
 	$(BIN)/python benchmarks/thread_arrangements.py
+
+step-profile: $(STAMP) data model
+	$(BIN)/python benchmarks/step_profile.py
 
 clean:
 	rm -rf .lensllm .prefect out
