@@ -102,7 +102,7 @@ lint: $(STAMP)
 
 # Measurements behind the figures in docs/results.md and docs/replay.md: run each alone on a quiet
 # machine. FLAN is read from ../shared/benchmarks (never committed).
-.PHONY: bench-calibration bench-extrapolation bench-ntk bench-prior-caps audit-docstrings-data
+.PHONY: bench-calibration bench-extrapolation bench-ntk bench-prior-caps audit-docstrings-data audit-next-line-data
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/replay_speed.py
 
@@ -112,9 +112,13 @@ bench-calibration: $(STAMP)
 bench-prior-caps: $(STAMP)
 	$(BIN)/python benchmarks/prior_pseudo_counts.py
 
-# The data file of the docstring audit (configs/audit-docstrings.yaml), from this Python's stdlib.
+# The data files of the docstring and next-line audits (configs/audit-*.yaml), from this Python's
+# standard library.
 audit-docstrings-data: $(STAMP)
 	$(BIN)/python benchmarks/python_docstrings.py
+
+audit-next-line-data: $(STAMP)
+	$(BIN)/python benchmarks/python_next_line.py
 
 bench-extrapolation: $(STAMP) data model
 	$(BIN)/python benchmarks/extrapolation.py
