@@ -1,7 +1,7 @@
 """How the cap on the error model's pseudo-counts moves its out-of-sample calibration.
 
 usage: python benchmarks/prior_pseudo_counts.py [TABLE ...]   (make bench-prior-caps)
-       (default: ../shared/benchmarks/flan.csv and the five live audit tables; ~1 min;
+       (default: ../shared/benchmarks/flan.csv and the six live audit tables; ~1 min;
        writes benchmarks/results/prior_pseudo_counts.md)
 
 A prior fitted on ``K`` tasks counts as at most ``c`` errors of a new selection per task
@@ -39,6 +39,7 @@ DEFAULT_TABLES = [str(ROOT.parent / "shared" / "benchmarks" / "flan.csv")] + [
         "audit-translation",
         "audit-examples",
         "audit-docstrings",
+        "audit-next-line",
     )
 ]
 CAPS = (1, 2, PSEUDO_ERRORS_PER_TASK, 8, None)
