@@ -73,8 +73,14 @@ def pairs(stdlib: Path):
 
 
 def main(out: Path) -> None:
+    write_rows(pairs, out)
+
+
+def write_rows(pairs_of, out: Path) -> None:
+    """The rows ``pairs_of(stdlib)`` yields for this Python's standard library, as JSON lines
+    in ``out``."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    rows = list(pairs(stdlib))
+    rows = list(pairs_of(stdlib))
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         for row in rows:

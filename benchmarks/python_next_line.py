@@ -21,12 +21,10 @@ is kept once (the first module in sorted order). Deterministic for a given Pytho
 from __future__ import annotations
 
 import ast
-import json
 import sys
-import sysconfig
 from pathlib import Path
 
-from python_docstrings import _functions, _modules
+from python_docstrings import _functions, _modules, write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "out" / "python-next-line.jsonl"
@@ -82,14 +80,7 @@ def pairs(stdlib: Path):
 
 
 def main(out: Path) -> None:
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    rows = list(pairs(stdlib))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    modules = len({r["module"] for r in rows})
-    print(f"{len(rows)} functions from {modules} modules of {stdlib} -> {out}")
+    write_rows(pairs, out)
 
 
 if __name__ == "__main__":
