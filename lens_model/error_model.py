@@ -46,8 +46,8 @@ and spread, so a few tasks that agree drive an uncapped ``kappa`` and ``a`` to t
 a prior that claims to know a new task's bias and spread exactly, which that task's own
 backtest can then no longer move (fitted on the four live tables alone, ``a`` and ``kappa``
 reach 1000, and FLAN's 90 % intervals held 97 % of its truths at twice the width its own
-backtest of 30 curves supports). With the cap, a new
-task's backtest of ``n`` curves weighs ``n`` against at most ``4 K``. Pure numpy/scipy.
+backtest of 30 curves supports). With the cap, a new task's backtest of ``n`` curves weighs
+``n`` against at most ``4 K``. Pure numpy/scipy.
 """
 
 from __future__ import annotations
