@@ -25,16 +25,33 @@ backtest errors by the conjugate update (``NormalInverseGamma.update``): with no
 its own errors an interval is the prior's, a long ladder's many errors dominate it, and a task
 whose errors are larger than the prior expects widens its intervals itself.
 
-The predictive log loss of candidate ``i`` is ``ln(prediction_i) + g_i * t``, with ``t``
-Student-t (``2 a_n`` degrees of freedom, location ``m_n``): its median, the reported point, is
-``ln(prediction_i) + g_i m_n`` (a measured bias moves it), and every central interval holds
-it. Decisions use the same joint posterior: candidates share ``mu`` and ``sigma``, so
+Tasks differ, and not smoothly: on the shipped prior's tables the standardised errors of the
+live audits (a few dozen examples per probe) are 2 to 4 times those of the published FLAN
+table, and no curve feature tells them apart. One pooled prior can only say so with heavy
+tails (``a`` at its bound of 1: Student-t with 2 df), too narrow at 50 % and too wide at 90 %
+for every task. So the prior of a new selection is a *mixture* over the fitted tasks
+(``FamilyPrior.components``): task ``k``'s own ``(m_k, kappa_k, a_k, b_k)``, each equally
+likely a priori. The backtest updates each component by the conjugate update and re-weights
+them by how likely each makes it,
 
-    z_i - z_j | sigma^2 ~ N(c_i - c_j + (g_i - g_j) m_n,
-                            sigma^2 ((g_i - g_j)^2 / kappa_n + g_i^2 + g_j^2)),
+    w_k  proportional to  p_k(r_1 .. r_n)        (the marginal likelihood; equal for n = 0),
 
-with ``c`` the log predictions: ``P(i better than j)`` is a Student-t probability (exact), and
-``P(i is best)`` a seeded Monte Carlo average over the same posterior.
+so a selection without a backtest gets the even mixture, and one whose backtest looks like
+task ``k`` gets mostly task ``k``. The pooled ``(m, kappa, a, b)`` is the prior of a model
+without components (a fit on one task, or a file of version 1).
+
+The predictive log loss of candidate ``i`` is ``ln(prediction_i) + g_i * t``, with ``t`` the
+mixture of the components' Student-t's (``2 a_kn`` degrees of freedom, location ``m_kn``,
+weights ``w_k``): its median, the reported point, is ``ln(prediction_i) + g_i t_50`` (a
+measured bias moves it), and every central interval holds it. Decisions use the same joint
+posterior: candidates share ``mu`` and ``sigma``, so within component ``k``
+
+    z_i - z_j | sigma^2 ~ N(c_i - c_j + (g_i - g_j) m_kn,
+                            sigma^2 ((g_i - g_j)^2 / kappa_kn + g_i^2 + g_j^2)),
+
+with ``c`` the log predictions: ``P(i better than j)`` is the ``w_k``-weighted sum of Student-t
+probabilities (exact), and ``P(i is best)`` a seeded Monte Carlo average over the same
+posterior.
 
 Fitting (``fit_family``): ``(gamma, s0, m, kappa, a, b)`` maximise the summed log marginal
 likelihood of the *unstandardised* errors of many selections (each group: a selection's
@@ -47,7 +64,12 @@ a prior that claims to know a new task's bias and spread exactly, which that tas
 backtest can then no longer move (fitted on the four live tables alone, ``a`` and ``kappa``
 reach 1000, and FLAN's 90 % intervals held 97 % of its truths at twice the width its own
 backtest of 30 curves supports). With the cap, a new task's backtest of ``n`` curves weighs
-``n`` against at most ``4 K``. Pure numpy/scipy.
+``n`` against at most ``4 K``. Each task's component is then fitted on that task's selections
+alone, at the pooled ``gamma`` and ``s0``, with ``kappa_k`` and ``2 a_k`` capped at 24
+(``COMPONENT_PSEUDO_ERRORS``, about one long ladder): within one task the selections agree,
+and which task a new one is like is the mixture's uncertainty, not each component's. The cap
+was chosen on the seven-table leave-one-table-out (``benchmarks/prior_pseudo_counts.py``
+sweeps it). Pure numpy/scipy.
 """
 
 from __future__ import annotations
@@ -58,7 +80,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import stdtr
+from scipy.special import gammaln, stdtr
 
 from lens_model.error_prior import BOUNDS, NormalInverseGamma, StudentT, group_log_marginals
 from lens_model.error_prior import fit_prior as fit_nig
@@ -76,12 +98,25 @@ N_DRAWS = 20_000  # Monte Carlo draws of P(best): standard error below 0.004
 # How many errors of a new selection one task of the fit is worth, at most (``fit_family``):
 # about one live selection (three or four candidates, one error each).
 PSEUDO_ERRORS_PER_TASK = 4
+# How many errors of a new selection one task's own prior (a mixture component) is worth, at
+# most: about one long ladder. Conditional on being like task k, a new task shares its spread
+# well; which task it is like is the mixture's uncertainty (``fit_family``).
+COMPONENT_PSEUDO_ERRORS = 24
 
 
 def check_family(family: str) -> str:
     if family not in FAMILIES:
         raise ValueError(f"unknown predictor family {family!r}; known: {sorted(FAMILIES)}")
     return family
+
+
+@dataclass(frozen=True)
+class TaskComponent:
+    """One fitted task's prior of a selection's standardised errors (``fit_family``)."""
+
+    task: str
+    prior: NormalInverseGamma
+    n_groups: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +131,7 @@ class FamilyPrior:
     prior: NormalInverseGamma
     n_groups: int = 0
     n_errors: int = 0
+    components: tuple[TaskComponent, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.gamma) and self.gamma > 0 and self.slope_floor > 0):
@@ -103,6 +139,14 @@ class FamilyPrior:
                 f"an error model needs gamma > 0 and slope_floor > 0, got gamma={self.gamma}, "
                 f"slope_floor={self.slope_floor}"
             )
+        object.__setattr__(self, "components", tuple(self.components))
+
+    def task_priors(self) -> tuple[tuple[str, NormalInverseGamma], ...]:
+        """What a new selection's errors may be like, one prior per earlier task (equally
+        likely a priori): the fitted tasks' own priors, or the pooled ``prior`` alone."""
+        if self.components:
+            return tuple((c.task, c.prior) for c in self.components)
+        return (("pooled", self.prior),)
 
     def scale(self, slopes, horizons) -> np.ndarray:
         """Error scale ``g`` of predictions ``horizons`` doublings beyond a probe where the
@@ -210,9 +254,47 @@ class ErrorEvidence:
 
 # -- the posterior predictive ----------------------------------------------------------------
 @dataclass(frozen=True)
+class StudentTMixture:
+    """A weighted mixture of Student-t distributions: the standardised error of one candidate
+    when the selection's task may be like any of several earlier ones."""
+
+    parts: tuple[StudentT, ...]
+    weights: np.ndarray
+
+    def cdf(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return sum(w * t.cdf(x) for w, t in zip(self.weights, self.parts, strict=True))
+
+    def quantile(self, q) -> np.ndarray:
+        """Quantiles by bisection on the cdf (to 1e-10 of the standardised error)."""
+        q = np.atleast_1d(np.asarray(q, dtype=float))
+        lo = np.full(q.shape, min(float(t.quantile(1e-12)) for t in self.parts))
+        hi = np.full(q.shape, max(float(t.quantile(1 - 1e-12)) for t in self.parts))
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            below = self.cdf(mid) < q
+            lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+            if np.max(hi - lo) < 1e-10:
+                break
+        return (lo + hi) / 2
+
+    def interval(self, level: float) -> tuple[float, float]:
+        """Central interval holding ``level`` of the probability."""
+        lo, hi = self.quantile([(1 - level) / 2, (1 + level) / 2])
+        return float(lo), float(hi)
+
+    @property
+    def median(self) -> float:
+        if len(self.parts) == 1:
+            return self.parts[0].median
+        return float(self.quantile(0.5)[0])
+
+
+@dataclass(frozen=True)
 class PosteriorPredictive:
     """The candidates' log losses at the target under the posterior of their selection's error
-    (module docstring): ``z_i = centre_i + scale_i * (mu + sigma eps_i)``.
+    (module docstring): ``z_i = centre_i + scale_i * (mu + sigma eps_i)``, with ``(mu,
+    sigma)`` from task prior ``k``'s posterior with probability ``weights[k]``.
 
     Attributes
     ----------
@@ -220,15 +302,21 @@ class PosteriorPredictive:
         The predictor's log predictions (NaN: no prediction).
     scale : ndarray (N,)
         Error scales ``g_i`` at the target.
-    posterior : NormalInverseGamma
-        The selection's posterior (the prior updated with its backtest errors).
+    posteriors : tuple of NormalInverseGamma
+        Each task prior updated with the selection's backtest errors.
+    weights : ndarray
+        Posterior probability of each (sums to 1).
+    tasks : tuple of str
+        The task behind each posterior.
     seed : int
         Seed of the Monte Carlo behind ``p_best``.
     """
 
     centre: np.ndarray
     scale: np.ndarray
-    posterior: NormalInverseGamma
+    posteriors: tuple[NormalInverseGamma, ...]
+    weights: np.ndarray
+    tasks: tuple[str, ...] = ()
     seed: int = 0
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -237,9 +325,17 @@ class PosteriorPredictive:
         return np.isfinite(self.centre) & np.isfinite(self.scale) & (self.scale > 0)
 
     @property
-    def marginal(self) -> StudentT:
-        """The standardised error of one candidate (Student-t)."""
-        return self.posterior.predictive()
+    def n_errors(self) -> int:
+        """Backtest errors the posteriors absorbed."""
+        return self.posteriors[0].n
+
+    @property
+    def marginal(self) -> StudentTMixture:
+        """The standardised error of one candidate (a mixture of Student-t's)."""
+        if "marginal" not in self._cache:
+            parts = tuple(p.predictive() for p in self.posteriors)
+            self._cache["marginal"] = StudentTMixture(parts, np.asarray(self.weights))
+        return self._cache["marginal"]
 
     def median(self) -> np.ndarray:
         """Median log loss: the reported point (the prediction moved by the posterior bias)."""
@@ -259,12 +355,14 @@ class PosteriorPredictive:
         """``P[i, j] = P(z_i < z_j)``, exact under the joint posterior; 0.5 on the diagonal,
         NaN where either candidate has no prediction."""
         if "pairwise" not in self._cache:
-            post, c, g = self.posterior, self.centre, self.scale
+            c, g = self.centre, self.scale
             dg = g[:, None] - g[None, :]
-            mean = c[:, None] - c[None, :] + dg * post.m  # E[z_i - z_j]
-            var = dg**2 / post.kappa + g[:, None] ** 2 + g[None, :] ** 2
-            with np.errstate(divide="ignore", invalid="ignore"):
-                p = stdtr(2 * post.a, -mean / np.sqrt(post.b / post.a * var))
+            p = np.zeros((len(c), len(c)))
+            for weight, post in zip(self.weights, self.posteriors, strict=True):
+                mean = c[:, None] - c[None, :] + dg * post.m  # E[z_i - z_j]
+                var = dg**2 / post.kappa + g[:, None] ** 2 + g[None, :] ** 2
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    p = p + weight * stdtr(2 * post.a, -mean / np.sqrt(post.b / post.a * var))
             ok = self.rankable[:, None] & self.rankable[None, :]
             p = np.where(ok, p, np.nan)
             np.fill_diagonal(p, np.where(self.rankable, 0.5, np.nan))
@@ -279,15 +377,35 @@ class PosteriorPredictive:
             out = np.full(len(self.centre), np.nan)
             ok = self.rankable
             if ok.any():
-                out[ok] = _p_best_draws(self.centre[ok], self.scale[ok], self.posterior, self.seed)
+                out[ok] = _p_best_draws(
+                    self.centre[ok], self.scale[ok], self.posteriors, self.weights, self.seed
+                )
             self._cache["p_best"] = out
         return self._cache["p_best"].copy()
 
+    def basis(self) -> str:
+        """What the predictive rests on, in words (the heaviest task priors)."""
+        if len(self.posteriors) == 1:
+            return f"Student-t with {2 * self.posteriors[0].a:.3g} df"
+        order = np.argsort(-np.asarray(self.weights))[:3]
+        top = ", ".join(f"{self.tasks[k]} {self.weights[k]:.2f}" for k in order)
+        return (
+            f"a mixture of {len(self.posteriors)} tasks' Student-t's weighted by how well "
+            f"each explains the backtest ({top}{', ...' if len(self.posteriors) > 3 else ''})"
+        )
 
-def _p_best_draws(centre, scale, post: NormalInverseGamma, seed: int) -> np.ndarray:
+
+def _p_best_draws(centre, scale, posteriors, weights, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    var = post.b / rng.gamma(post.a, 1.0, N_DRAWS)
-    mu = post.m + np.sqrt(var / post.kappa) * rng.standard_normal(N_DRAWS)
+    if len(posteriors) == 1:
+        which = np.zeros(N_DRAWS, dtype=int)
+    else:
+        which = rng.choice(len(posteriors), size=N_DRAWS, p=np.asarray(weights) / np.sum(weights))
+    m, kappa, a, b = (
+        np.array([getattr(p, k) for p in posteriors])[which] for k in ("m", "kappa", "a", "b")
+    )
+    var = b / rng.gamma(a, 1.0, N_DRAWS)
+    mu = m + np.sqrt(var / kappa) * rng.standard_normal(N_DRAWS)
     eps = rng.standard_normal((N_DRAWS, len(centre)))
     z = centre[None, :] + scale[None, :] * (mu[:, None] + np.sqrt(var)[:, None] * eps)
     return np.bincount(np.argmin(z, axis=1), minlength=len(centre)) / N_DRAWS
@@ -296,18 +414,42 @@ def _p_best_draws(centre, scale, post: NormalInverseGamma, seed: int) -> np.ndar
 def posterior_predictive(
     family: FamilyPrior, evidence: ErrorEvidence, *, seed: int = 0
 ) -> PosteriorPredictive:
-    """The family's prior updated with the evidence's backtest errors, at the evidence's
-    target slopes and horizons."""
+    """Each of the family's task priors updated with the evidence's backtest errors, weighted
+    by how likely it makes them (equal weights a priori), at the evidence's target slopes and
+    horizons."""
     g_bt = family.scale(evidence.backtest_slopes, evidence.backtest_horizons)
     r = evidence.backtest_errors / g_bt
     ok = np.isfinite(r)
     weights = backtest_weights(evidence.backtest_candidates)[ok]
-    posterior = family.prior.update(r[ok], weights)
+    tasks, priors = zip(*family.task_priors(), strict=True)
+    log_evidence = np.array([weighted_log_marginal(p, r[ok], weights) for p in priors])
+    w = np.exp(log_evidence - log_evidence.max())
     return PosteriorPredictive(
         centre=np.asarray(evidence.log_predictions, dtype=float),
         scale=family.scale(evidence.slopes, evidence.horizons),
-        posterior=posterior,
+        posteriors=tuple(p.update(r[ok], weights) for p in priors),
+        weights=w / w.sum(),
+        tasks=tuple(tasks),
         seed=seed,
+    )
+
+
+def weighted_log_marginal(prior: NormalInverseGamma, errors, weights) -> float:
+    """``ln p(errors)`` under ``prior`` with each error counted ``weights`` times (the
+    power likelihood of ``NormalInverseGamma.update``); 0 for no errors."""
+    r = np.asarray(errors, dtype=float)
+    if r.size == 0:
+        return 0.0
+    w = np.asarray(weights, dtype=float)
+    n = float(w.sum())
+    post = prior.update(r, w)
+    return float(
+        gammaln(post.a)
+        - gammaln(prior.a)
+        + prior.a * math.log(prior.b)
+        - post.a * math.log(post.b)
+        + 0.5 * (math.log(prior.kappa) - math.log(post.kappa))
+        - 0.5 * n * math.log(2 * math.pi)
     )
 
 
@@ -352,11 +494,16 @@ def fit_family(
     *,
     seed: int = 0,
     pseudo_errors_per_task: float | None = PSEUDO_ERRORS_PER_TASK,
+    component_pseudo_errors: float | None = COMPONENT_PSEUDO_ERRORS,
+    per_task: bool = True,
 ) -> FamilyPrior:
     """Maximum marginal likelihood ``(gamma, s0, m, kappa, a, b)`` over ``groups`` (module
     docstring): L-BFGS-B from a grid of starts in ``gamma`` and ``s0``, each started at the
     empirical-Bayes prior of its standardised errors, ``kappa`` and ``a`` capped by
-    :func:`pseudo_count_caps` (``pseudo_errors_per_task``). Deterministic given ``seed``.
+    :func:`pseudo_count_caps` (``pseudo_errors_per_task``). Then, with ``per_task`` and two
+    or more tasks, each task's own ``(m, kappa, a, b)`` at the pooled ``gamma`` and ``s0``,
+    capped at ``component_pseudo_errors``: the mixture components. Deterministic given
+    ``seed``.
 
     Raises
     ------
@@ -400,6 +547,40 @@ def fit_family(
             )
             if np.isfinite(res.fun) and (best is None or res.fun < best.fun - 1e-9):
                 best = res
-    gamma, log_s0, m, log_kappa, log_a1, log_b = (float(v) for v in best.x)
-    prior = NormalInverseGamma(m, math.exp(log_kappa), 1.0 + math.exp(log_a1), math.exp(log_b))
-    return FamilyPrior(gamma, math.exp(log_s0), prior, n_groups=len(groups), n_errors=e.size)
+    gamma, log_s0 = (float(v) for v in best.x[:2])
+    components = ()
+    if per_task and len(set(tasks := [g.task for g in groups])) >= 2:
+        # each task's own prior, at the pooled scale, capped as a fit on one task
+        kappa_1, a_1 = pseudo_count_caps(1, component_pseudo_errors)
+        task_bounds = [(gamma, gamma), (log_s0, log_s0), *bounds[2:]]
+        task_bounds[3] = (task_bounds[3][0], math.log(kappa_1))
+        task_bounds[4] = (task_bounds[4][0], math.log(a_1 - 1.0))
+        parts = []
+        for task in sorted(set(tasks)):
+            keep = [k for k, t in enumerate(tasks) if t == task]
+            rows = np.isin(index, keep)
+            local = np.searchsorted(keep, index[rows])
+            res = minimize(
+                lambda p, rows=rows, local=local, keep=keep: (
+                    -_log_likelihood(p, e[rows], s[rows], h[rows], w[rows], local, n[keep], 1.0)
+                ),
+                np.clip(best.x, [b[0] for b in task_bounds], [b[1] for b in task_bounds]),
+                method="L-BFGS-B",
+                bounds=task_bounds,
+            )
+            parts.append(TaskComponent(task, _nig(res.x[2:]), n_groups=len(keep)))
+        components = tuple(parts)
+    return FamilyPrior(
+        gamma,
+        math.exp(log_s0),
+        _nig(best.x[2:]),
+        n_groups=len(groups),
+        n_errors=e.size,
+        components=components,
+    )
+
+
+def _nig(params) -> NormalInverseGamma:
+    """The prior of fitted ``(m, ln kappa, ln(a - 1), ln b)``."""
+    m, log_kappa, log_a1, log_b = (float(v) for v in params)
+    return NormalInverseGamma(m, math.exp(log_kappa), 1.0 + math.exp(log_a1), math.exp(log_b))

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from lens_model.calibration import reliability
-from lens_model.error_model import PSEUDO_ERRORS_PER_TASK, ErrorGroup, ErrorModel, fit_family
+from lens_model.error_model import (
+    COMPONENT_PSEUDO_ERRORS,
+    PSEUDO_ERRORS_PER_TASK,
+    ErrorGroup,
+    ErrorModel,
+    fit_family,
+)
 from lens_model.loss_table import LossTable
 from lens_model.selectors import SELECTORS, Selector
 from lens_model.table_score import TableScore, score
@@ -234,15 +240,22 @@ def fit_groups(
     seed: int = 0,
     source: str = "",
     pseudo_errors_per_task: float | None = PSEUDO_ERRORS_PER_TASK,
+    component_pseudo_errors: float | None = COMPONENT_PSEUDO_ERRORS,
 ) -> ErrorModel:
     """The error model fitted on ``(family, group)`` pairs (:func:`error_groups` flattened):
     one :class:`FamilyPrior` per family with errors from at least two selections, its
-    pseudo-counts capped at ``pseudo_errors_per_task`` per task (``fit_family``)."""
+    pseudo-counts capped at ``pseudo_errors_per_task`` per task and its task components' at
+    ``component_pseudo_errors`` (``fit_family``)."""
     by_family: dict[str, list[ErrorGroup]] = {}
     for family, g in groups:
         by_family.setdefault(family, []).append(g)
     families = {
-        family: fit_family(part, seed=seed, pseudo_errors_per_task=pseudo_errors_per_task)
+        family: fit_family(
+            part,
+            seed=seed,
+            pseudo_errors_per_task=pseudo_errors_per_task,
+            component_pseudo_errors=component_pseudo_errors,
+        )
         for family, part in sorted(by_family.items())
         if sum(g.errors.size > 0 for g in part) >= 2
     }

@@ -391,20 +391,19 @@ class Selector:
 
     def _with_prior(self, prior, evidence: ErrorEvidence, pred, dropped, bt: Backtest) -> Scored:
         """The error model's prior updated with the backtest errors: medians as predictions,
-        Student-t intervals, decisions from the joint posterior."""
+        Student-t (mixture) intervals, decisions from the joint posterior."""
         predictive = posterior_predictive(prior, evidence)
         with np.errstate(over="ignore", invalid="ignore"):
             median = np.exp(predictive.median())
         lo, hi = predictive.interval(self.level)
-        post, t = predictive.posterior, predictive.marginal
-        n = post.n
+        t, n = predictive.marginal, predictive.n_errors
         reach = f", horizons up to {bt.horizons.max():.3g} doublings" if n else ""
         basis = (
             f"calibrated: error-model prior ({self.error_model.source or 'given'}; "
             f"{evidence.family} family, error scale (|slope| + {prior.slope_floor:.3g}) x "
             f"H^{prior.gamma:.2f}, fitted on {prior.n_groups} selections) updated with {n} "
             f"backtest errors from {len(np.unique(evidence.backtest_candidates))} candidate(s)"
-            f"{reach}: Student-t with {t.df:.3g} df; the point is the predictive median, the "
+            f"{reach}: {predictive.basis()}; the point is the predictive median, the "
             f"prediction moved by the posterior bias ({t.median:+.3f} x the error scale)"
         )
         return Scored(

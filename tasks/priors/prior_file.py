@@ -1,9 +1,10 @@
 """Read, write and rebuild the error-prior file (``configs/error_prior.json``).
 
 The file holds the fitted error model of ``lens_model.error_model`` (per predictor family:
-``gamma``, ``slope_floor`` and the normal-inverse-gamma ``m, kappa, a, b``) and its
-provenance: the tables it was fitted on (name, file, sha256, shape; never their rows), the
-git commit and the command that rebuilds it. ``lens_model`` gets a plain ``ErrorModel``.
+``gamma``, ``slope_floor``, the pooled normal-inverse-gamma ``m, kappa, a, b`` and one such
+prior per fitted table, its ``components``) and its provenance: the tables it was fitted on
+(name, file, sha256, shape; never their rows), the git commit and the command that rebuilds
+it. ``lens_model`` gets a plain ``ErrorModel``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import json
 import math
 from pathlib import Path
 
-from lens_model.error_model import FAMILIES, ErrorModel, FamilyPrior
+from lens_model.error_model import FAMILIES, ErrorModel, FamilyPrior, TaskComponent
 from lens_model.error_prior import NormalInverseGamma
 from tasks.records.errors import ErrorPriorFileError, MissingFileError
 from tasks.runtime.provenance import git_commit
 
 FORMAT = "lensllm-error-prior"
-VERSION = 1
+VERSION = 2
+# version 1 held the pooled prior alone: its files are read as the model they hold
+READABLE_VERSIONS = (1, 2)
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "error_prior.json"
-NUMBERS = ("gamma", "slope_floor", "m", "kappa", "a", "b")
+NIG_NUMBERS = ("m", "kappa", "a", "b")
+NUMBERS = ("gamma", "slope_floor", *NIG_NUMBERS)
 REBUILD = "rebuild it with `lensllm calibration fit --table ... --out FILE` (see its provenance)"
 
 
@@ -63,10 +67,10 @@ def load_error_model(path: str | Path) -> ErrorModel:
         raise ErrorPriorFileError(f"{path}: not a readable JSON file ({err}); {REBUILD}") from err
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ErrorPriorFileError(f"{path}: not a {FORMAT} file; {REBUILD}")
-    if doc.get("version") != VERSION:
+    if doc.get("version") not in READABLE_VERSIONS:
         raise ErrorPriorFileError(
-            f"{path}: version {doc.get('version')!r}, this LensLLM reads version {VERSION}; "
-            f"{REBUILD}"
+            f"{path}: version {doc.get('version')!r}, this LensLLM reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; {REBUILD}"
         )
     families = {name: _family(path, name, v) for name, v in dict(doc.get("families", {})).items()}
     if not families:
@@ -81,21 +85,40 @@ def _family(path: Path, name: str, values) -> FamilyPrior:
             f"{path}: unknown predictor family {name!r} (known: {sorted(FAMILIES)}); {REBUILD}"
         )
     try:
-        x = {k: float(values[k]) for k in NUMBERS}
-        if not all(math.isfinite(v) for v in x.values()):
-            raise ValueError("a number is not finite")
+        x = _numbers(values, NUMBERS)
+        components = tuple(
+            TaskComponent(
+                str(c["task"]),
+                _nig(_numbers(c, NIG_NUMBERS)),
+                n_groups=int(c.get("n_groups", 0)),
+            )
+            for c in values.get("components", [])
+        )
         return FamilyPrior(
             x["gamma"],
             x["slope_floor"],
-            NormalInverseGamma(x["m"], x["kappa"], x["a"], x["b"]),
+            _nig(x),
             n_groups=int(values.get("n_groups", 0)),
             n_errors=int(values.get("n_errors", 0)),
+            components=components,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ErrorPriorFileError(
             f"{path}: family {name!r} needs finite numbers {', '.join(NUMBERS)} "
-            f"(gamma, slope_floor, kappa, b > 0, a > 1): {err}; {REBUILD}"
+            f"(gamma, slope_floor, kappa, b > 0, a > 1), and each component task, "
+            f"{', '.join(NIG_NUMBERS)}: {err}; {REBUILD}"
         ) from err
+
+
+def _numbers(values, names) -> dict[str, float]:
+    x = {k: float(values[k]) for k in names}
+    if not all(math.isfinite(v) for v in x.values()):
+        raise ValueError("a number is not finite")
+    return x
+
+
+def _nig(x: dict[str, float]) -> NormalInverseGamma:
+    return NormalInverseGamma(x["m"], x["kappa"], x["a"], x["b"])
 
 
 def model_document(model: ErrorModel, provenance: dict) -> dict:
@@ -105,9 +128,19 @@ def model_document(model: ErrorModel, provenance: dict) -> dict:
         p = fam.prior
         values = dict(gamma=fam.gamma, slope_floor=fam.slope_floor, m=p.m, kappa=p.kappa)
         values |= dict(a=p.a, b=p.b)
-        families[name] = {k: float(f"{v:.10g}") for k, v in values.items()}
+        families[name] = _rounded(values)
         families[name] |= {"n_groups": fam.n_groups, "n_errors": fam.n_errors}
+        families[name]["components"] = [
+            {"task": c.task}
+            | _rounded({k: getattr(c.prior, k) for k in NIG_NUMBERS})
+            | {"n_groups": c.n_groups}
+            for c in fam.components
+        ]
     return {"format": FORMAT, "version": VERSION, "families": families, "provenance": provenance}
+
+
+def _rounded(values: dict) -> dict:
+    return {k: float(f"{v:.10g}") for k, v in values.items()}
 
 
 def table_provenance(path: str | Path, table) -> dict:

@@ -60,7 +60,7 @@ def test_fit_recovers_the_growth_slope_floor_and_prior():
     for k in range(300):
         e, s, h, _ = _task(rng, n_backtest=6)
         groups.append(ErrorGroup(e, s, h, task=f"t{k}"))
-    fit = fit_family(groups)
+    fit = fit_family(groups, per_task=False)  # the pooled parameters (300 one-group tasks)
     assert fit.gamma == pytest.approx(TRUE.gamma, abs=0.12)
     assert fit.slope_floor == pytest.approx(TRUE.slope_floor, rel=0.35)
     assert fit.prior.m == pytest.approx(TRUE.prior.m, abs=0.06)
@@ -114,20 +114,24 @@ def test_a_prior_from_a_few_agreeing_tasks_leaves_room_for_a_new_tasks_own_error
         ErrorGroup(*_task(rng, n_backtest=4, family=agreeing)[:3], task=f"t{k % 3}")
         for k in range(60)
     ]
-    uncapped = fit_family(groups, pseudo_errors_per_task=None).prior
-    fit = fit_family(groups)
+    uncapped = fit_family(groups, pseudo_errors_per_task=None, per_task=False).prior
+    fit = fit_family(groups, per_task=False)  # the pooled prior alone
     kappa_max, a_max = pseudo_count_caps(3)
     assert uncapped.a > 10 * a_max  # the premise: agreeing tasks claim a known spread
     assert (kappa_max, a_max) == (12.0, 6.0)
     assert fit.prior.kappa <= kappa_max * (1 + 1e-6) and fit.prior.a <= a_max * (1 + 1e-6)
-    prior_scale = fit.prior.predictive().scale
-    assert prior_scale == pytest.approx(0.5, rel=0.25)  # the three tasks' spread
+    assert fit.prior.predictive().scale == pytest.approx(0.5, rel=0.25)  # the tasks' spread
 
     n = 60  # a long ladder of a task with spread 0.05
     s, h = -np.full(n + 1, 0.1), np.r_[np.ones(n), 4.0]
     e = fit.scale(s, h) * rng.normal(0.0, 0.05, n + 1)
-    own = posterior_predictive(fit, _evidence(e, s, h, n)).marginal.scale
-    assert own < 0.6 * prior_scale
+    own = _width(posterior_predictive(fit, _evidence(e, s, h, n)).marginal)
+    assert own < 0.6 * _width(fit.prior.predictive())
+
+
+def _width(distribution, level: float = 0.9) -> float:
+    lo, hi = distribution.interval(level)
+    return hi - lo
 
 
 def test_the_point_is_the_median_inside_every_interval_and_a_bias_moves_it():
@@ -155,7 +159,7 @@ def test_pairwise_probabilities_and_p_best_come_from_one_joint_posterior():
                              centre, scale, np.ones(3))  # fmt: skip
     family = FamilyPrior(1.0, 1e-4, TRUE.prior)  # scale = |slope| at H = 1
     pred = posterior_predictive(family, evidence)
-    post = pred.posterior
+    (post,) = pred.posteriors
     var = post.b / rng.gamma(post.a, 1.0, 200_000)
     mu = post.m + np.sqrt(var / post.kappa) * rng.standard_normal(len(var))
     z = centre + pred.scale * (
@@ -175,6 +179,92 @@ def test_two_identical_candidates_have_even_odds_without_a_division_by_zero():
     np.testing.assert_allclose(p, [0.5, 0.5])
     assert q.sum() == pytest.approx(1.0)
     assert q[0] == pytest.approx(q[1]) and q[2] > 0.99
+
+
+NARROW = FamilyPrior(1.5, 0.05, NormalInverseGamma(m=0.0, kappa=20.0, a=10.0, b=0.1))
+WIDE = FamilyPrior(1.5, 0.05, NormalInverseGamma(m=0.0, kappa=20.0, a=10.0, b=3.6))
+
+
+def _two_kinds_of_task(rng, per_kind: int = 4, groups: int = 25) -> list[ErrorGroup]:
+    """Tasks of two kinds, spreads about 0.1 and 0.6 (ratio 6), one family's scale."""
+    return [
+        ErrorGroup(*_task(rng, n_backtest=4, family=kind)[:3], task=f"{name}{k}")
+        for name, kind in (("narrow", NARROW), ("wide", WIDE))
+        for k in range(per_kind)
+        for _ in range(groups)
+    ]
+
+
+def test_the_fit_keeps_each_tasks_own_prior_as_a_mixture_component():
+    fit = fit_family(_two_kinds_of_task(np.random.default_rng(11)))
+    spreads = {c.task: c.prior.b / c.prior.a for c in fit.components}
+    assert len(spreads) == 8 and all(c.n_groups == 25 for c in fit.components)
+    assert all(c.prior.a <= 12 * (1 + 1e-6) for c in fit.components)  # 2 a <= 24
+    narrow = [v for t, v in spreads.items() if t.startswith("narrow")]
+    wide = [v for t, v in spreads.items() if t.startswith("wide")]
+    assert max(narrow) < min(wide)
+    assert np.median(wide) / np.median(narrow) == pytest.approx(36, rel=0.5)  # variances
+
+
+def _coverage(fits: dict, family: FamilyPrior, n_backtest: int, rng, draws: int = 400) -> dict:
+    """Share of true target losses each fit's 50 % and 90 % intervals hold, over new tasks
+    drawn from ``family``."""
+    held = {(name, level): [] for name in fits for level in (0.5, 0.9)}
+    for _ in range(draws):
+        e, s, h, _ = _task(rng, n_backtest=n_backtest, family=family)
+        truth = np.exp(e[n_backtest:])
+        for name, fit in fits.items():
+            pred = posterior_predictive(fit, _evidence(e, s, h, n_backtest))
+            for level in (0.5, 0.9):
+                lo, hi = pred.interval(level)
+                held[name, level].append(np.mean((lo <= truth) & (truth <= hi)))
+    return {k: float(np.mean(v)) for k, v in held.items()}
+
+
+def test_the_mixture_covers_each_kind_of_task_where_one_pooled_prior_cannot():
+    """Tasks of two kinds, spreads 6x apart. Without a backtest (Lens on two probes) a new
+    task gets the even mixture: calibrated over the kinds, as the prior claims. With three
+    backtest errors the mixture finds the kind, and each kind's 50 % and 90 % intervals hold
+    about as often as they claim; the pooled prior (one Student-t for both kinds) is too
+    narrow for the wide kind and too wide for the narrow one."""
+    rng = np.random.default_rng(12)
+    groups = _two_kinds_of_task(rng)
+    fits = {"mixture": fit_family(groups), "pooled": fit_family(groups, per_task=False)}
+    blind = [_coverage(fits, kind, 0, rng) for kind in (NARROW, WIDE)]
+    for level in (0.5, 0.9):
+        assert np.mean([c["mixture", level] for c in blind]) == pytest.approx(level, abs=0.06)
+    for kind in (NARROW, WIDE):
+        coverage = _coverage(fits, kind, 3, rng)
+        for level in (0.5, 0.9):
+            assert coverage["mixture", level] == pytest.approx(level, abs=0.07)
+        miss = {n: max(abs(coverage[n, lv] - lv) for lv in (0.5, 0.9)) for n in fits}
+        assert miss["pooled"] > miss["mixture"] + 0.03
+
+
+def test_a_backtest_weights_the_tasks_it_resembles():
+    fit = fit_family(_two_kinds_of_task(np.random.default_rng(13)))
+    rng = np.random.default_rng(14)
+    for family, kind in ((NARROW, "narrow"), (WIDE, "wide")):
+        e, s, h, _ = _task(rng, n_backtest=12, family=family)
+        pred = posterior_predictive(fit, _evidence(e, s, h, 12))
+        share = sum(w for w, t in zip(pred.weights, pred.tasks, strict=True) if t.startswith(kind))
+        assert share > 0.95
+        assert pred.weights.sum() == pytest.approx(1.0)
+        assert kind in pred.basis()
+
+
+def test_the_mixture_quantiles_invert_its_cdf_and_match_draws():
+    fit = fit_family(_two_kinds_of_task(np.random.default_rng(15)))
+    evidence = ErrorEvidence("secant", *(np.zeros(0),) * 3, np.zeros(0, dtype=int),
+                             np.zeros(1), -np.full(1, 0.1), np.ones(1))  # fmt: skip
+    t = posterior_predictive(fit, evidence).marginal
+    q = np.array([0.05, 0.25, 0.5, 0.75, 0.95])
+    np.testing.assert_allclose(t.cdf(t.quantile(q)), q, atol=1e-8)
+    rng = np.random.default_rng(16)
+    which = rng.choice(len(t.parts), size=200_000, p=t.weights)
+    u = rng.uniform(size=which.size)
+    sample = np.concatenate([p.quantile(u[which == k]) for k, p in enumerate(t.parts)])
+    np.testing.assert_allclose(np.quantile(sample, q), t.quantile(q), atol=0.01)
 
 
 MODEL = ErrorModel({"secant": TRUE, "line": FamilyPrior(1.1, 0.2, TRUE.prior)}, source="test")

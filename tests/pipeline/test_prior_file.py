@@ -35,7 +35,23 @@ def test_a_prior_file_rebuilds_to_the_same_numbers_from_the_same_tables(tmp_path
     assert all(len(t["sha256"]) == 64 for t in tables)
     assert "lensllm calibration fit --table" in first["provenance"]["command"]
     model = load_error_model(tmp_path / "a.json")
-    assert model.family("secant").gamma == first["families"]["secant"]["gamma"]
+    secant = model.family("secant")
+    assert secant.gamma == first["families"]["secant"]["gamma"]
+    # one component per table, read back as written
+    assert [c.task for c in secant.components] == ["ZOO-MANPAGES", "ZOO-WORDNET"]
+    written = first["families"]["secant"]["components"][0]
+    assert secant.components[0].prior.b == written["b"] and written["n_groups"] > 0
+
+
+def test_a_version_1_file_reads_as_the_pooled_prior_it_holds(tmp_path):
+    path = tmp_path / "v1.json"
+    path.write_text(
+        '{"format": "lensllm-error-prior", "version": 1, "families": {"secant": '
+        '{"gamma": 1.2, "slope_floor": 0.1, "m": 0, "kappa": 3, "a": 2, "b": 0.5}}}'
+    )
+    secant = load_error_model(path).family("secant")
+    assert secant.components == () and secant.prior.b == 0.5
+    assert [task for task, _ in secant.task_priors()] == ["pooled"]
 
 
 def test_the_shipped_file_loads_and_names_its_tables():
@@ -61,6 +77,12 @@ def test_the_shipped_file_loads_and_names_its_tables():
             '{"format": "lensllm-error-prior", "version": 1, "families": {"secant": '
             '{"gamma": 1, "slope_floor": 0.1, "m": 0, "kappa": 1, "a": 2}}}',
             "needs finite numbers",
+        ),
+        (
+            '{"format": "lensllm-error-prior", "version": 2, "families": {"secant": '
+            '{"gamma": 1, "slope_floor": 0.1, "m": 0, "kappa": 1, "a": 2, "b": 1, '
+            '"components": [{"task": "T", "m": 0, "kappa": 1, "a": 2, "b": "NaN"}]}}}',
+            "each component task",
         ),
     ],
 )
