@@ -241,11 +241,13 @@ def fit_groups(
     source: str = "",
     pseudo_errors_per_task: float | None = PSEUDO_ERRORS_PER_TASK,
     component_pseudo_errors: float | None = COMPONENT_PSEUDO_ERRORS,
+    per_task: bool = True,
 ) -> ErrorModel:
     """The error model fitted on ``(family, group)`` pairs (:func:`error_groups` flattened):
     one :class:`FamilyPrior` per family with errors from at least two selections, its
     pseudo-counts capped at ``pseudo_errors_per_task`` per task and its task components' at
-    ``component_pseudo_errors`` (``fit_family``)."""
+    ``component_pseudo_errors`` (``fit_family``; ``per_task=False``: the pooled prior
+    alone, no task components)."""
     by_family: dict[str, list[ErrorGroup]] = {}
     for family, g in groups:
         by_family.setdefault(family, []).append(g)
@@ -255,6 +257,7 @@ def fit_groups(
             seed=seed,
             pseudo_errors_per_task=pseudo_errors_per_task,
             component_pseudo_errors=component_pseudo_errors,
+            per_task=per_task,
         )
         for family, part in sorted(by_family.items())
         if sum(g.errors.size > 0 for g in part) >= 2

@@ -7,6 +7,8 @@ that also holds ``fit``.
 
 from __future__ import annotations
 
+import math
+
 import click
 
 
@@ -40,6 +42,11 @@ def print_fitted(doc: dict, out: str) -> None:
             f"prior m={fam['m']:+.3f} kappa={fam['kappa']:.3g} a={fam['a']:.3g} "
             f"b={fam['b']:.3g} ({fam['n_groups']} selections, {fam['n_errors']} errors)"
         )
+        if fam.get("components"):
+            spreads = ", ".join(
+                f"{c['task']} {math.sqrt(c['b'] / c['a']):.2g}" for c in fam["components"]
+            )
+            print(f"  mixture of {len(fam['components'])} tasks' priors, typical spread: {spreads}")
     print(f"wrote {out}")
 
 
