@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import gammaln, stdtr
+from scipy.special import stdtr
 
 from lens_model.error_prior import BOUNDS, NormalInverseGamma, StudentT, group_log_marginals
 from lens_model.error_prior import fit_prior as fit_nig
@@ -422,7 +422,7 @@ def posterior_predictive(
     ok = np.isfinite(r)
     weights = backtest_weights(evidence.backtest_candidates)[ok]
     tasks, priors = zip(*family.task_priors(), strict=True)
-    log_evidence = np.array([weighted_log_marginal(p, r[ok], weights) for p in priors])
+    log_evidence = np.array([p.log_marginal(r[ok], weights) for p in priors])
     w = np.exp(log_evidence - log_evidence.max())
     return PosteriorPredictive(
         centre=np.asarray(evidence.log_predictions, dtype=float),
@@ -431,25 +431,6 @@ def posterior_predictive(
         weights=w / w.sum(),
         tasks=tuple(tasks),
         seed=seed,
-    )
-
-
-def weighted_log_marginal(prior: NormalInverseGamma, errors, weights) -> float:
-    """``ln p(errors)`` under ``prior`` with each error counted ``weights`` times (the
-    power likelihood of ``NormalInverseGamma.update``); 0 for no errors."""
-    r = np.asarray(errors, dtype=float)
-    if r.size == 0:
-        return 0.0
-    w = np.asarray(weights, dtype=float)
-    n = float(w.sum())
-    post = prior.update(r, w)
-    return float(
-        gammaln(post.a)
-        - gammaln(prior.a)
-        + prior.a * math.log(prior.b)
-        - post.a * math.log(post.b)
-        + 0.5 * (math.log(prior.kappa) - math.log(post.kappa))
-        - 0.5 * n * math.log(2 * math.pi)
     )
 
 

@@ -138,17 +138,19 @@ class NormalInverseGamma:
             scale=math.sqrt(self.b * (self.kappa + 1) / (self.a * self.kappa)),
         )
 
-    def log_marginal(self, errors) -> float:
-        """``ln p(errors)`` with the group's mean and variance integrated out."""
+    def log_marginal(self, errors, weights=None) -> float:
+        """``ln p(errors)`` with the group's mean and variance integrated out; ``weights``
+        count each error that many times, as in ``update`` (0 for no errors)."""
         r = _finite(errors)
-        post = self.update(r)
+        post = self.update(r, weights)
+        n = r.size if weights is None else float(np.sum(weights))
         return float(
             gammaln(post.a)
             - gammaln(self.a)
             + self.a * math.log(self.b)
             - post.a * math.log(post.b)
             + 0.5 * (math.log(self.kappa) - math.log(post.kappa))
-            - 0.5 * r.size * math.log(2 * math.pi)
+            - 0.5 * n * math.log(2 * math.pi)
         )
 
 

@@ -100,3 +100,10 @@ def test_bad_input_is_refused_with_a_reason():
         TRUE.update([0.1, float("nan")])
     with pytest.raises(ValueError, match="positive kappa"):
         NormalInverseGamma(m=0.0, kappa=0.0, a=2.0, b=1.0)
+
+
+def test_a_weighted_log_marginal_counts_an_error_as_that_many_copies():
+    prior = NormalInverseGamma(m=0.1, kappa=2.0, a=3.0, b=0.5)
+    weighted = prior.log_marginal([0.4, -0.2], weights=[2.0, 1.0])
+    assert weighted == pytest.approx(prior.log_marginal([0.4, 0.4, -0.2]))
+    assert prior.log_marginal([], weights=[]) == 0.0
