@@ -10,6 +10,9 @@ In one run, alternating so that a change in the machine's load hits every varian
 - a whole probe (``run_probe``: load, validate, train, test) against a bare loop of the same
   training steps, per precision: the probe's overhead.
 
+On a device without fast bf16 (a CPU with neither AMX nor AVX512-BF16), bf16 is left out and
+the report says why: fp32 is then measured alone, padded and bucketed, against its own peak.
+
 FLOPs counted (``FLOP_FORMULA``): a LoRA step does the forward (2 FLOPs per weight and token)
 and the backward through the frozen weights to the activations (2 more); the frozen weights'
 own gradients are never formed and the adapter's are negligible (r = 8). The output layer runs
@@ -42,6 +45,7 @@ from flows.config import load_config  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 from tasks.probing.probe import run_probe  # noqa: E402
+from tasks.records.errors import ConfigError  # noqa: E402
 from tasks.records.schema import ProbeData, ProbeSpec  # noqa: E402
 from tasks.runtime.compute_threads import run_on_compute_thread  # noqa: E402
 from tasks.training.finetune import (  # noqa: E402
@@ -81,6 +85,21 @@ def matmul_peak(dtype: torch.dtype, repeats: int) -> tuple[float, str]:
             if rate > best:
                 best, shape = rate, f"{m}x{k} @ {k}x{n}"
     return best, shape
+
+
+def usable_precisions(base: ProbeSpec) -> tuple[dict[str, ProbeSpec], str | None]:
+    """The probe spec of each precision this device can run, and why bf16 is left out (or None).
+
+    fp32 always runs; bf16 only where ``probe_precision`` accepts it (the same check a
+    selection makes), so the benchmark measures what a selection here would use.
+    """
+    specs = {p: base.model_copy(update={"precision": p}) for p in DTYPES}
+    try:
+        probe_precision(specs["bf16"])
+    except ConfigError as err:
+        del specs["bf16"]
+        return specs, str(err)
+    return specs, None
 
 
 def padded_batches(encoded, batch_size: int, *, seed: int, epoch: int, pad_token_id: int):
@@ -194,12 +213,14 @@ def measure(args: argparse.Namespace, *, threads: int | None) -> dict:
     data = prepare_data(cfg.dataset, cfg.ladder, cfg.target_size)
     train = data.train[: data.target_examples]
     base = cfg.probe.model_copy(update={"device": "cpu"})
-    specs = {p: base.model_copy(update={"precision": p}) for p in ("fp32", "bf16")}
-    probe_precision(specs["bf16"])  # a CPU without fast bf16 stops here, with the reason
+    specs, left_out = usable_precisions(base)
+    if left_out:
+        print(f"bf16 left out: {left_out}", flush=True)
     print(f"{args.model}, {len(train)} examples, {threads} threads; peaks ...", flush=True)
     peaks = {}
     for _ in range(2):  # alternating, the best of both passes
-        for name, dtype in DTYPES.items():
+        for name in specs:
+            dtype = DTYPES[name]
             rate, shape = matmul_peak(dtype, args.peak_repeats)
             if rate > peaks.get(name, (0.0, ""))[0]:
                 peaks[name] = (rate, shape)
@@ -219,11 +240,11 @@ def measure(args: argparse.Namespace, *, threads: int | None) -> dict:
         source=data.source, train=train[: args.probe_size], val=data.val, test=data.test
     )
     overhead = [probe_overhead(model_dir, probe_data, specs[p], threads) for p in specs]
-    report = markdown(args, threads, len(train), peaks, rows, overhead)
+    report = markdown(args, threads, len(train), peaks, rows, overhead, left_out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
     print(report)
-    return {"peaks": peaks, "rows": rows, "overhead": overhead}
+    return {"peaks": peaks, "rows": rows, "overhead": overhead, "left_out": left_out}
 
 
 def cpu_name() -> str:
@@ -235,7 +256,9 @@ def cpu_name() -> str:
     return names[0] if names else platform.machine()
 
 
-def markdown(args, threads: int, n_train: int, peaks: dict, rows: list, overhead: list) -> str:
+def markdown(
+    args, threads: int, n_train: int, peaks: dict, rows: list, overhead: list, left_out: str | None
+) -> str:
     flags = " ".join(sorted(cpu_flags() & {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f"}))
     lines = [
         "# Training throughput (benchmarks/throughput.py)",
@@ -244,6 +267,7 @@ def markdown(args, threads: int, n_train: int, peaks: dict, rows: list, overhead
         f"({flags or 'no AVX512/AMX flags'}), torch {torch.__version__}, {threads} threads.",
         f"LoRA on `{args.model}`, {n_train} examples of `{Path(args.config).name}`, "
         f"{args.rounds} rounds x {args.steps} steps per variant, alternating; medians.",
+        *([f"bf16 left out, this device cannot run it fast: {left_out}"] if left_out else []),
         "",
         "| dtype | measured matmul peak | shape |",
         "|---|---|---|",
