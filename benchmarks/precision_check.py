@@ -16,6 +16,10 @@ prediction at the target with the measurement there, and the time of each step; 
 selection time is the probes plus the winner's training at the target. Written to
 ``benchmarks/results/precision_check.md``.
 
+On a device without fast bf16 (a CPU with neither AMX nor AVX512-BF16) the bf16 run is left
+out and the report says why: it then compares this code's fp32 path with the baseline's, what
+the throughput work gives such a machine.
+
     .venv/bin/python benchmarks/precision_check.py       # three demo selections, ~15 min
     .venv/bin/python benchmarks/precision_check.py --config configs/tiny.yaml --out /tmp/p.md
 """
@@ -36,9 +40,11 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 from flows.config import load_config  # noqa: E402
 from flows.select import select_flow  # noqa: E402
+from tasks.records.errors import ConfigError  # noqa: E402
 from tasks.records.schema import SelectionSummary  # noqa: E402
 from tasks.tracking import tags as T  # noqa: E402
 from tasks.tracking.client import Tracker, tag_filter  # noqa: E402
+from tasks.training.precision import probe_precision  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 SELECTION_STEPS = ("probes", "target training")
@@ -55,6 +61,16 @@ print("BASELINE-JSON " + json.dumps({
     "timings": s.timings, "ranking": list(s.result.ranking), "selected": s.selected,
     "predicted": w.predicted_loss, "measured": check.measured_loss if check else None}))
 """
+
+
+def usable_precisions(config: str) -> tuple[tuple[str, ...], str | None]:
+    """The precisions this device can run the config's probes in, and why bf16 is left out."""
+    probe = load_config(config).probe
+    try:
+        probe_precision(probe.model_copy(update={"precision": "bf16"}))
+    except ConfigError as err:
+        return ("fp32",), str(err)
+    return PRECISIONS, None
 
 
 def run_one(config: str, precision: str, work: Path, models: Path, extra: list[str]) -> dict:
@@ -113,30 +129,42 @@ def probe_losses(summary: SelectionSummary) -> dict[tuple[str, int], float]:
     return out
 
 
-def markdown(config: str, results: dict[str, dict], baseline: dict | None = None) -> str:
-    a, b = (results[p] for p in PRECISIONS)
-    keys = sorted(set(a["probes"]) | set(b["probes"]))
+def markdown(
+    config: str, results: dict[str, dict], baseline: dict | None = None, left_out: str | None = None
+) -> str:
+    names = list(results)
+    keys = sorted(set().union(*(r["probes"] for r in results.values())))
+    both = names == list(PRECISIONS)
+    head = ["candidate", "size", *(f"{n} bits/byte" for n in names)]
+    head += ["bf16 / fp32 - 1"] if both else []
     lines = [
-        "# fp32 against bf16 on the demo's selection (benchmarks/precision_check.py)",
+        "# fp32 against bf16 on the demo's selection (benchmarks/precision_check.py)"
+        if both
+        else "# fp32 now and before, on the demo's selection (benchmarks/precision_check.py)",
         "",
         f"`{config}`, each run in a fresh cache, one after the other, registry off"
         + (f"; baseline: commit {baseline['rev'][:12]}." if baseline else "."),
+        *(["", f"bf16 left out, this device cannot run it fast: {left_out}"] if left_out else []),
         "",
-        "| candidate | size | fp32 bits/byte | bf16 bits/byte | bf16 / fp32 - 1 |",
-        "|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     worst = 0.0
     for key in keys:
-        x, y = a["probes"].get(key), b["probes"].get(key)
-        rel = (y / x - 1) if x and y else None
-        worst = max(worst, abs(rel)) if rel is not None else worst
-        lines.append(
-            f"| {key[0]} | {key[1]} | {_num(x)} | {_num(y)} | "
-            f"{'' if rel is None else f'{100 * rel:+.2f} %'} |"
-        )
-    lines += ["", f"Largest difference: {100 * worst:.2f} % (acceptance: within 1 %).", ""]
-    lines += _decision_rows(a["summary"], b["summary"], baseline)
-    lines += _timing_rows(a["summary"], b["summary"], baseline)
+        values = [results[n]["probes"].get(key) for n in names]
+        cells = [key[0], str(key[1]), *(_num(v) for v in values)]
+        if both:
+            x, y = values
+            rel = (y / x - 1) if x and y else None
+            worst = max(worst, abs(rel)) if rel is not None else worst
+            cells.append("" if rel is None else f"{100 * rel:+.2f} %")
+        lines.append("| " + " | ".join(cells) + " |")
+    if both:
+        lines += ["", f"Largest difference: {100 * worst:.2f} % (acceptance: within 1 %)."]
+    lines.append("")
+    cols = [(n, results[n]["summary"]) for n in names]
+    lines += _decision_rows(cols, baseline)
+    lines += _timing_rows(cols, baseline)
     return "\n".join(lines) + "\n"
 
 
@@ -150,8 +178,8 @@ def _decisions(summary: SelectionSummary) -> dict:
     }
 
 
-def _decision_rows(a: SelectionSummary, b: SelectionSummary, baseline: dict | None) -> list[str]:
-    cols = [("fp32", _decisions(a)), ("bf16", _decisions(b))]
+def _decision_rows(runs: list[tuple[str, SelectionSummary]], baseline: dict | None) -> list[str]:
+    cols = [(n, _decisions(s)) for n, s in runs]
     if baseline:
         cols.insert(0, ("fp32 before", baseline))
     rows = ["| | " + " | ".join(n for n, _ in cols) + " |", "|---|" + "---|" * len(cols)]
@@ -166,8 +194,8 @@ def _decision_rows(a: SelectionSummary, b: SelectionSummary, baseline: dict | No
     return [*rows, "", f"Same ranking and winner: {'yes' if same else 'NO'}.", ""]
 
 
-def _timing_rows(a: SelectionSummary, b: SelectionSummary, baseline: dict | None) -> list[str]:
-    cols = [("fp32", a.timings), ("bf16", b.timings)]
+def _timing_rows(runs: list[tuple[str, SelectionSummary]], baseline: dict | None) -> list[str]:
+    cols = [(n, s.timings) for n, s in runs]
     if baseline:
         cols.insert(0, ("fp32 before", baseline["timings"]))
     steps = list(dict.fromkeys(s for _, t in cols for s in t))
@@ -179,12 +207,20 @@ def _timing_rows(a: SelectionSummary, b: SelectionSummary, baseline: dict | None
         "| **selection (probes + target training)** | "
         + " | ".join(f"{v:.1f}" for v in sel.values()) + " |"
     )  # fmt: skip
-    out = [*rows, "", f"Selection speed-up bf16 over fp32: {_ratio(sel['fp32'], sel['bf16'])}."]
-    if baseline:
+    out = [*rows, ""]
+    if "bf16" in sel:
+        out.append(f"Selection speed-up bf16 over fp32: {_ratio(sel['fp32'], sel['bf16'])}.")
+    if baseline and "bf16" in sel:
         out.append(
             f"Selection speed-up bf16 over fp32 before the throughput work (today's path when the "
             f"issue was filed): {_ratio(sel['fp32 before'], sel['bf16'])}; fp32 now over fp32 "
             f"before: {_ratio(sel['fp32 before'], sel['fp32'])}."
+        )
+    elif baseline:
+        out.append(
+            f"Selection speed-up of fp32 now over fp32 before the throughput work (bucketed "
+            f"batches, target-only logits, one compute thread): "
+            f"{_ratio(sel['fp32 before'], sel['fp32'])}."
         )
     return [*out, ""]
 
@@ -216,8 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_baseline:
         print(f"baseline: {args.config} on commit {args.baseline[:12]} ...", flush=True)
         baseline = run_baseline(args.baseline, args.config, work, models) | {"rev": args.baseline}
-    results = {p: run_one(args.config, p, work, models, args.set) for p in PRECISIONS}
-    report = markdown(args.config, results, baseline)
+    precisions, left_out = usable_precisions(args.config)
+    if left_out:
+        print(f"bf16 left out: {left_out}", flush=True)
+    results = {p: run_one(args.config, p, work, models, args.set) for p in precisions}
+    report = markdown(args.config, results, baseline, left_out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(report)
     print(report)
