@@ -40,6 +40,10 @@ so a selection without a backtest gets the even mixture, and one whose backtest 
 task ``k`` gets mostly task ``k``. The pooled ``(m, kappa, a, b)`` is the prior of a model
 without components (a fit on one task, or a file of version 1).
 
+The fit sees horizons up to ``max_horizon`` (``FamilyPrior``); a selection whose target lies
+further out gets intervals whose widening ``H ** gamma`` was never measured, and its
+``interval_basis`` says so (``beyond_fitted_horizons``).
+
 The predictive log loss of candidate ``i`` is ``ln(prediction_i) + g_i * t``, with ``t`` the
 mixture of the components' Student-t's (``2 a_kn`` degrees of freedom, location ``m_kn``,
 weights ``w_k``): its median, the reported point, is ``ln(prediction_i) + g_i t_50`` (a
@@ -124,7 +128,10 @@ class FamilyPrior:
     """The error model of one predictor family: scale ``(|s| + slope_floor) * H ** gamma`` and
     the normal-inverse-gamma ``prior`` of a selection's standardised errors.
 
-    ``n_groups`` and ``n_errors`` say how much data it was fitted on (0 when set by hand)."""
+    ``n_groups`` and ``n_errors`` say how much data it was fitted on (0 when set by hand);
+    ``max_horizon`` is the longest horizon among its errors (None when not known): past it,
+    the growth ``H ** gamma`` is an extrapolation of the error model itself
+    (``beyond_fitted_horizons``)."""
 
     gamma: float
     slope_floor: float
@@ -132,6 +139,7 @@ class FamilyPrior:
     n_groups: int = 0
     n_errors: int = 0
     components: tuple[TaskComponent, ...] = ()
+    max_horizon: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.gamma) and self.gamma > 0 and self.slope_floor > 0):
@@ -140,6 +148,10 @@ class FamilyPrior:
                 f"slope_floor={self.slope_floor}"
             )
         object.__setattr__(self, "components", tuple(self.components))
+        if self.max_horizon is not None and not (
+            math.isfinite(self.max_horizon) and self.max_horizon > 0
+        ):
+            raise ValueError(f"max_horizon must be positive, got {self.max_horizon}")
 
     def task_priors(self) -> tuple[tuple[str, NormalInverseGamma], ...]:
         """What a new selection's errors may be like, one prior per earlier task (equally
@@ -155,6 +167,15 @@ class FamilyPrior:
         h = np.asarray(horizons, dtype=float)
         with np.errstate(invalid="ignore"):
             return (s + self.slope_floor) * np.where(h > 0, h, np.nan) ** self.gamma
+
+    def beyond_fitted_horizons(self, horizons) -> float | None:
+        """The longest of ``horizons`` when it lies past every horizon the model was fitted on
+        (there its widening with the horizon was never measured), else None."""
+        h = np.asarray(horizons, dtype=float)
+        h = h[np.isfinite(h)]
+        if self.max_horizon is None or not h.size or h.max() <= self.max_horizon * (1 + 1e-9):
+            return None
+        return float(h.max())
 
 
 @dataclass(frozen=True)
@@ -558,6 +579,7 @@ def fit_family(
         n_groups=len(groups),
         n_errors=e.size,
         components=components,
+        max_horizon=float(h.max()),
     )
 
 

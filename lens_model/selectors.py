@@ -406,6 +406,13 @@ class Selector:
             f"{reach}: {predictive.basis()}; the point is the predictive median, the "
             f"prediction moved by the posterior bias ({t.median:+.3f} x the error scale)"
         )
+        beyond = prior.beyond_fitted_horizons(evidence.horizons)
+        if beyond is not None:
+            basis += (
+                f"; WARNING: the target is {beyond:.3g} doublings beyond the largest probe, "
+                f"past the {prior.max_horizon:.3g} the error model was fitted on, so how its "
+                f"intervals widen there is extrapolated and not measured"
+            )
         return Scored(
             pred, median, lo, hi, dropped, predictive, "calibrated", basis, evidence=evidence
         )

@@ -1,8 +1,9 @@
 """Read, write and rebuild the error-prior file (``configs/error_prior.json``).
 
 The file holds the fitted error model of ``lens_model.error_model`` (per predictor family:
-``gamma``, ``slope_floor``, the pooled normal-inverse-gamma ``m, kappa, a, b`` and one such
-prior per fitted table, its ``components``) and its provenance: the tables it was fitted on
+``gamma``, ``slope_floor``, the pooled normal-inverse-gamma ``m, kappa, a, b``, one such
+prior per fitted table, its ``components``, and ``max_horizon``, the longest horizon it was
+fitted on; files without it still read) and its provenance: the tables it was fitted on
 (name, file, sha256, shape; never their rows), the git commit and the command that rebuilds
 it. ``lens_model`` gets a plain ``ErrorModel``.
 """
@@ -101,6 +102,7 @@ def _family(path: Path, name: str, values) -> FamilyPrior:
             n_groups=int(values.get("n_groups", 0)),
             n_errors=int(values.get("n_errors", 0)),
             components=components,
+            max_horizon=_optional(values, "max_horizon"),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise ErrorPriorFileError(
@@ -108,6 +110,11 @@ def _family(path: Path, name: str, values) -> FamilyPrior:
             f"(gamma, slope_floor, kappa, b > 0, a > 1), and each component task, "
             f"{', '.join(NIG_NUMBERS)}: {err}; {REBUILD}"
         ) from err
+
+
+def _optional(values, name: str) -> float | None:
+    """An optional number of a family (files written before it existed lack it)."""
+    return None if values.get(name) is None else float(values[name])
 
 
 def _numbers(values, names) -> dict[str, float]:
@@ -130,6 +137,8 @@ def model_document(model: ErrorModel, provenance: dict) -> dict:
         values |= dict(a=p.a, b=p.b)
         families[name] = _rounded(values)
         families[name] |= {"n_groups": fam.n_groups, "n_errors": fam.n_errors}
+        if fam.max_horizon is not None:
+            families[name] |= _rounded({"max_horizon": fam.max_horizon})
         families[name]["components"] = [
             {"task": c.task}
             | _rounded({k: getattr(c.prior, k) for k in NIG_NUMBERS})

@@ -4,6 +4,7 @@ and its use by every selector."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -297,6 +298,42 @@ def test_the_error_model_drives_ats_and_lens_and_says_so(name, synthetic_table):
     raw = np.exp(sel.evidence.log_predictions)
     np.testing.assert_allclose(sel.scores, raw)  # ranking stays the predictor's own
     assert np.nansum(sel.p_best) == pytest.approx(1.0)
+
+
+def test_the_fit_knows_its_horizons_and_flags_a_horizon_past_them():
+    rng = np.random.default_rng(3)
+    groups = [ErrorGroup(*_task(rng, n_backtest=3)[:3], task=f"t{k % 3}") for k in range(30)]
+    fit = fit_family(groups)
+    longest = max(float(g.horizons.max()) for g in groups)
+    assert fit.max_horizon == longest
+    assert fit.beyond_fitted_horizons([1.0, 2.0, longest]) is None
+    assert fit.beyond_fitted_horizons([2.0, longest + 3.5, np.nan]) == longest + 3.5
+    # a model without a known range (set by hand, or an older file) makes no such claim
+    assert FamilyPrior(1.5, 0.05, TRUE.prior).beyond_fitted_horizons([50.0]) is None
+    with pytest.raises(ValueError, match="max_horizon must be positive"):
+        FamilyPrior(1.5, 0.05, TRUE.prior, max_horizon=0.0)
+
+
+@pytest.mark.parametrize("name", ["AtS", "Lens"])
+def test_a_target_past_the_models_horizons_says_its_widening_is_extrapolated(name, synthetic_table):
+    t = synthetic_table
+    source = TableProbes(t.sizes, t.losses, t.model_sizes, max_size=TARGET_SIZE - 1)
+
+    def select(max_horizon: float):
+        families = {
+            f: dataclasses.replace(p, max_horizon=max_horizon) for f, p in MODEL.families.items()
+        }
+        selector = SELECTORS.get(name)(error_model=ErrorModel(families, source="test"))
+        return selector.select(source, budget=51_200, target_size=TARGET_SIZE)
+
+    within = select(100.0)
+    assert "WARNING" not in within.interval_basis
+    horizon = float(np.nanmax(within.evidence.horizons))
+    beyond = select(horizon / 2)
+    assert f"target is {horizon:.3g} doublings" in beyond.interval_basis
+    assert f"past the {horizon / 2:.3g} the error model was fitted on" in beyond.interval_basis
+    # a warning, not another interval
+    np.testing.assert_allclose(beyond.lower, within.lower)
 
 
 def test_widths_grow_with_the_target_distance_for_a_selection(synthetic_table):

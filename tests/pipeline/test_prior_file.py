@@ -41,6 +41,8 @@ def test_a_prior_file_rebuilds_to_the_same_numbers_from_the_same_tables(tmp_path
     assert [c.task for c in secant.components] == ["ZOO-MANPAGES", "ZOO-WORDNET"]
     written = first["families"]["secant"]["components"][0]
     assert secant.components[0].prior.b == written["b"] and written["n_groups"] > 0
+    # the longest horizon it was fitted on: past it, a selection is told its widening is guessed
+    assert secant.max_horizon == first["families"]["secant"]["max_horizon"] >= 3
 
 
 def test_a_version_1_file_reads_as_the_pooled_prior_it_holds(tmp_path):
@@ -51,6 +53,7 @@ def test_a_version_1_file_reads_as_the_pooled_prior_it_holds(tmp_path):
     )
     secant = load_error_model(path).family("secant")
     assert secant.components == () and secant.prior.b == 0.5
+    assert secant.max_horizon is None  # not recorded then: no claim about it
     assert [task for task, _ in secant.task_priors()] == ["pooled"]
 
 
@@ -83,6 +86,12 @@ def test_the_shipped_file_loads_and_names_its_tables():
             '{"gamma": 1, "slope_floor": 0.1, "m": 0, "kappa": 1, "a": 2, "b": 1, '
             '"components": [{"task": "T", "m": 0, "kappa": 1, "a": 2, "b": "NaN"}]}}}',
             "each component task",
+        ),
+        (
+            '{"format": "lensllm-error-prior", "version": 2, "families": {"secant": '
+            '{"gamma": 1, "slope_floor": 0.1, "m": 0, "kappa": 1, "a": 2, "b": 1, '
+            '"max_horizon": -3}}}',
+            "max_horizon must be positive",
         ),
     ],
 )
