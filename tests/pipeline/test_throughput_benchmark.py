@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from tasks.training import precision as P
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+DEMO = str(BENCHMARKS.parent / "configs" / "demo.yaml")
 NO_BF16 = frozenset({"avx", "avx2", "fma", "f16c"})  # an AVX2-only CPU, such as an AMD EPYC here
 
 
@@ -58,3 +60,49 @@ def test_without_bf16_fp32_is_measured_alone_and_the_report_says_why(monkeypatch
     report = out.read_text()
     assert "bf16 left out" in report and "| bf16" not in report
     assert "| fp32 bucketed |" in report
+
+
+def _precision_check():
+    spec = importlib.util.spec_from_file_location(
+        "precision_check", BENCHMARKS / "precision_check.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _summary(seconds: float, loss: float) -> SimpleNamespace:
+    """What the report reads of a SelectionSummary (a unit-test double; the script's real
+    runs are recorded under benchmarks/results/)."""
+    winner = SimpleNamespace(predicted_loss=loss)
+    check = SimpleNamespace(candidate="a", measured_loss=loss * 1.02)
+    return SimpleNamespace(
+        result=SimpleNamespace(ranking=["a", "b"], winner=winner),
+        selected="a",
+        checks=[check],
+        timings={"probes": seconds, "target training": seconds / 2},
+    )
+
+
+def test_the_precision_check_without_bf16_compares_the_fp32_paths_and_says_why(monkeypatch):
+    check = _precision_check()
+    monkeypatch.setattr(P, "cpu_flags", lambda: NO_BF16)
+    precisions, left_out = check.usable_precisions(DEMO)
+    assert precisions == ("fp32",) and "amx_bf16" in left_out
+    monkeypatch.setattr(P, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert check.usable_precisions(DEMO) == (("fp32", "bf16"), None)
+
+    results = {"fp32": {"summary": _summary(100.0, 0.9), "probes": {("a", 32): 1.1}}}
+    baseline = {
+        "rev": "f" * 40,
+        "timings": {"probes": 150.0, "target training": 75.0},
+        "ranking": ["a", "b"],
+        "selected": "a",
+        "predicted": 0.95,
+        "measured": 0.99,
+    }
+    report = check.markdown("configs/demo.yaml", results, baseline, left_out)
+    assert "bf16 left out" in report and "bf16 bits/byte" not in report
+    assert "| fp32 before | fp32 |" in report
+    assert "fp32 now over fp32 before the throughput work" in report and "1.50x" in report
+    assert "Same ranking and winner: yes." in report
