@@ -40,11 +40,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 from flows.config import load_config  # noqa: E402
 from flows.select import select_flow  # noqa: E402
-from tasks.records.errors import ConfigError  # noqa: E402
 from tasks.records.schema import SelectionSummary  # noqa: E402
 from tasks.tracking import tags as T  # noqa: E402
 from tasks.tracking.client import Tracker, tag_filter  # noqa: E402
-from tasks.training.precision import probe_precision  # noqa: E402
+from tasks.training.precision import bf16_unavailable  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 SELECTION_STEPS = ("probes", "target training")
@@ -65,12 +64,8 @@ print("BASELINE-JSON " + json.dumps({
 
 def usable_precisions(config: str) -> tuple[tuple[str, ...], str | None]:
     """The precisions this device can run the config's probes in, and why bf16 is left out."""
-    probe = load_config(config).probe
-    try:
-        probe_precision(probe.model_copy(update={"precision": "bf16"}))
-    except ConfigError as err:
-        return ("fp32",), str(err)
-    return PRECISIONS, None
+    left_out = bf16_unavailable(load_config(config).probe)
+    return (("fp32",) if left_out else PRECISIONS), left_out
 
 
 def run_one(config: str, precision: str, work: Path, models: Path, extra: list[str]) -> dict:

@@ -45,7 +45,6 @@ from flows.config import load_config  # noqa: E402
 from tasks.data import prepare_data  # noqa: E402
 from tasks.models import resolve_candidate  # noqa: E402
 from tasks.probing.probe import run_probe  # noqa: E402
-from tasks.records.errors import ConfigError  # noqa: E402
 from tasks.records.schema import ProbeData, ProbeSpec  # noqa: E402
 from tasks.runtime.compute_threads import run_on_compute_thread  # noqa: E402
 from tasks.training.finetune import (  # noqa: E402
@@ -59,7 +58,7 @@ from tasks.training.finetune import (  # noqa: E402
     train_batches,
     train_step,
 )
-from tasks.training.precision import cpu_flags, probe_precision  # noqa: E402
+from tasks.training.precision import bf16_unavailable, cpu_flags  # noqa: E402
 
 FLOP_FORMULA = (
     "4 x body_params x real_tokens + 4 x head_params x target_tokens per LoRA step (forward 2 "
@@ -90,16 +89,11 @@ def matmul_peak(dtype: torch.dtype, repeats: int) -> tuple[float, str]:
 def usable_precisions(base: ProbeSpec) -> tuple[dict[str, ProbeSpec], str | None]:
     """The probe spec of each precision this device can run, and why bf16 is left out (or None).
 
-    fp32 always runs; bf16 only where ``probe_precision`` accepts it (the same check a
-    selection makes), so the benchmark measures what a selection here would use.
+    fp32 always runs; bf16 only where a selection could use it (``bf16_unavailable``).
     """
-    specs = {p: base.model_copy(update={"precision": p}) for p in DTYPES}
-    try:
-        probe_precision(specs["bf16"])
-    except ConfigError as err:
-        del specs["bf16"]
-        return specs, str(err)
-    return specs, None
+    left_out = bf16_unavailable(base)
+    names = ["fp32"] if left_out else list(DTYPES)
+    return {p: base.model_copy(update={"precision": p}) for p in names}, left_out
 
 
 def padded_batches(encoded, batch_size: int, *, seed: int, epoch: int, pad_token_id: int):

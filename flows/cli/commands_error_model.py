@@ -37,13 +37,14 @@ def calibration_fit_command(tables: tuple[str, ...], out: str, seed: int) -> int
 def print_fitted(doc: dict, out: str) -> None:
     """One line per fitted family, then where the file went."""
     for name, fam in doc["families"].items():
+        reach = (
+            f", horizons up to {fam['max_horizon']:.3g} doublings" if "max_horizon" in fam else ""
+        )
         print(
             f"{name}: error scale (|slope| + {fam['slope_floor']:.3g}) x H^{fam['gamma']:.3f}; "
             f"prior m={fam['m']:+.3f} kappa={fam['kappa']:.3g} a={fam['a']:.3g} "
-            f"b={fam['b']:.3g} ({fam['n_groups']} selections, {fam['n_errors']} errors"
-            + (f", horizons up to {fam['max_horizon']:.3g} doublings)" if "max_horizon" in fam
-               else ")")
-        )  # fmt: skip
+            f"b={fam['b']:.3g} ({fam['n_groups']} selections, {fam['n_errors']} errors{reach})"
+        )
         if fam.get("components"):
             spreads = ", ".join(
                 f"{c['task']} {math.sqrt(c['b'] / c['a']):.2g}" for c in fam["components"]

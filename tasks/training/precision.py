@@ -83,6 +83,16 @@ def resolved_spec(spec: ProbeSpec) -> ProbeSpec:
     return spec if precision == spec.precision else spec.model_copy(update={"precision": precision})
 
 
+def bf16_unavailable(spec: ProbeSpec) -> str | None:
+    """Why ``spec``'s device cannot probe in bf16 (the error a selection asking for it would
+    get), or None where it can. Benchmarks use it to leave bf16 out instead of stopping."""
+    try:
+        resolve_precision("bf16", select_device(spec.device))
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
 @dataclass(frozen=True)
 class Precision:
     """How a probe computes: ``name`` (fp32/bf16), the dtype its model weights are loaded in
