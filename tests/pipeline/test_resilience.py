@@ -283,8 +283,9 @@ def _tiny_config(tmp: Path, other: str, cache: Path, uri: str, **changes) -> str
     return str(path)
 
 
-def _cli(config: str, tmp: Path, log: Path) -> subprocess.Popen:
-    """``lensllm select`` in its own process group, with its own Prefect home."""
+def _cli(config: str, tmp: Path, log: Path, core: int | None = None) -> subprocess.Popen:
+    """``lensllm select`` in its own process group, with its own Prefect home; with ``core``,
+    on that one core (its torch then runs one thread: ``local_cores``)."""
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home")}
     env.pop("PREFECT_API_URL", None)  # an ephemeral Prefect API of its own, as a user gets
     with open(log, "wb") as out:
@@ -295,6 +296,7 @@ def _cli(config: str, tmp: Path, log: Path) -> subprocess.Popen:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if core is None else lambda: os.sched_setaffinity(0, {core}),
         )
 
 
@@ -517,11 +519,16 @@ def test_concurrent_selections_of_one_task_keep_the_registry_consistent(mlflow_s
         _tiny_config(tmp_path, other, cache, uri, selector="AtS", registry=registry),
     ]
     configs.append(configs[0])  # the same selection twice: it must wait, not duplicate
+    # each selection on a core of its own (in turn), as a runner would give them: two torch
+    # processes of one thread per core each would oversubscribe the cores and make the
+    # training 10-20x slower (``tasks.runtime.compute_threads``) without changing the test
+    cores = sorted(os.sched_getaffinity(0))
     procs = []
     for i, config in enumerate(configs):
         home = tmp_path / f"p{i}"
         home.mkdir()
-        procs.append((_cli(config, home, home / "out.log"), home / "out.log"))
+        log = home / "out.log"
+        procs.append((_cli(config, home, log, core=cores[i % len(cores)]), log))
     logs = [_wait(proc, log) for proc, log in procs]
     for log in logs:
         assert "Selected:" in log, log[-3000:]
