@@ -102,7 +102,7 @@ lint: $(STAMP)
 
 # Measurements behind the figures in docs/results.md and docs/replay.md: run each alone on a quiet
 # machine. FLAN is read from ../shared/benchmarks (never committed).
-.PHONY: bench-calibration bench-extrapolation bench-ntk bench-prior-caps audit-docstrings-data audit-next-line-data
+.PHONY: bench-calibration bench-extrapolation bench-ntk bench-prior-caps bench-live-floor audit-docstrings-data audit-next-line-data
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/replay_speed.py
 
@@ -111,6 +111,9 @@ bench-calibration: $(STAMP)
 
 bench-prior-caps: $(STAMP)
 	$(BIN)/python benchmarks/prior_pseudo_counts.py
+
+bench-live-floor: $(STAMP)
+	$(BIN)/python benchmarks/live_error_floor.py
 
 # The data files of the docstring and next-line audits (configs/audit-*.yaml), from this Python's
 # standard library.
