@@ -146,15 +146,28 @@ def deploy(root: str | os.PathLike | None = None, *, timeout: float = 600.0) -> 
     return {"pool_created": created, "result_storage": storage, "deployments": found}
 
 
+# Flow runs one worker runs at a time. A selection, an audit or a training sets torch's threads
+# to every core the process may use (``tasks.training.finetune.configure_cpu``), so two at once
+# on one machine run twice as many OpenMP threads as cores, and libgomp then sleeps at every
+# barrier instead of spinning (``tasks.runtime.compute_threads``): a scheduled audit falling on
+# the weekly selection would slow both many times over, not share the cores. One at a time
+# finishes both sooner; more workers on more machines run more at once.
+WORKER_FLOW_RUNS = 1
+
+
 def worker_command(
     root: str | os.PathLike | None = None, *, extra: list[str] | None = None
 ) -> tuple[list[str], dict[str, str], Path]:
     """``(argv, env, cwd)`` of a process worker on ``lensllm-pool`` pointed at the stack.
 
-    Its flow runs persist task results locally and in the S3 block saved by :func:`deploy`
-    (``LENSLLM_RESULT_STORAGE``; see ``tasks.runtime.result_storage``).
+    It starts at most ``WORKER_FLOW_RUNS`` flow runs at a time unless ``extra`` sets its own
+    ``--limit``. Its flow runs persist task results locally and in the S3 block saved by
+    :func:`deploy` (``LENSLLM_RESULT_STORAGE``; see ``tasks.runtime.result_storage``).
     """
+    extra = list(extra or [])
     cmd = [_executable("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
+    if not any(a in ("--limit", "-l") or a.startswith("--limit=") for a in extra):
+        cmd += ["--limit", str(WORKER_FLOW_RUNS)]
     env = client_env(root)
     env["LENSLLM_RESULT_STORAGE"] = RESULT_STORAGE
-    return [*cmd, *(extra or [])], env, PROJECT_ROOT
+    return [*cmd, *extra], env, PROJECT_ROOT

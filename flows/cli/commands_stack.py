@@ -130,12 +130,17 @@ def deploy_command(root: str | None) -> int:
 @root_option
 @click.argument("prefect_args", nargs=-1, type=click.UNPROCESSED)
 def worker_command(root: str | None, prefect_args: tuple[str, ...]) -> int:
-    """Run a Prefect process worker on lensllm-pool; PREFECT_ARGS go to `prefect worker
-    start`."""
+    """Run a Prefect process worker on lensllm-pool, one flow run at a time (each uses every
+    core; `--limit N` allows N); PREFECT_ARGS go to `prefect worker start`."""
     from infra.deploy import worker_command as command
 
     cmd, env, cwd = command(root, extra=list(prefect_args))
-    print(f"worker on {env['PREFECT_API_URL']} (MLflow {env['MLFLOW_TRACKING_URI']}); Ctrl-C stops")
+    limit = next((b for a, b in zip(cmd, cmd[1:], strict=False) if a in ("--limit", "-l")), None)
+    at_once = f"{limit} flow run(s) at a time" if limit else "flow runs as --limit says"
+    print(
+        f"worker on {env['PREFECT_API_URL']} (MLflow {env['MLFLOW_TRACKING_URI']}), {at_once}; "
+        "Ctrl-C stops"
+    )
     sys.stdout.flush()
     os.chdir(cwd)
     os.execvpe(cmd[0], cmd, env)

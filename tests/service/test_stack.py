@@ -523,6 +523,59 @@ def test_rerun_after_restart_takes_every_probe_from_s3(deployed):
     assert stack.credentials(root)["secret_key"] not in log_text
 
 
+def test_a_worker_runs_one_flow_run_at_a_time(deployed):
+    """Two selections submitted at once to a default worker (``lensllm worker``) run one after
+    the other: each sets torch's threads to every core, so at once they would oversubscribe the
+    CPU (``infra.deploy.WORKER_FLOW_RUNS``). They are two selections (Lens and AtS), so the
+    selection lock, which orders only runs of one selection, plays no part."""
+    if deployed["db"] != "sqlite":
+        pytest.skip("the limit is the worker's, whatever the database: checked on sqlite")
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    root, tmp = deployed["root"], deployed["tmp"]
+    stack.up(root, timeout=240)  # idempotent, as in the tests before
+    cmd, wenv, cwd = deploy_mod.worker_command(root)
+    assert cmd[cmd.index("--limit") + 1] == "1"
+    api = wenv["PREFECT_API_URL"]
+    with open(tmp / "worker-limit.log", "wb") as log:
+        worker = subprocess.Popen(
+            cmd, env=wenv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            with temporary_settings({PREFECT_API_URL: api}):
+                ids = [
+                    run_deployment(
+                        "select-model/weekly-selection",
+                        parameters={
+                            "config_path": "configs/tiny.yaml",
+                            "overrides": [*deployed["overrides"], f"selector={selector}"],
+                        },
+                        timeout=0,
+                    ).id
+                    for selector in ("Lens", "AtS")
+                ]
+                deadline = time.monotonic() + RUN_TIMEOUT_S
+                with get_client(sync_client=True) as client:
+                    while True:
+                        runs = [client.read_flow_run(i) for i in ids]
+                        if all(r.state is not None and r.state.is_final() for r in runs):
+                            break
+                        assert time.monotonic() < deadline, [r.state for r in runs]
+                        time.sleep(1)
+        finally:
+            _stop_worker(worker)
+    log_text = (tmp / "worker-limit.log").read_text(errors="replace")
+    assert all(r.state.is_completed() for r in runs), log_text[-6000:]
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    print(
+        f"\ntwo selections through one worker: {first.start_time:%H:%M:%S}-"
+        f"{first.end_time:%H:%M:%S}, then {second.start_time:%H:%M:%S}-{second.end_time:%H:%M:%S}"
+    )
+    assert second.start_time >= first.end_time, (first.end_time, second.start_time)
+
+
 def test_existing_postgres_server(deployed, tmp_path, capsys):
     """``db_url``: a second stack on an existing PostgreSQL server (the first stack's own):
     its MLflow and Prefect use databases ``<prefix>_mlflow`` / ``<prefix>_prefect`` there, it

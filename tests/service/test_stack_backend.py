@@ -194,3 +194,30 @@ def test_a_port_something_listens_on_is_never_handed_out(monkeypatch):
         monkeypatch.setattr(stack, "_ephemeral_range", lambda: (max(taken, 12346) + 1, 60999))
         monkeypatch.setattr(stack, "_HANDED_OUT", set())
         assert stack.free_port() == 12345
+
+
+@pytest.mark.parametrize(
+    ("extra", "limit"),
+    [([], ["--limit", "1"]), (["--limit", "3"], ["--limit", "3"]), (["-l", "2"], ["-l", "2"])],
+)
+def test_the_worker_runs_one_flow_run_at_a_time_unless_told(monkeypatch, extra, limit):
+    """``lensllm worker``'s argv (the environment of a running stack stood in for; the worker
+    itself runs in tests/service/test_stack.py)."""
+    from infra import deploy
+
+    monkeypatch.setattr(deploy, "client_env", lambda root: {})
+    cmd, env, _ = deploy.worker_command(extra=extra)
+    assert cmd[1:7] == ["worker", "start", "--pool", deploy.POOL, "--type", "process"]
+    flags = [a for a in cmd if a in ("--limit", "-l")]
+    assert len(flags) == 1  # the user's own limit replaces the default, never both
+    i = cmd.index(flags[0])
+    assert cmd[i : i + 2] == limit
+    assert env["LENSLLM_RESULT_STORAGE"] == deploy.RESULT_STORAGE
+
+
+def test_the_worker_keeps_a_limit_given_with_an_equals_sign(monkeypatch):
+    from infra import deploy
+
+    monkeypatch.setattr(deploy, "client_env", lambda root: {})
+    cmd, _, _ = deploy.worker_command(extra=["--limit=4"])
+    assert "--limit=4" in cmd and "--limit" not in cmd
