@@ -614,7 +614,7 @@ def test_existing_postgres_server(deployed, tmp_path, capsys):
         leaked = [
             p
             for p in other.rglob("*")
-            if p.is_file() and p.name != "postgres.json" and secret.encode() in p.read_bytes()
+            if p.is_file() and p.name != "postgres.json" and secret.encode() in _bytes(p)
         ]
         assert leaked == []
         with pytest.raises(stack.StackError, match="cannot switch to SQLite") as err:
@@ -693,11 +693,21 @@ def _prefect_places(api_url: str):
                     yield f"prefect {name} {getattr(obj, 'id', '')}", obj.model_dump_json().encode()
 
 
+def _bytes(path: Path) -> bytes:
+    """A file's bytes, or none if it is gone. The servers are running: a file they remove
+    between a listing and the read (PostgreSQL's ``pg_internal.init``, a temporary file)
+    holds nothing any more."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def _file_places(folders: list[Path], excluded: set[Path]):
     for folder in folders:
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             if path.resolve() not in excluded:
-                yield str(path), path.read_bytes()
+                yield str(path), _bytes(path)
 
 
 def _config_places():
