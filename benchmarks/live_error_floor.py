@@ -44,18 +44,10 @@ import pandas as pd
 from lens_model.replay import error_groups, fit_groups, make_selectors
 from lens_model.table_score import score
 from tasks.priors.prior_file import load_error_model
-from tasks.reporting.loss_tables import load_loss_table
+from tasks.reporting.loss_tables import live_table_paths, load_loss_table
 
 ROOT = Path(__file__).resolve().parents[1]
-LIVE = (
-    "zoo-wordnet",
-    "zoo-manpages",
-    "audit-translation",
-    "audit-examples",
-    "audit-docstrings",
-    "audit-next-line",
-)
-DEFAULT_TABLES = [str(ROOT / "benchmarks" / "results" / n / f"{n}.csv") for n in LIVE]
+DEFAULT_TABLES = live_table_paths()
 FLAN = ROOT.parent / "shared" / "benchmarks" / "flan.csv"
 PRIOR = ROOT / "configs" / "error_prior.json"
 OUT = ROOT / "benchmarks" / "results" / "live_error_floor.md"

@@ -29,21 +29,11 @@ import pandas as pd
 
 from lens_model.error_model import COMPONENT_PSEUDO_ERRORS, PSEUDO_ERRORS_PER_TASK
 from lens_model.replay import error_groups, fit_groups, make_selectors
-from tasks.reporting.loss_tables import load_loss_table
+from tasks.reporting.loss_tables import live_table_paths, load_loss_table
 from tasks.reporting.replay_report import PAIRWISE_COLUMNS, pooled_summary, run_calibration
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TABLES = [str(ROOT.parent / "shared" / "benchmarks" / "flan.csv")] + [
-    str(ROOT / "benchmarks" / "results" / name / f"{name}.csv")
-    for name in (
-        "zoo-wordnet",
-        "zoo-manpages",
-        "audit-translation",
-        "audit-examples",
-        "audit-docstrings",
-        "audit-next-line",
-    )
-]
+DEFAULT_TABLES = [str(ROOT.parent / "shared" / "benchmarks" / "flan.csv"), *live_table_paths()]
 # (model, c, c_k): the pooled prior alone at two caps, then the mixture at several c_k
 SETTINGS = [("pooled prior alone", c, None) for c in (PSEUDO_ERRORS_PER_TASK, None)] + [
     ("mixture of tasks", PSEUDO_ERRORS_PER_TASK, c_k) for c_k in (4, 8, 12, 24, 48)

@@ -17,7 +17,31 @@ import pandas as pd
 from lens_model.loss_table import LossTable
 from tasks.records.errors import LossTableError, MissingFileError
 
-__all__ = ["LossTable", "LossTableError", "load_loss_table", "table_from_frame"]
+__all__ = [
+    "LIVE_TABLES",
+    "LossTable",
+    "LossTableError",
+    "live_table_paths",
+    "load_loss_table",
+    "table_from_frame",
+]
+
+# The live audits' loss tables, committed as benchmarks/results/<name>/<name>.csv: with FLAN,
+# the tables the shipped error prior (configs/error_prior.json) is fitted on.
+LIVE_TABLES = (
+    "zoo-wordnet",
+    "zoo-manpages",
+    "audit-translation",
+    "audit-examples",
+    "audit-docstrings",
+    "audit-next-line",
+)
+RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def live_table_paths() -> list[str]:
+    """The committed live tables' paths (``LIVE_TABLES``), in that order."""
+    return [str(RESULTS / name / f"{name}.csv") for name in LIVE_TABLES]
 
 
 def load_loss_table(path: str) -> LossTable:
