@@ -3,24 +3,19 @@ bucketed, and the report says why bf16 was left out; with bf16 both precisions a
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tasks.training import precision as P
+from tests.benchmark_scripts import BENCHMARKS, load_benchmark
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 DEMO = str(BENCHMARKS.parent / "configs" / "demo.yaml")
 NO_BF16 = frozenset({"avx", "avx2", "fma", "f16c"})  # an AVX2-only CPU, such as an AMD EPYC here
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("throughput", BENCHMARKS / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("throughput")
 
 
 @pytest.mark.parametrize(
@@ -63,12 +58,7 @@ def test_without_bf16_fp32_is_measured_alone_and_the_report_says_why(monkeypatch
 
 
 def _precision_check():
-    spec = importlib.util.spec_from_file_location(
-        "precision_check", BENCHMARKS / "precision_check.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("precision_check")
 
 
 def _summary(seconds: float, loss: float) -> SimpleNamespace:

@@ -3,22 +3,14 @@ its report on real live tables."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmark_scripts import load_benchmark
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "live_error_floor", BENCHMARKS / "live_error_floor.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("live_error_floor")
 
 
 def test_hindsight_half_widths_are_the_narrowest_that_hold_the_level():
